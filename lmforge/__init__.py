@@ -1,0 +1,24 @@
+"""lmforge: make text language models on PyTorch.
+
+The public names users import live here; they load lazily so `lmforge --help` stays fast.
+"""
+
+__version__ = "0.1.0"
+
+from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError  # noqa: E402
+
+_LAZY = {
+    "load_tokenizer": ("lmforge.tokenizers.base", "load_tokenizer"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "LmforgeError", "ConfigError", "DataError", "CheckpointError", *_LAZY]

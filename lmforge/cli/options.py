@@ -1,0 +1,97 @@
+"""Turns an options dataclass into argparse flags, and flags + `--config FILE` back into it.
+
+Precedence, lowest first: dataclass defaults, preset values, the config file, explicit flags.
+Each field becomes `--kebab-name`; help text comes from `field(metadata={"help": ...})`.
+"""
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+from lmforge.errors import ConfigError
+
+_UNSET = object()
+
+
+def _base_type(tp):
+    """Strip `X | None` to X; return (type, is_list)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of dataclass `cls` (defaults shown in --help, not applied)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        tp, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(dest=f.name, default=_UNSET, help=help_text)
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif is_list:
+            parser.add_argument(flag, action="append", type=tp, **kw)
+        else:
+            parser.add_argument(flag, type=tp, metavar=f.metadata.get("metavar"), **kw)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON options file into a dict with snake_case keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: check the --config path")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot read config file {path}: {first}; fix its YAML/JSON syntax")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def explicit_flags(args: argparse.Namespace) -> dict:
+    """The options the user typed on the command line (those not left at the sentinel)."""
+    return {k: v for k, v in vars(args).items() if v is not _UNSET}
+
+
+def build(cls, *layers: dict, strict: bool = True):
+    """Make a `cls` from dicts applied in order (later wins); unknown keys raise ConfigError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            if k not in names:
+                if strict:
+                    known = ", ".join(sorted(names))
+                    raise ConfigError(f"unknown option '{k}' for {cls.__name__}; known: {known}")
+                continue
+            merged[k] = v
+    try:
+        return cls(**merged)
+    except TypeError as e:
+        raise ConfigError(f"invalid options for {cls.__name__}: {e}") from None
