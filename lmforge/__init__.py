@@ -8,7 +8,12 @@ __version__ = "0.1.0"
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError  # noqa: E402
 
 _LAZY = {
-    "load_tokenizer": ("lmforge.tokenizers.base", "load_tokenizer"),
+    "train": ("lmforge.training.trainer", "train"),
+    "load": ("lmforge.api", "load"),
+    "from_preset": ("lmforge.presets", "from_preset"),
+    "load_tokenizer": ("lmforge.api", "load_tokenizer"),
+    "generate_text": ("lmforge.api", "generate_text"),
+    "prepare": ("lmforge.data.prepare", "prepare"),
 }
 
 

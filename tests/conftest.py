@@ -9,7 +9,9 @@ import pytest
 import torch
 
 SHARED_DATA = Path(
-    os.environ.get("LMFORGE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    os.environ.get(
+        "LMFORGE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
 ).resolve()
 
 

@@ -1,1 +1,1 @@
-"""lmforge.layers."""
+"""Building blocks shared by two or more model families: attention, transformer blocks, heads."""

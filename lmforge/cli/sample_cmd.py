@@ -1,0 +1,66 @@
+"""`lmforge sample`: generate text from a run (or a preset), streaming tokens as they come."""
+
+import sys
+from dataclasses import dataclass, field
+
+from lmforge.cli import options
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = field(default="\n", metadata={"help": "text to continue"})
+    max_new_tokens: int = field(default=200, metadata={"help": "tokens to generate"})
+    temperature: float = field(default=0.8, metadata={"help": "0 = greedy"})
+    top_k: int | None = field(default=None, metadata={"help": "keep the k most likely tokens"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
+    min_p: float | None = field(default=None, metadata={"help": "drop tokens below min_p * max"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeats"})
+    num_samples: int = field(default=1, metadata={"help": "samples (one batch)"})
+    stop: list[str] | None = field(default=None, metadata={"help": "stop string (repeatable)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a run",
+        description="Generate text from a trained run folder.",
+    )
+    p.add_argument("run", help="run folder")
+    options.add_options(p, SampleConfig)
+    return p
+
+
+def run(args) -> int:
+    from lmforge.api import load_for_sampling
+    from lmforge.generation.generate import generate_text, generate_texts
+
+    file_opts = options.read_config_file(args.config) if args.config else {}
+    flags = options.explicit_flags(args)
+    for k in ("run", "config", "debug", "command", "_run"):
+        flags.pop(k, None)
+    cfg = options.build(SampleConfig, file_opts, flags)
+    model, tok = load_for_sampling(args.run, cfg.device)
+    kw = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        min_p=cfg.min_p,
+        repetition_penalty=cfg.repetition_penalty,
+        seed=cfg.seed,
+        stop=cfg.stop,
+    )
+    if cfg.num_samples == 1:
+        sys.stdout.write(cfg.prompt)
+        for piece in generate_text(model, tok, cfg.prompt, **kw):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        for i, text in enumerate(
+            generate_texts(model, tok, cfg.prompt, num_samples=cfg.num_samples, **kw)
+        ):
+            print(f"--- sample {i + 1} ---\n{cfg.prompt}{text}")
+    return 0

@@ -1,0 +1,43 @@
+"""`lmforge train`: train a model on a corpus (raw or prepared) into a run folder."""
+
+import argparse
+import dataclasses
+import json
+
+from lmforge.cli import options
+from lmforge.presets import FAMILIES, family_classes
+from lmforge.training.trainer import TrainConfig, train
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train a model from a preset "
+        "on a corpus; any model config field can be overridden as a flag.",
+    )
+    options.add_options(p, TrainConfig)
+    seen = {f.name for f in dataclasses.fields(TrainConfig)} | {"vocab_size"}
+    group = p.add_argument_group("model config overrides")
+    for family in FAMILIES:
+        cfg_cls, _ = family_classes(family)
+        options.add_options(group, cfg_cls, skip=tuple(seen))
+        seen |= {f.name for f in dataclasses.fields(cfg_cls)}
+    p.add_argument("--json", action="store_true", help="print one final JSON line of results")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    file_opts = options.read_config_file(args.config) if args.config else {}
+    flags = options.explicit_flags(args)
+    for k in ("json", "config", "debug", "command", "_run"):
+        flags.pop(k, None)
+    result = train(**{**file_opts, **flags})
+    if args.json:
+        print(json.dumps(result))
+    else:
+        line = f"done: {result['steps']} steps, val loss {result['val_loss']:.4f}"
+        if "val_bits_per_char" in result:
+            line += f" ({result['val_bits_per_char']:.3f} bits/char)"
+        print(f"{line}, {result['tokens_per_s']:,.0f} tokens/s; run saved in {result['run']}")
+    return 0

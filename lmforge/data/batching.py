@@ -1,0 +1,145 @@
+"""Batch streams for the trainer: random windows, or shuffled epochs over an example set.
+
+A batcher's whole position lives in `state_dict()`, so a resumed run draws the same batches;
+each rank of a distributed run draws its own, distinct stream.
+"""
+
+import numpy as np
+import torch
+
+from lmforge.data.windows import IGNORE
+
+
+def to_tensors(arrays: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+class WindowBatcher:
+    """Random contiguous windows of `block_size + 1` tokens from one token stream.
+
+    Example:
+        batcher = WindowBatcher(data.tokens("train"), block_size=64, batch_size=12, seed=0)
+        batch = batcher.next_batch()  # {"token_ids": (12, 64), "labels": (12, 64)}
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if len(tokens) < block_size + 1:
+            from lmforge.errors import DataError
+
+            raise DataError(
+                f"the training split has {len(tokens)} tokens, fewer than one block "
+                f"of {block_size + 1}: use a smaller --block-size or more data"
+            )
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.rng = np.random.default_rng([seed, rank])
+        self.examples_drawn = 0
+        self.world_size = world_size
+        self._offsets = np.arange(block_size + 1)
+
+    @property
+    def epoch(self) -> float:
+        """Tokens drawn by all ranks so far, as a fraction of the training split."""
+        seen = self.examples_drawn * self.block_size * self.world_size
+        return seen / max(1, len(self.tokens))
+
+    def next_batch(self) -> dict:
+        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        window = self.tokens[starts[:, None] + self._offsets].astype(np.int64)
+        self.examples_drawn += self.batch_size
+        return to_tensors({"token_ids": window[:, :-1], "labels": window[:, 1:]})
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "examples_drawn": self.examples_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.examples_drawn = state["examples_drawn"]
+
+
+class EpochBatcher:
+    """Shuffled passes over an example set (`len()` + `get(indices)`), reshuffled every epoch.
+
+    Rank r of `world_size` takes every world_size-th example of the epoch's permutation. The last
+    incomplete batch of an epoch is dropped when `drop_last`.
+    """
+
+    def __init__(
+        self,
+        examples,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ):
+        if len(examples) == 0:
+            from lmforge.errors import DataError
+
+            raise DataError(
+                "the training split yields no examples (corpus shorter than one "
+                "block?): use a smaller --block-size or more data"
+            )
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.rank, self.world_size, self.shuffle, self.drop_last = (
+            rank,
+            world_size,
+            shuffle,
+            drop_last,
+        )
+        self.epoch_index, self.position = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> np.ndarray:
+        n = len(self.examples)
+        order = (
+            np.random.default_rng([self.seed, self.epoch_index]).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
+        return order[self.rank :: self.world_size]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        n = len(self._order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def epoch(self) -> float:
+        return self.epoch_index + self.position / max(1, len(self._order))
+
+    def next_batch(self) -> dict:
+        if self.position >= self.batches_per_epoch * self.batch_size or (
+            self.position >= len(self._order)
+        ):
+            self.epoch_index += 1
+            self.position = 0
+            self._order = self._make_order()
+        idx = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return to_tensors(self.examples.get(idx))
+
+    def state_dict(self) -> dict:
+        return {"epoch_index": self.epoch_index, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_index, self.position = state["epoch_index"], state["position"]
+        self._order = self._make_order()
+
+
+def iterate_in_order(examples, batch_size: int):
+    """Every example once, in order, in batches (evaluation)."""
+    for start in range(0, len(examples), batch_size):
+        yield to_tensors(examples.get(np.arange(start, min(start + batch_size, len(examples)))))
+
+
+def count_targets(batch: dict) -> int:
+    return int((batch["labels"] != IGNORE).sum())

@@ -1,0 +1,156 @@
+"""Multi-head self-attention on torch's scaled_dot_product_attention, and the per-layer KV cache.
+
+Two paths give the same outputs: the fast one (SDPA, always used by default) and one that computes
+the softmax itself and keeps the (B, H, T, S) probabilities (`capture_probs = True`) for
+inspection. Change one, change both, and keep the test that compares them passing.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.layers.embeddings import RotaryEmbedding
+
+
+class KVCache:
+    """Keys and values of one attention layer during decoding, written in place.
+
+    The (B, H, max_len, D) tensors are allocated on the first write, in the dtype and device of
+    the keys written, so a cache made before `model.to(...)` or under autocast still fits.
+    `length` counts the positions already written; attention reads `[0:length]`.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (B, H, T, D) keys and values after the cached ones; return all of them."""
+        start, end = self.length, self.length + k.shape[-2]
+        if end > self.max_len:
+            raise ConfigError(
+                f"the KV cache holds {self.max_len} positions and {end} were needed; "
+                "start a new state with init_state() or keep inputs within max_seq_len"
+            )
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_empty(B, H, self.max_len, D)
+            self.v = v.new_empty(B, H, self.max_len, D)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, H, S, D) views, S = end
+
+
+def attention_mask(
+    padding_mask: Tensor | None, T: int, S: int, is_causal: bool, device: torch.device
+) -> Tensor | None:
+    """Boolean mask (True = may attend) for T queries at positions S - T .. S - 1 over S keys.
+
+    Args:
+        padding_mask: (B, S) bool, True = real token; None when nothing is padded.
+    Returns:
+        None when no mask is needed, else a mask that broadcasts to (B, H, T, S).
+    """
+    if padding_mask is None and (not is_causal or T == 1):
+        return None
+    query_pos = torch.arange(S - T, S, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    mask = key_pos <= query_pos if is_causal else None  # (T, S)
+    if padding_mask is not None:
+        keys = padding_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+        mask = keys if mask is None else mask & keys
+        # A query whose keys are all padding (left padding) would give NaN, which then leaks into
+        # real positions through 0 * NaN; letting every query see itself keeps all rows finite.
+        mask = mask | (key_pos == query_pos)
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection.
+
+    Args:
+        head_dim: D; defaults to embed_dim // num_heads. The inner width num_heads * head_dim
+            may differ from embed_dim (the Keras GPT block: 2 heads of 256 at embed_dim 256).
+        dropout: dropout on the attention probabilities (training only).
+        rotary: rotate q and k by position (RoPE); needs max_seq_len and an even head_dim.
+
+    Set `capture_probs = True` to take the explicit-softmax path; each forward then stores the
+    (B, H, T, S) probabilities, detached, in `last_probs`.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        is_causal: bool = True,
+        rotary: bool = False,
+        max_seq_len: int = 2048,
+    ):
+        super().__init__()
+        if head_dim is None:
+            if embed_dim % num_heads:
+                raise ConfigError(
+                    f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
+                    "change one of them or set head_dim"
+                )
+            head_dim = embed_dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.inner_dim = num_heads * head_dim
+        self.dropout = dropout
+        self.is_causal = is_causal
+        self.qkv = nn.Linear(embed_dim, 3 * self.inner_dim, bias=use_bias)  # [q | k | v]
+        self.out = nn.Linear(self.inner_dim, embed_dim, bias=use_bias)
+        self.rotary = RotaryEmbedding(head_dim, max_seq_len) if rotary else None
+        self.capture_probs = False
+        self.last_probs: Tensor | None = None
+
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """(B, T, C) -> (B, T, C).
+
+        Args:
+            padding_mask: (B, S) bool, True = real token, over all S keys (the cached ones too).
+            cache: this layer's KVCache; the new keys and values are appended to it.
+        """
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, H, S, D), S = start + T
+            if k.dtype != q.dtype:  # a cache filled under autocast, read outside it
+                k, v = k.to(q.dtype), v.to(q.dtype)
+        S = k.shape[-2]
+        dropout_p = self.dropout if self.training else 0.0
+        if self.capture_probs:
+            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
+            y = self._attend_explicitly(q, k, v, mask, dropout_p)
+        elif padding_mask is None and self.is_causal and S == T:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H * D)
+        return self.out(y)
+
+    def _attend_explicitly(self, q, k, v, mask, dropout_p):
+        """softmax(q k^T / sqrt(D)) v, keeping the probabilities in self.last_probs."""
+        scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        self.last_probs = probs.detach()
+        probs = F.dropout(probs, dropout_p) if dropout_p else probs
+        return probs.to(v.dtype) @ v  # (B, H, T, D)

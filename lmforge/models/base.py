@@ -1,0 +1,82 @@
+"""What every backbone and task shares: a `family` name, a `config`, parameter counts.
+
+`CausalLM` is the contract generation relies on: `init_state` and `step` only. The state is
+whatever the family needs (a list of KV caches for transformers, (h, c) for an LSTM), so nothing
+outside a family file may look inside it.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def _count_params(module: nn.Module, trainable_only: bool) -> int:
+    # parameters() yields a tied weight once, so tied embeddings are not counted twice.
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class Backbone(nn.Module):
+    """Base of every backbone: token ids -> hidden states (B, T, C), built from `config` alone."""
+
+    family: str = ""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters (tied ones once); with trainable_only, those with requires_grad."""
+        return _count_params(self, trainable_only)
+
+
+class Task(nn.Module):
+    """Base of every task: a backbone plus a head (and an optional preprocessor)."""
+
+    family: str = ""
+
+    def __init__(self, backbone: Backbone, preprocessor=None):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.preprocessor = preprocessor
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters (tied ones once); with trainable_only, those with requires_grad."""
+        return _count_params(self, trainable_only)
+
+    def loss(self, batch: dict) -> Tensor:
+        """The scalar that training minimises for this batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(batch)")
+
+
+class CausalLM(Task):
+    """A task that predicts the next token and can decode one step at a time.
+
+    Subclasses implement `init_state` and `step`; `generate` works from those two alone.
+    """
+
+    def init_state(self, batch_size: int, device: torch.device | None = None):
+        """A fresh decoding state for `batch_size` rows (nothing seen yet)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init_state(batch_size)")
+
+    def step(self, token_ids: Tensor, state) -> tuple[Tensor, object]:
+        """Feed (B, t) more tokens: returns logits (B, t, V) and the state that includes them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step(token_ids, state)")
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
+        max_new_tokens: int,
+        **sampling,
+    ) -> Iterator[Tensor]:
+        """Yield the (B,) next token ids step by step; see `lmforge.generation.generate.generate`.
+
+        Example:
+            for ids in model.generate([[5, 17, 3]], max_new_tokens=20, temperature=0.8, seed=0):
+                print(ids.tolist())
+        """
+        from lmforge.generation.generate import generate
+
+        return generate(self, prompt_ids, max_new_tokens, **sampling)

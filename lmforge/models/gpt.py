@@ -1,0 +1,431 @@
+"""Decoder-only transformers, from the one-block post-norm GPT of the Keras tutorial to GPT-2.
+
+One architecture told apart by config switches (norm_first, activation, position, tie_embeddings,
+use_bias); GPT-2 checkpoints load into it through HF_NAMES. Module names are lmforge's own: rename
+one and update HF_NAMES in the same change.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.layers.attention import KVCache
+from lmforge.layers.embeddings import TokenPositionEmbedding
+from lmforge.layers.heads import LMHead
+from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
+from lmforge.models.base import Backbone, CausalLM
+
+# ---------------------------------------------------------------- config
+
+POSITIONS = ("learned", "sinusoidal", "rotary")
+
+
+@dataclass
+class GPTConfig:
+    """Shape and switches of a GPT; the defaults are a tiny model that trains in seconds on a CPU.
+
+    activation: "relu", "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation GPT-2 calls
+    "gelu_new"). position: "learned" table, fixed "sinusoidal" table, or "rotary" (RoPE inside
+    attention, nothing added to the embedding). head_dim None means embed_dim // num_heads.
+    use_bias covers every Linear and LayerNorm; the LM head has a bias only when it is not tied.
+    """
+
+    vocab_size: int = 256
+    max_seq_len: int = 64
+    embed_dim: int = 64
+    num_heads: int = 4
+    head_dim: int | None = None
+    num_layers: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.0
+    norm_first: bool = True
+    activation: str = "gelu"
+    position: str = "learned"
+    tie_embeddings: bool = True
+    use_bias: bool = True
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "max_seq_len",
+            "embed_dim",
+            "num_heads",
+            "num_layers",
+            "ffn_dim",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+        if self.head_dim is None:
+            if self.embed_dim % self.num_heads:
+                raise ConfigError(
+                    f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
+                    "change one of them or set head_dim"
+                )
+        elif not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ConfigError(f"head_dim={self.head_dim!r} must be a positive integer or None")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation={self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}"
+            )
+        if self.position not in POSITIONS:
+            raise ConfigError(
+                f"position={self.position!r} is unknown; use one of {', '.join(POSITIONS)}"
+            )
+        if self.position == "rotary" and (self.head_dim or self.embed_dim // self.num_heads) % 2:
+            raise ConfigError(
+                "rotary positions need an even head_dim; change embed_dim, num_heads or head_dim"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} is out of range; use a value in [0, 1)")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps={self.layer_norm_eps} must be > 0 (GPT-2: 1e-5)")
+
+
+# ---------------------------------------------------------------- backbone
+
+
+def _init_weights(module: nn.Module) -> None:
+    # GPT-2: normal(0, 0.02) weights, zero biases; LayerNorm keeps its (1, 0) default.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class GPTBackbone(Backbone):
+    """Token (+ position) embedding, `num_layers` causal TransformerBlocks, final LayerNorm.
+
+    The final LayerNorm exists only when norm_first (GPT-2); post-norm blocks end normalised.
+    """
+
+    family = "gpt"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        c = config
+        rotary = c.position == "rotary"
+        self.embed = TokenPositionEmbedding(
+            c.vocab_size, c.embed_dim, c.max_seq_len, "none" if rotary else c.position, c.dropout
+        )
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                c.embed_dim,
+                c.num_heads,
+                c.ffn_dim,
+                head_dim=c.head_dim,
+                dropout=c.dropout,
+                activation=c.activation,
+                norm_first=c.norm_first,
+                is_causal=True,
+                use_bias=c.use_bias,
+                layer_norm_eps=c.layer_norm_eps,
+                rotary=rotary,
+                max_seq_len=c.max_seq_len,
+            )
+            for _ in range(c.num_layers)
+        )
+        self.final_norm = (
+            nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps, bias=c.use_bias)
+            if c.norm_first
+            else None
+        )
+        self.apply(_init_weights)
+        # GPT-2 paper, section 2.3: scale the weights of residual layers by 1/sqrt(N), N = the
+        # 2 residual additions per block.
+        residual_std = 0.02 / math.sqrt(2 * c.num_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ffn.down.weight, mean=0.0, std=residual_std)
+
+    def forward(
+        self,
+        token_ids: Tensor,
+        padding_mask: Tensor | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> Tensor:
+        """(B, T) ids -> hidden (B, T, C).
+
+        Args:
+            padding_mask: (B, T) bool, True = real token (with a cache: (B, S) over all S keys).
+            cache: one KVCache per block; the tokens are appended after those already cached.
+        """
+        T = token_ids.shape[1]
+        start = cache[0].length if cache is not None else 0
+        limit = self.config.max_seq_len
+        if start + T > limit:
+            if cache is not None:
+                raise ConfigError(
+                    f"the state holds {start} tokens and {T} more would pass max_seq_len={limit}; "
+                    "start a new state with init_state() (generate() slides the window for you)"
+                )
+            raise ConfigError(
+                f"got {T} tokens but max_seq_len={limit}; crop the input to at most {limit} tokens"
+            )
+        x = self.embed(token_ids, start)  # (B, T, C)
+        if cache is None:
+            for block in self.blocks:
+                x = block(x, padding_mask)
+        else:
+            for block, layer_cache in zip(self.blocks, cache):
+                x = block(x, padding_mask, layer_cache)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class GPTCausalLM(CausalLM):
+    """GPT backbone + LM head (tied to the token embedding when config.tie_embeddings).
+
+    Example:
+        model = GPTCausalLM(GPTConfig(vocab_size=100))
+        logits = model(torch.randint(0, 100, (2, 16)))              # (2, 16, 100)
+        ids = next(model.generate([1, 2, 3], max_new_tokens=5, seed=0))
+    """
+
+    family = "gpt"
+
+    def __init__(self, backbone: GPTBackbone | GPTConfig, preprocessor=None):
+        if isinstance(backbone, GPTConfig):
+            backbone = GPTBackbone(backbone)
+        super().__init__(backbone, preprocessor)
+        c = self.config
+        self.head = LMHead(
+            c.embed_dim,
+            c.vocab_size,
+            use_bias=c.use_bias and not c.tie_embeddings,
+            tied_to=backbone.embed.token if c.tie_embeddings else None,
+        )
+
+    def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(token_ids, padding_mask))  # (B, T, V)
+
+    def loss(self, batch: dict) -> Tensor:
+        """Mean cross-entropy in float32 over labels != -100.
+
+        Args:
+            batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted (labels[:, t]
+                is the target after position t), optional "padding_mask" (B, T) bool.
+        """
+        logits = self(batch["token_ids"], batch.get("padding_mask"))
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+        )
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> list[KVCache]:
+        """One empty KVCache of max_seq_len positions per block (allocated on the first step)."""
+        return [KVCache(self.config.max_seq_len) for _ in self.backbone.blocks]
+
+    def step(self, token_ids: Tensor, state: list[KVCache]) -> tuple[Tensor, list[KVCache]]:
+        """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place."""
+        return self.head(self.backbone(token_ids, cache=state)), state
+
+
+# ---------------------------------------------------------------- presets
+
+PRESETS = {
+    "gpt-tiny-wine": dict(
+        config=dict(
+            vocab_size=10000,
+            max_seq_len=80,
+            embed_dim=256,
+            num_heads=2,
+            head_dim=256,
+            num_layers=1,
+            ffn_dim=256,
+            norm_first=False,
+            activation="relu",
+            position="learned",
+            tie_embeddings=False,
+            use_bias=True,
+        ),
+        tokenizer="word",
+        about="one post-norm block (2 heads of 256, ReLU), the Keras GPT for short wine reviews",
+        # Keras tutorial: Adam at its default 1e-3, batch 32, 5 epochs, dropout 0.1.
+        train=dict(
+            batch_size=32,
+            block_size=80,
+            lr=1e-3,
+            warmup_steps=0,
+            weight_decay=0.0,
+            dropout=0.1,
+            epochs=5,
+        ),
+    ),
+    "gpt-baby": dict(
+        config=dict(
+            vocab_size=65,
+            max_seq_len=64,
+            embed_dim=128,
+            num_heads=4,
+            num_layers=4,
+            ffn_dim=512,
+            norm_first=True,
+            activation="gelu",
+            position="learned",
+            tie_embeddings=True,
+            use_bias=False,
+        ),
+        tokenizer="char",
+        about="4 x 128 pre-norm GPT, context 64: nanoGPT's 'baby' CPU shape for characters",
+        # nanoGPT README, CPU run on Shakespeare characters.
+        train=dict(
+            batch_size=12,
+            block_size=64,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            max_steps=2000,
+            weight_decay=0.1,
+            beta2=0.99,
+            grad_clip=1.0,
+            dropout=0.0,
+        ),
+    ),
+    "gpt-shakespeare": dict(
+        # TODO(lead): placeholder shape, to be tuned for the CPU time budget.
+        config=dict(
+            vocab_size=65,
+            max_seq_len=128,
+            embed_dim=192,
+            num_heads=6,
+            num_layers=6,
+            ffn_dim=768,
+            norm_first=True,
+            activation="gelu",
+            position="rotary",
+            tie_embeddings=True,
+            use_bias=False,
+        ),
+        tokenizer="char",
+        about="6 x 192 pre-norm GPT with rotary positions, context 128, for Shakespeare characters",
+        train=dict(
+            batch_size=32,
+            block_size=128,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            max_steps=5000,
+            weight_decay=0.1,
+            beta2=0.99,
+            grad_clip=1.0,
+            dropout=0.1,
+        ),
+    ),
+    "gpt2": dict(
+        config=dict(
+            vocab_size=50257,
+            max_seq_len=1024,
+            embed_dim=768,
+            num_heads=12,
+            num_layers=12,
+            ffn_dim=3072,
+            norm_first=True,
+            activation="gelu_tanh",
+            position="learned",
+            tie_embeddings=True,
+            use_bias=True,
+            layer_norm_eps=1e-5,
+        ),
+        tokenizer="byte-bpe",
+        about="GPT-2 small (124M): 12 x 768 pre-norm, context 1024, byte-level BPE",
+        # The ELI5 fine-tuning recipe of the Hugging Face course: AdamW 2e-5, weight decay 0.01.
+        train=dict(
+            batch_size=8,
+            block_size=128,
+            lr=2e-5,
+            warmup_steps=0,
+            weight_decay=0.01,
+            dropout=0.1,
+            epochs=3,
+        ),
+    ),
+    "distilgpt2": dict(
+        config=dict(
+            vocab_size=50257,
+            max_seq_len=1024,
+            embed_dim=768,
+            num_heads=12,
+            num_layers=6,
+            ffn_dim=3072,
+            norm_first=True,
+            activation="gelu_tanh",
+            position="learned",
+            tie_embeddings=True,
+            use_bias=True,
+            layer_norm_eps=1e-5,
+        ),
+        tokenizer="byte-bpe",
+        about="DistilGPT2 (82M): GPT-2 small with 6 layers, byte-level BPE",
+        train=dict(
+            batch_size=8,
+            block_size=128,
+            lr=2e-5,
+            warmup_steps=0,
+            weight_decay=0.01,
+            dropout=0.1,
+            epochs=3,
+        ),
+    ),
+}
+
+# ---------------------------------------------------------------- Hugging Face names
+
+# Keyed by the Hugging Face `model_type`. "{i}" stands for the block index. Checkpoints saved from
+# GPT2Model (the hub's gpt2 weights) lack the "transformer." prefix; tied checkpoints may lack
+# "lm_head.weight"; the "attn.bias" / "attn.masked_bias" buffers of old checkpoints are unused.
+HF_NAMES = {
+    "gpt2": dict(
+        config={
+            "vocab_size": "vocab_size",
+            "max_seq_len": "n_positions",
+            "embed_dim": "n_embd",
+            "num_heads": "n_head",
+            "num_layers": "n_layer",
+            "ffn_dim": "n_inner",  # None there means 4 * n_embd
+            "activation": "activation_function",
+            "layer_norm_eps": "layer_norm_epsilon",
+        },
+        activations={
+            "gelu_new": "gelu_tanh",
+            "gelu_pytorch_tanh": "gelu_tanh",
+            "gelu_fast": "gelu_tanh",
+            "gelu": "gelu",
+            "relu": "relu",
+        },
+        fixed=dict(norm_first=True, position="learned", tie_embeddings=True, use_bias=True),
+        weights={
+            "backbone.embed.token.weight": "transformer.wte.weight",
+            "backbone.embed.position.weight": "transformer.wpe.weight",
+            "backbone.blocks.{i}.attn_norm.weight": "transformer.h.{i}.ln_1.weight",
+            "backbone.blocks.{i}.attn_norm.bias": "transformer.h.{i}.ln_1.bias",
+            "backbone.blocks.{i}.attn.qkv.weight": "transformer.h.{i}.attn.c_attn.weight",
+            "backbone.blocks.{i}.attn.qkv.bias": "transformer.h.{i}.attn.c_attn.bias",
+            "backbone.blocks.{i}.attn.out.weight": "transformer.h.{i}.attn.c_proj.weight",
+            "backbone.blocks.{i}.attn.out.bias": "transformer.h.{i}.attn.c_proj.bias",
+            "backbone.blocks.{i}.ffn_norm.weight": "transformer.h.{i}.ln_2.weight",
+            "backbone.blocks.{i}.ffn_norm.bias": "transformer.h.{i}.ln_2.bias",
+            "backbone.blocks.{i}.ffn.up.weight": "transformer.h.{i}.mlp.c_fc.weight",
+            "backbone.blocks.{i}.ffn.up.bias": "transformer.h.{i}.mlp.c_fc.bias",
+            "backbone.blocks.{i}.ffn.down.weight": "transformer.h.{i}.mlp.c_proj.weight",
+            "backbone.blocks.{i}.ffn.down.bias": "transformer.h.{i}.mlp.c_proj.bias",
+            "backbone.final_norm.weight": "transformer.ln_f.weight",
+            "backbone.final_norm.bias": "transformer.ln_f.bias",
+            "head.weight": "lm_head.weight",
+        },
+        # GPT-2's Conv1D stores weights as (in, out); nn.Linear wants (out, in).
+        transpose=(
+            "backbone.blocks.{i}.attn.qkv.weight",
+            "backbone.blocks.{i}.attn.out.weight",
+            "backbone.blocks.{i}.ffn.up.weight",
+            "backbone.blocks.{i}.ffn.down.weight",
+        ),
+    ),
+}

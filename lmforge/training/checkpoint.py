@@ -1,0 +1,133 @@
+"""Run folders: atomic saves of weights and training state, and exact resume.
+
+RUN/ holds config.json, model.safetensors (latest weights), tokenizer/, metrics.jsonl and
+state.pt; RUN/checkpoints/step-N/ holds complete (weights, state) pairs, each written under a
+temporary name and renamed, so a crash at any moment leaves the last complete one intact.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from lmforge import __version__
+from lmforge.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Save a model's weights as safetensors, atomically (tied weights are stored once)."""
+    _atomic_save(Path(path), lambda tmp: save_model(model, tmp, metadata={"format": "pt"}))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into `model`; a mismatch is a CheckpointError."""
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as e:  # noqa: BLE001 - corrupt or mismatched files are the user's
+        raise CheckpointError(
+            f"cannot load weights from {path}: {str(e).splitlines()[0]}"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {path} do not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}): was the run's config changed?"
+        )
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    config = {"lmforge_version": __version__, **config}
+    atomic_write_text(Path(run_dir) / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist: check the path")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no config.json: it is not a complete lmforge run "
+            "(was training stopped before the first save?)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} is not valid JSON: the run folder is damaged") from None
+    major = str(config.get("lmforge_version", "0")).split(".")[0]
+    if "family" not in config or major != __version__.split(".")[0]:
+        raise CheckpointError(
+            f"{run_dir} was written by an incompatible lmforge version "
+            f"({config.get('lmforge_version')}): retrain or convert it"
+        )
+    return config
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, keep_last: int = 1) -> Path:
+    """Write RUN/checkpoints/step-N/{model.safetensors,state.pt} atomically, then update RUN/."""
+    run_dir = Path(run_dir)
+    ckpt_root = run_dir / CHECKPOINTS
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{state['step']:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(state, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for name in ("model.safetensors", "state.pt"):
+        src = final / name
+        _atomic_save(run_dir / name, lambda t, src=src: shutil.copyfile(src, t))
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_state(checkpoint: Path) -> dict:
+    """The training state of a checkpoint (ours: plain tensors, numbers and numpy RNG state)."""
+    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)

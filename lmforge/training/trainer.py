@@ -1,0 +1,684 @@
+"""The one training loop: `train()` sets a run up, `fit()` drives it, `train_step()` is one step.
+
+Any task trains here through `task.loss(batch)`. Everything that decides which batch comes next
+(batcher position, RNG states, step, tokens, elapsed time) is saved in state.pt, so N steps +
+resume + N steps equals 2N straight steps bit for bit (for step- and token-based budgets).
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from dataclasses import field as option
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge import device as devices
+from lmforge import progress
+from lmforge.data.batching import EpochBatcher, WindowBatcher, iterate_in_order
+from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
+from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
+from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+from lmforge.training import checkpoint as ckpt
+from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
+
+log = logging.getLogger(__name__)
+
+BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
+
+
+class TrainingDiverged(LmforgeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of `lmforge train` / `lmforge.train()`; a preset's `train` dict sets defaults."""
+
+    data: str = option(
+        default="python-stdlib", metadata={"help": "raw source, dataset name or prepared folder"}
+    )
+    tokenizer: str = option(default="char", metadata={"help": "tokenizer kind or folder"})
+    vocab_size: int | None = option(default=None, metadata={"help": "for trained tokenizers"})
+    field: str | None = option(
+        default=None, metadata={"help": "CSV column / JSON field / template"}
+    )
+    val_fraction: float = option(default=0.1, metadata={"help": "held-out share of the data"})
+    preset: str = option(default="gpt-baby", metadata={"help": "model preset (`lmforge presets`)"})
+    out: str = option(default="runs/latest", metadata={"help": "run folder"})
+    batching: str = option(
+        default="auto",
+        metadata={
+            "help": "windows (random), epochs (non-overlapping, reshuffled), documents (one per "
+            "example, padded), blocks (concatenate and chunk); auto picks"
+        },
+    )
+    batch_size: int = option(default=12, metadata={"help": "examples per micro-batch"})
+    block_size: int | None = option(
+        default=None, metadata={"help": "tokens per example (default: the model's context)"}
+    )
+    grad_accum: int = option(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_steps: int | None = option(default=None, metadata={"help": "total optimizer steps"})
+    epochs: float | None = option(default=None, metadata={"help": "passes over the train split"})
+    max_tokens: int | None = option(default=None, metadata={"help": "total training tokens"})
+    max_time: str | None = option(default=None, metadata={"help": "wall-time budget: 90s, 10m"})
+    lr: float = option(default=1e-3, metadata={"help": "peak learning rate"})
+    min_lr: float | None = option(default=None, metadata={"help": "floor (default lr/10)"})
+    warmup_steps: int = option(default=100, metadata={"help": "linear warmup steps"})
+    schedule: str = option(default="cosine", metadata={"help": "|".join(SCHEDULES)})
+    weight_decay: float = option(
+        default=0.1, metadata={"help": "AdamW decay (not on norms, biases, embeddings)"}
+    )
+    beta1: float = 0.9
+    beta2: float = option(default=0.99, metadata={"help": "AdamW beta2"})
+    grad_clip: float = option(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    precision: str = option(default="auto", metadata={"help": "auto|fp32|bf16"})
+    compile: bool = option(default=False, metadata={"help": "torch.compile the model"})
+    device: str = option(default="auto", metadata={"help": "auto|cpu|cuda[:N]"})
+    threads: int | None = option(default=None, metadata={"help": "CPU threads (default: cores)"})
+    eval_every: int = option(default=250, metadata={"help": "steps between evaluations"})
+    eval_tokens: int | None = option(
+        default=200_000,
+        metadata={
+            "help": "validation tokens per periodic evaluation; the final one uses the whole split"
+        },
+    )
+    log_every: int = option(default=10, metadata={"help": "steps between metrics lines"})
+    sample_every: int = option(default=0, metadata={"help": "steps between printed samples"})
+    keep_last: int = option(default=1, metadata={"help": "checkpoints to keep"})
+    seed: int = option(default=1337, metadata={"help": "random seed"})
+    resume: bool = option(default=False, metadata={"help": "continue the run in --out"})
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.batching not in BATCHINGS:
+            raise ConfigError(f"unknown --batching {self.batching!r}: use {', '.join(BATCHINGS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown --schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
+        if self.block_size is not None and self.block_size <= 0:
+            raise ConfigError("--block-size must be positive")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        parse_duration(self.max_time)
+
+
+# ---------------------------------------------------------------- one step
+
+
+def make_optimizer(task: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on norms, biases and embeddings; fused where supported."""
+    no_decay = set()
+    for module in task.modules():
+        if isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, other = [], []
+    for p in task.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and id(p) not in no_decay else other).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": other, "weight_decay": 0.0},
+    ]
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def train_step(
+    task: torch.nn.Module,
+    batches: dict | list[dict],
+    optimizer: torch.optim.Optimizer,
+    *,
+    precision: str = "fp32",
+    grad_clip: float = 0.0,
+    loss_fn=None,
+) -> float:
+    """One optimizer step over one batch or a list of micro-batches (gradient accumulation).
+
+    Returns the mean loss. Raises TrainingDiverged (before stepping) if the loss is not finite.
+
+    Example:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for batch in batches:
+            loss = train_step(model, batch, opt)
+    """
+    micro = batches if isinstance(batches, list) else [batches]
+    dev = next(task.parameters()).device
+    loss_fn = loss_fn or task.loss
+    total = torch.zeros((), device=dev)
+    for mb in micro:
+        mb = {k: v.to(dev, non_blocking=True) for k, v in mb.items()}
+        with devices.autocast(dev, precision):
+            loss = loss_fn(mb) / len(micro)
+        loss.backward()
+        total += loss.detach()
+    value = float(total)
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"loss is {value}")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(task.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+@torch.inference_mode()
+def evaluate(
+    task: torch.nn.Module,
+    examples,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    max_examples: int | None = None,
+) -> dict:
+    """Mean per-token loss and perplexity over `examples` (all, or an evenly spaced subset)."""
+    was_training = task.training
+    task.eval()
+    dev = next(task.parameters()).device
+    subset = examples
+    if max_examples is not None and len(examples) > max_examples:
+        subset = _Subset(examples, np.linspace(0, len(examples) - 1, max_examples).astype(int))
+    total, count = 0.0, 0
+    for batch in iterate_in_order(subset, batch_size):
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        n = int((batch["labels"] != IGNORE).sum())
+        if n == 0:
+            continue
+        with devices.autocast(dev, precision):
+            total += float(task.loss(batch)) * n
+        count += n
+    task.train(was_training)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+class _Subset:
+    def __init__(self, examples, index):
+        self.examples, self.index = examples, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def get(self, indices):
+        return self.examples.get(self.index[np.asarray(indices)])
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+def _rank() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
+    """Split user options into (TrainConfig, model overrides, preset); preset train dict < user."""
+    from lmforge.presets import family_classes, get_preset
+
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    preset_name = options.get("preset") or TrainConfig.preset
+    preset = get_preset(preset_name)
+    cfg_cls, _ = family_classes(preset["family"])
+    model_names = {f.name for f in dataclasses.fields(cfg_cls)}
+    model_over, train_opts = {}, dict(preset.get("train", {}))
+    for k, v in options.items():
+        if v is None and k not in train_names:
+            continue
+        if k in train_names:
+            train_opts[k] = v
+        elif k in model_names:
+            model_over[k] = v
+        else:
+            raise ConfigError(
+                f"unknown option '{k}': not a training option nor a {preset['family']} config field"
+            )
+    train_opts = {k: v for k, v in train_opts.items() if k in train_names}
+    try:
+        cfg = TrainConfig(**train_opts)
+    except TypeError as e:
+        raise ConfigError(f"invalid training options: {e}") from None
+    return cfg, model_over, preset
+
+
+def load_data(cfg: TrainConfig) -> PreparedData:
+    """A prepared folder as given, or raw data prepared on the fly into the cache."""
+    path = Path(cfg.data)
+    if (path / "meta.json").is_file():
+        return PreparedData(path)
+    from lmforge.data.corpus import open_source
+    from lmforge.data.datasets import cache_dir
+    from lmforge.data.prepare import cache_key
+
+    pcfg = PrepareConfig(
+        data=cfg.data,
+        tokenizer=cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        field=cfg.field,
+        val_fraction=cfg.val_fraction,
+    )
+    key = cache_key(pcfg, open_source(cfg.data, field=cfg.field))
+    return prepare(pcfg, cache_dir() / "prepared" / key[:20])
+
+
+def make_examples(data: PreparedData, split: str, batching: str, block_size: int):
+    if batching == "documents":
+        pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
+        return PaddedDocuments(data.documents(split), block_size, pad_id=pad)
+    if batching == "blocks":
+        return ChunkedBlocks(data.tokens(split), block_size)
+    return StrideWindows(data.tokens(split), block_size, keep_partial=(split != "train"))
+
+
+def train(**options) -> dict:
+    """Train a model from options (the same names as `lmforge train`'s flags); returns results.
+
+    Example:
+        result = lmforge.train(data="tinyshakespeare", tokenizer="char", preset="gpt-baby",
+                               out="runs/shakes", max_time="90s")
+        print(result["val_loss"])
+    """
+    cfg, model_over, preset = resolve_options(options)
+    rank, world = _rank()
+    dev = devices.pick_device(cfg.device)
+    if dev.type == "cpu":
+        devices.set_threads(cfg.threads)
+    precision = devices.resolve_precision(cfg.precision, dev)
+    run_dir = Path(cfg.out)
+
+    data = load_data(cfg)
+    tok = data.tokenizer
+    model_cfg = {**preset["config"], **model_over, "vocab_size": tok.vocab_size}
+    block_size = cfg.block_size or model_cfg.get("max_seq_len") or 128
+    if "max_seq_len" in model_cfg and block_size > model_cfg["max_seq_len"]:
+        model_cfg["max_seq_len"] = block_size
+    batching = cfg.batching
+    if batching == "auto":
+        batching = (
+            "documents"
+            if data.meta["splits"]["train"].get("offsets") and data.tokenizer.kind == "word"
+            else "windows"
+        )
+
+    from lmforge.presets import build_task
+
+    ckpt_path = None
+    if cfg.resume:
+        ckpt_path = ckpt.latest_checkpoint(run_dir)
+        if ckpt_path is None:
+            raise CheckpointError(
+                f"--resume: {run_dir} has no checkpoint to resume from; "
+                "drop --resume to start a new run"
+            )
+        saved = ckpt.read_config(run_dir)
+        if saved["model"] != model_cfg:
+            diff = sorted(
+                k
+                for k in set(saved["model"]) | set(model_cfg)
+                if saved["model"].get(k) != model_cfg.get(k)
+            )
+            raise CheckpointError(
+                f"--resume with a different model config ({', '.join(diff)} "
+                f"changed): use the run's settings or a new --out"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / "config.json").is_file():
+            raise ConfigError(
+                f"--out {run_dir} exists and is not an lmforge run: choose another folder"
+            )
+        if ckpt.list_checkpoints(run_dir):
+            raise ConfigError(
+                f"--out {run_dir} already holds a run: pass --resume to continue "
+                "it or choose another --out"
+            )
+
+    torch.manual_seed(cfg.seed)
+    task = build_task(preset["family"], model_cfg).to(dev)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(run_dir / "tokenizer")
+        ckpt.write_config(
+            run_dir,
+            {
+                "family": preset["family"],
+                "model": model_cfg,
+                "train": dataclasses.asdict(cfg),
+                "preset": cfg.preset,
+                "data": {
+                    "path": str(data.path),
+                    "tokenizer": tok.kind,
+                    "batching": batching,
+                    "block_size": block_size,
+                },
+            },
+        )
+    train_examples = (
+        None if batching == "windows" else make_examples(data, "train", batching, block_size)
+    )
+    if batching == "windows":
+        batcher = WindowBatcher(
+            data.tokens("train"), block_size, cfg.batch_size, cfg.seed, rank, world
+        )
+    else:
+        batcher = EpochBatcher(train_examples, cfg.batch_size, cfg.seed, rank, world)
+    val_examples = make_examples(data, "val", batching, block_size)
+    log.info(
+        "model: %s, %s parameters; %s precision on %s; batching %s, block %d",
+        cfg.preset,
+        f"{task.num_params():,}",
+        precision,
+        dev,
+        batching,
+        block_size,
+    )
+    return fit(
+        task,
+        batcher,
+        val_examples,
+        cfg,
+        run_dir=run_dir,
+        precision=precision,
+        resume_from=ckpt_path,
+        char_level=tok.kind == "char",
+        tokenizer=tok,
+    )
+
+
+def fit(
+    task,
+    batcher,
+    val_examples,
+    cfg: TrainConfig,
+    run_dir: Path | None = None,
+    precision: str = "fp32",
+    resume_from: Path | None = None,
+    char_level: bool = False,
+    tokenizer=None,
+) -> dict:
+    """Train `task` on `batcher` until a budget runs out; evaluate, checkpoint, log metrics.
+
+    Example:
+        batcher = WindowBatcher(tokens, block_size=64, batch_size=12)
+        result = fit(model, batcher, StrideWindows(val_tokens, 64), TrainConfig(max_steps=200))
+    """
+    rank, _ = _rank()
+    is_main = rank == 0
+    optimizer = make_optimizer(task, cfg)
+    max_time = parse_duration(cfg.max_time)
+    max_steps = cfg.max_steps
+    if max_steps is None and cfg.epochs is None and cfg.max_tokens is None and max_time is None:
+        max_steps = 1000
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * _rank()[1] * _block_tokens(batcher)
+
+    step, tokens, elapsed, best_val = 0, 0, 0.0, float("inf")
+    if resume_from is not None:
+        state = ckpt.load_state(resume_from)
+        ckpt.load_weights(task, resume_from / "model.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        batcher.load_state_dict(state["batcher"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
+        best_val = state.get("best_val", best_val)
+        if run_dir is not None and is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    loss_fn = task.loss
+    if cfg.compile:
+        loss_fn = _compiled(task)
+
+    def progress_now() -> float:
+        fractions = [0.0]
+        if max_steps:
+            fractions.append(step / max_steps)
+        if cfg.epochs:
+            fractions.append(batcher.epoch / cfg.epochs)
+        if cfg.max_tokens:
+            fractions.append(tokens / cfg.max_tokens)
+        if max_time:
+            fractions.append(elapsed / max_time)
+        return max(fractions)
+
+    def save(reason: str) -> None:
+        if run_dir is None or not is_main:
+            return
+        state = {
+            "step": step,
+            "tokens": tokens,
+            "elapsed": elapsed,
+            "best_val": best_val,
+            "optimizer": optimizer.state_dict(),
+            "batcher": batcher.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "reason": reason,
+        }
+        ckpt.save_checkpoint(run_dir, task, state, keep_last=cfg.keep_last)
+
+    def save_best(val_loss: float) -> None:
+        if run_dir is None or not is_main:
+            return
+        (run_dir / "best").mkdir(exist_ok=True)
+        ckpt.save_weights(task, run_dir / "best" / "model.safetensors")
+        ckpt.atomic_write_text(
+            run_dir / "best" / "best.json", json.dumps({"step": step, "val_loss": val_loss}) + "\n"
+        )
+
+    def log_metrics(row: dict) -> None:
+        if run_dir is not None and is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def run_eval(final: bool) -> dict:
+        limit = (
+            None
+            if final or cfg.eval_tokens is None
+            else max(1, cfg.eval_tokens // max(1, _block_tokens(batcher)))
+        )
+        result = evaluate(
+            task,
+            val_examples,
+            batch_size=max(cfg.batch_size, 16),
+            precision=precision,
+            max_examples=limit,
+        )
+        if char_level:
+            result["bits_per_char"] = result["loss"] / math.log(2)
+        return result
+
+    task.train()
+    bar = progress.bar(total=max_steps, desc="train", unit="step", initial=step)
+    train_loss, recent = float("nan"), []
+    t_window, tok_window = time.perf_counter(), 0
+    interrupted = False
+    prev_handler = _install_sigterm()
+    t_start, elapsed_before = time.perf_counter(), elapsed
+    try:
+        while progress_now() < 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(
+                    step, progress_now(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
+                )
+            micro = [batcher.next_batch() for _ in range(cfg.grad_accum)]
+            try:
+                loss = train_step(
+                    task,
+                    micro,
+                    optimizer,
+                    precision=precision,
+                    grad_clip=cfg.grad_clip,
+                    loss_fn=loss_fn,
+                )
+            except TrainingDiverged as e:
+                last = ckpt.latest_checkpoint(run_dir) if run_dir else None
+                kept = (
+                    f"the last good checkpoint ({last.name}) is kept"
+                    if last
+                    else "no checkpoint was saved yet"
+                )
+                raise TrainingDiverged(
+                    f"{e} at step {step + 1}; {kept}: lower --lr or raise "
+                    "--warmup-steps, then --resume"
+                ) from None
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - torch.compile fails at its first call
+                if loss_fn is task.loss:
+                    raise
+                log.warning(
+                    "torch.compile failed (%s); training eagerly",
+                    str(e).strip().splitlines()[0][:200],
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn = task.loss
+                loss = train_step(
+                    task,
+                    micro,
+                    optimizer,
+                    precision=precision,
+                    grad_clip=cfg.grad_clip,
+                    loss_fn=loss_fn,
+                )
+            step += 1
+            tokens += tokens_per_step
+            elapsed = elapsed_before + time.perf_counter() - t_start
+            recent.append(loss)
+            tok_window += tokens_per_step
+            if step % cfg.log_every == 0 or progress_now() >= 1.0:
+                now = time.perf_counter()
+                train_loss = sum(recent) / len(recent)
+                recent = []
+                tps = tok_window / max(now - t_window, 1e-9)
+                t_window, tok_window = now, 0
+                log_metrics(
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "train_loss": train_loss,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": tps,
+                        "elapsed_s": elapsed,
+                        "epoch": batcher.epoch,
+                    }
+                )
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            bar.update(1)
+            if step % cfg.eval_every == 0 and progress_now() < 1.0:
+                result = run_eval(final=False)
+                log_metrics(
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "val_loss": result["loss"],
+                        "elapsed_s": elapsed,
+                    }
+                )
+                if result["loss"] < best_val:
+                    best_val = result["loss"]
+                    save_best(result["loss"])
+                save("periodic")
+            if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer is not None:
+                _print_sample(task, tokenizer)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, prev_handler)
+    tps_all = tokens / max(elapsed, 1e-9)
+    if interrupted:
+        save("interrupted")
+        log.info("interrupted at step %d: checkpoint saved; continue with --resume", step)
+        raise KeyboardInterrupt
+    result = run_eval(final=True)
+    if result["loss"] < best_val:
+        best_val = result["loss"]
+        save_best(result["loss"])
+    log_metrics(
+        {
+            "step": step,
+            "tokens": tokens,
+            "val_loss": result["loss"],
+            "elapsed_s": elapsed,
+            "final": True,
+        }
+    )
+    save("final")
+    out = {
+        "val_loss": result["loss"],
+        "val_perplexity": result["perplexity"],
+        "train_loss": train_loss if recent == [] else sum(recent) / len(recent),
+        "steps": step,
+        "tokens": tokens,
+        "tokens_per_s": tps_all,
+        "elapsed_s": elapsed,
+        "run": str(run_dir) if run_dir else None,
+    }
+    if "bits_per_char" in result:
+        out["val_bits_per_char"] = result["bits_per_char"]
+    return out
+
+
+def _block_tokens(batcher) -> int:
+    if isinstance(batcher, WindowBatcher):
+        return batcher.block_size
+    ex = batcher.examples
+    return getattr(ex, "block_size", None) or getattr(ex, "length", 1)
+
+
+def _compiled(task):
+    try:
+        return torch.compile(task.loss)
+    except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
+        log.warning("torch.compile failed (%s); training eagerly", str(e).splitlines()[0])
+        return task.loss
+
+
+def _install_sigterm():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _print_sample(task, tokenizer) -> None:
+    from lmforge.generation.generate import generate_text
+
+    was = task.training
+    task.eval()
+    text = "".join(
+        generate_text(
+            task,
+            tokenizer,
+            "\n" if tokenizer.kind == "char" else "",
+            max_new_tokens=200,
+            temperature=0.8,
+            seed=0,
+        )
+    )
+    task.train(was)
+    log.info("sample:\n%s", text)

@@ -1,0 +1,121 @@
+"""CharTokenizer: sorted-character vocabulary, round trips, unknown characters, fast array path."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
+from lmforge.tokenizers.char import CharTokenizer
+
+TEXT = "ROMEO: But soft, what light through yonder window breaks?\nJULIET: O Romeo!\n"
+CHARS = sorted(set(TEXT))
+
+# the autouse seed/data-dir fixtures in conftest are per test, harmless across examples
+_examples = settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def tok() -> CharTokenizer:
+    return CharTokenizer.train(TEXT)
+
+
+def test_vocabulary_is_sorted_distinct_characters(tok):
+    assert tok.kind == "char"
+    assert tok.vocab == CHARS
+    assert tok.vocab_size == len(CHARS)
+    assert tok.encode("ROMEO") == [CHARS.index(c) for c in "ROMEO"]
+    assert tok.token_to_id("R") == CHARS.index("R")
+    assert tok.id_to_token(0) == CHARS[0] and tok.id_to_token(len(CHARS)) is None
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (None,) * 5
+    assert tok.special_ids() == set()
+
+
+def test_train_on_many_texts_equals_one_text():
+    assert (
+        CharTokenizer.train(["ab", "ca"]).vocab == CharTokenizer.train("abca").vocab == list("abc")
+    )
+
+
+@_examples
+@given(st.text(alphabet=CHARS))
+def test_decode_inverts_encode(tok, text):
+    ids = tok.encode(text)
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+
+
+@_examples
+@given(st.text(alphabet=CHARS + ["é", "\U0001f600"]))
+def test_encode_array_matches_encode(text):
+    tok = CharTokenizer.train(CHARS + ["é", "\U0001f600"])  # non-ascii, and a code point > 0xffff
+    array = tok.encode_array(text)
+    assert array.dtype == np.int64 and array.shape == (len(text),)
+    assert array.tolist() == tok.encode(text) == [tok.token_to_id(c) for c in text]
+
+
+def test_unknown_character_error_names_char_and_position(tok):
+    with pytest.raises(DataError) as err:
+        tok.encode("ROMEO\u00e9 z")
+    message = str(err.value)
+    assert "'é'" in message and "position 5" in message and "--unknown-token" in message
+    assert "\n" not in message
+    # a code point far above every vocabulary entry takes the same path
+    with pytest.raises(DataError, match="position 2"):
+        tok.encode_array("RO\U0001f600")
+
+
+def test_unknown_token_added_at_end_and_used():
+    tok = CharTokenizer.train(TEXT, unknown_token="[UNK]")
+    assert tok.vocab == CHARS + ["[UNK]"]
+    assert tok.unk_id == len(CHARS) and tok.unk_token == "[UNK]"
+    ids = tok.encode("Ré\U0001f600")
+    assert ids == [CHARS.index("R"), tok.unk_id, tok.unk_id]
+    assert tok.decode(ids) == "R[UNK][UNK]"
+    assert tok.decode(ids, skip_special_tokens=True) == "R"
+    assert tok.special_ids() == {tok.unk_id}
+
+
+def test_unknown_token_already_a_character_is_not_added():
+    tok = CharTokenizer.train(TEXT, unknown_token="?")
+    assert tok.vocab == CHARS and tok.unk_id == CHARS.index("?")
+    assert tok.decode(tok.encode("é!")) == "?!"
+    assert tok.decode(tok.encode("?"), skip_special_tokens=True) == "?"  # a real character
+
+
+def test_decode_accepts_arrays_and_tensors(tok):
+    ids = tok.encode("O Romeo")
+    assert tok.decode(np.array(ids)) == tok.decode(torch.tensor(ids)) == "O Romeo"
+    with pytest.raises(DataError, match="token id 999"):
+        tok.decode([0, 999])
+    with pytest.raises(DataError, match="token id -1"):
+        tok.decode([-1])
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = CharTokenizer.train(TEXT + "é", unknown_token="[UNK]")
+    tok.save(tmp_path)
+    assert not (tmp_path / "tokenizer.json").exists()
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, CharTokenizer)
+    text = "JULIET: é\U0001f600 Romeo?"
+    assert loaded.encode(text) == tok.encode(text)
+    assert loaded.vocab == tok.vocab and loaded.unk_id == tok.unk_id
+
+
+def test_pickles_for_worker_processes(tok):
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode_array(TEXT).tolist() == tok.encode(TEXT)
+
+
+def test_train_tokenizer_char_and_its_errors():
+    tok = train_tokenizer("char", [TEXT], unknown_token="?")
+    assert tok.kind == "char" and tok.unk_id == CHARS.index("?")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train_tokenizer("char", [TEXT], vocab_size=100)
+    with pytest.raises(DataError, match="non-empty"):
+        CharTokenizer.train(["", ""])
