@@ -243,6 +243,8 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
                 f"unknown option '{k}': not a training option nor a {preset['family']} config field"
             )
     train_opts = {k: v for k, v in train_opts.items() if k in train_names}
+    if "max_seq_len" in model_over and options.get("block_size") is None:
+        train_opts["block_size"] = None  # the user's context wins over the preset's block size
     try:
         cfg = TrainConfig(**train_opts)
     except TypeError as e:

@@ -34,7 +34,12 @@ def test_post_norm_block_ends_normalised():
 
 def test_pre_norm_block_keeps_the_residual_stream():
     block = TransformerBlock(16, 2, 32, norm_first=True)
-    for p in [block.attn.out.weight, block.attn.out.bias, block.ffn.down.weight, block.ffn.down.bias]:
+    for p in [
+        block.attn.out.weight,
+        block.attn.out.bias,
+        block.ffn.down.weight,
+        block.ffn.down.bias,
+    ]:
         torch.nn.init.zeros_(p)
     x = torch.randn(3, 5, 16) * 10
     torch.testing.assert_close(block(x), x)

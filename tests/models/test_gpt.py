@@ -224,9 +224,15 @@ def _weights_from_hf(theirs: dict, num_layers: int) -> dict:
 def test_parity_with_transformers_gpt2():
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
+        vocab_size=50,
+        n_positions=16,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     reference = transformers.GPT2LMHeadModel(hf_config).eval()
     with torch.no_grad():  # give LayerNorms and biases non-trivial values
         for name, p in reference.named_parameters():

@@ -1,0 +1,159 @@
+"""The training loop: loss falls, exact resume, budgets, divergence and interruption."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmforge
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.training import trainer
+from lmforge.training.checkpoint import list_checkpoints
+
+TINY = dict(
+    preset="gpt-baby",
+    num_layers=1,
+    embed_dim=32,
+    num_heads=2,
+    ffn_dim=64,
+    max_seq_len=16,
+    batch_size=4,
+    eval_every=10,
+    eval_tokens=256,
+    log_every=1,
+    warmup_steps=2,
+    lr=3e-3,
+    threads=1,
+    precision="fp32",
+)
+
+
+def _run(tiny_text, out, **kw):
+    return lmforge.train(data=str(tiny_text), tokenizer="char", out=str(out), **{**TINY, **kw})
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_run_folder_is_complete(tiny_text, tmp_path):
+    result = _run(tiny_text, tmp_path / "run", max_steps=40, lr=1e-2)
+    rows = [r for r in _metrics(tmp_path / "run") if "train_loss" in r]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.0
+    assert result["steps"] == 40 and result["tokens"] == 40 * 4 * 16
+    for name in ("config.json", "model.safetensors", "state.pt", "metrics.jsonl", "tokenizer"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert result["val_loss"] < 3.0 and "val_bits_per_char" in result
+    model = lmforge.load(tmp_path / "run")
+    assert model(torch.tensor([[1, 2, 3]])).shape == (
+        1,
+        3,
+        lmforge.load_tokenizer(tmp_path / "run").vocab_size,
+    )
+
+
+def _assert_same_run(a_dir, b_dir):
+    a = load_file(a_dir / "model.safetensors")
+    b = load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses = lambda run: [r["train_loss"] for r in _metrics(run) if "train_loss" in r]  # noqa: E731
+    assert losses(a_dir) == losses(b_dir) and len(losses(a_dir)) == 16
+
+
+def test_n_plus_n_resumed_steps_equal_2n_straight(tiny_text, tmp_path):
+    # A constant schedule: `--max-steps 8` then `--resume --max-steps 16` (the total).
+    _run(tiny_text, tmp_path / "straight", max_steps=16, schedule="constant")
+    _run(tiny_text, tmp_path / "split", max_steps=8, schedule="constant")
+    _run(tiny_text, tmp_path / "split", max_steps=16, resume=True, schedule="constant")
+    _assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+def test_resume_with_another_model_config_is_refused(tiny_text, tmp_path):
+    _run(tiny_text, tmp_path / "run", max_steps=2)
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        _run(tiny_text, tmp_path / "run", max_steps=4, resume=True, embed_dim=64)
+
+
+def test_existing_run_needs_resume(tiny_text, tmp_path):
+    _run(tiny_text, tmp_path / "run", max_steps=2)
+    with pytest.raises(ConfigError, match="--resume"):
+        _run(tiny_text, tmp_path / "run", max_steps=4)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_text, tmp_path, monkeypatch):
+    _run(tiny_text, tmp_path / "run", max_steps=10)
+    good = (tmp_path / "run" / "model.safetensors").read_bytes()
+    real_loss = trainer.train_step
+
+    def poisoned(task, batches, optimizer, **kw):
+        kw["loss_fn"] = lambda batch: task.loss(batch) * float("nan")
+        return real_loss(task, batches, optimizer, **kw)
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(trainer.TrainingDiverged, match="step 11.*step-00000010"):
+        _run(tiny_text, tmp_path / "run", max_steps=20, resume=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == good
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes(tiny_text, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.WindowBatcher.next_batch
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(self)
+
+    # A cosine schedule over 16 steps, interrupted after step 5 (Ctrl-C) and resumed: the
+    # result is bit-identical to the uninterrupted run.
+    _run(tiny_text, tmp_path / "straight", max_steps=16)
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_text, tmp_path / "run", max_steps=16)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000005"]
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", real)
+    result = _run(tiny_text, tmp_path / "run", max_steps=16, resume=True)
+    assert result["steps"] == 16
+    _assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_budgets(tiny_text, tmp_path):
+    assert _run(tiny_text, tmp_path / "a", max_tokens=640)["steps"] == 10
+    r = _run(tiny_text, tmp_path / "b", max_time="2s", eval_every=1000)
+    assert r["elapsed_s"] >= 2.0 and r["steps"] > 0
+
+
+def test_grad_accumulation_matches_bigger_batch():
+    from lmforge.models.gpt import GPTCausalLM, GPTConfig
+
+    cfg = GPTConfig(
+        vocab_size=20, max_seq_len=8, embed_dim=16, num_heads=2, num_layers=1, ffn_dim=32
+    )
+    torch.manual_seed(0)
+    a = GPTCausalLM(cfg)
+    b = GPTCausalLM(cfg)
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 20, (4, 8))
+    batch = {"token_ids": x, "labels": x}
+    halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    trainer.train_step(a, batch, opt_a)
+    trainer.train_step(b, halves, opt_b)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    from lmforge.models.gpt import GPTCausalLM, GPTConfig
+
+    model = GPTCausalLM(GPTConfig(vocab_size=20, max_seq_len=8, embed_dim=16, num_heads=2))
+    opt = trainer.make_optimizer(model, trainer.TrainConfig(weight_decay=0.1))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        expect = p.ndim >= 2 and "emb" not in name and "norm" not in name
+        assert (id(p) in decayed) == expect, name
