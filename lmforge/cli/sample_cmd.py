@@ -42,6 +42,7 @@ def run(args) -> int:
         flags.pop(k, None)
     cfg = options.build(SampleConfig, file_opts, flags)
     model, tok = load_for_sampling(args.run, cfg.device)
+    tok.encode(cfg.prompt)  # a prompt the tokenizer cannot encode fails before any output
     kw = dict(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,

@@ -230,7 +230,14 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     preset = get_preset(preset_name)
     cfg_cls, _ = family_classes(preset["family"])
     model_names = {f.name for f in dataclasses.fields(cfg_cls)}
-    model_over, train_opts = {}, dict(preset.get("train", {}))
+    model_over, train_opts = {}, {}
+    if preset.get("tokenizer"):
+        train_opts["tokenizer"] = {"byte-bpe": "bpe"}.get(preset["tokenizer"], preset["tokenizer"])
+    budgets = ("max_steps", "epochs", "max_tokens", "max_time")
+    user_budget = any(options.get(k) is not None for k in budgets)
+    for k, v in preset.get("train", {}).items():  # the preset's suggestions, lowest precedence
+        if not (user_budget and k in budgets):  # a budget the user names replaces the preset's
+            (train_opts if k in train_names else model_over)[k] = v
     for k, v in options.items():
         if v is None and k not in train_names:
             continue
@@ -240,10 +247,10 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
             model_over[k] = v
         else:
             raise ConfigError(
-                f"unknown option '{k}': not a training option nor a {preset['family']} config field"
+                f"unknown option '{k}': not a training option nor a "
+                f"{preset['family']} config field"
             )
-    train_opts = {k: v for k, v in train_opts.items() if k in train_names}
-    if "max_seq_len" in model_over and options.get("block_size") is None:
+    if "max_seq_len" in options and options.get("block_size") is None:
         train_opts["block_size"] = None  # the user's context wins over the preset's block size
     try:
         cfg = TrainConfig(**train_opts)

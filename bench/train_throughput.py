@@ -1,0 +1,234 @@
+"""Training throughput: lmforge's defaults vs plain eager fp32 PyTorch vs Hugging Face GPT-2.
+
+Each contender runs in its own fresh process, alternated A B C A B C ..., and the medians are
+compared (this machine's speed drifts by tens of percent between runs). Run by hand:
+
+    .venv/bin/python bench/train_throughput.py --preset gpt-baby --json
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {"gpt-baby": dict(batch=12, block=64, vocab=65),
+          "gpt2": dict(batch=4, block=256, vocab=50257),
+          "distilgpt2": dict(batch=8, block=128, vocab=50257)}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _matmul_peak(dtype_name: str) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < 1.0 or reps < 3:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _lmforge_model(preset: str, vocab: int):
+    from lmforge.presets import build_task, get_preset
+
+    cfg = dict(get_preset(preset)["config"], vocab_size=vocab, dropout=0.0)
+    return build_task("gpt", cfg)
+
+
+def _plain_model(preset: str, vocab: int):
+    """A from-scratch GPT as the common recipes write it (nanoGPT style), fp32, eager."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from lmforge.presets import get_preset
+
+    c = get_preset(preset)["config"]
+    E, H, L, T = c["embed_dim"], c["num_heads"], c["num_layers"], c["max_seq_len"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(E), nn.LayerNorm(E)
+            self.qkv, self.proj = nn.Linear(E, 3 * E), nn.Linear(E, E)
+            self.fc, self.out = nn.Linear(E, c["ffn_dim"]), nn.Linear(c["ffn_dim"], E)
+
+        def forward(self, x):
+            B, S, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).split(E, dim=2)
+            q, k, v = (t.view(B, S, H, E // H).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(B, S, E))
+            return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, E), nn.Embedding(T, E)
+            self.blocks = nn.ModuleList(Block() for _ in range(L))
+            self.ln, self.head = nn.LayerNorm(E), nn.Linear(E, vocab, bias=False)
+            self.head.weight = self.tok.weight
+
+        def forward(self, idx, targets):
+            x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+            for b in self.blocks:
+                x = b(x)
+            logits = self.head(self.ln(x))
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    return GPT()
+
+
+def _hf_model(preset: str, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.presets import get_preset
+
+    c = get_preset(preset)["config"]
+    cfg = GPT2Config(vocab_size=vocab, n_positions=c["max_seq_len"], n_embd=c["embed_dim"],
+                     n_layer=c["num_layers"], n_head=c["num_heads"], n_inner=c["ffn_dim"],
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).train()
+
+
+def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
+    """Time `steps` training steps of one contender in this process."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    shape = SHAPES[preset]
+    B, T, V = shape["batch"], shape["block"], shape["vocab"]
+    x = torch.randint(0, V, (B, T))
+    y = torch.randint(0, V, (B, T))
+    if kind == "lmforge":
+        from lmforge import device as devices
+        from lmforge.training.trainer import TrainConfig, make_optimizer, train_step
+
+        model = _lmforge_model(preset, V).train()
+        precision = devices.resolve_precision("auto", torch.device("cpu"))
+        opt = make_optimizer(model, TrainConfig())
+        batch = {"token_ids": x, "labels": y}
+
+        def step():
+            train_step(model, batch, opt, precision=precision, grad_clip=1.0)
+    elif kind == "eager":
+        model = _plain_model(preset, V).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        precision = "fp32"
+
+        def step():
+            loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        from lmforge import device as devices
+
+        model = _hf_model(preset, V)
+        precision = devices.resolve_precision("auto", torch.device("cpu"))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step():
+            with devices.autocast(torch.device("cpu"), precision):
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    s = statistics.median(times)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"kind": kind, "precision": precision, "s_per_step": s, "tokens_per_s": B * T / s,
+            "peak_rss_mb": _peak_rss_mb(), "params": n_params}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="gpt-baby", choices=sorted(SHAPES))
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per trial")
+    ap.add_argument("--trials", type=int, default=3, help="fresh processes per contender")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    big = args.preset != "gpt-baby"
+    steps = args.steps or (4 if big else 40)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.preset, steps, 2 if big else 10)))
+        return
+
+    try:
+        import transformers  # noqa: F401
+
+        kinds = ["lmforge", "eager", "hf"]
+    except ImportError:
+        kinds = ["lmforge", "eager"]
+    results = {k: [] for k in kinds}
+    for _ in range(args.trials):
+        for kind in kinds:
+            out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--one",
+                                  kind, "--steps", str(steps)], capture_output=True, text=True,
+                                 check=True)
+            results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    peak_bf16, peak_fp32 = _matmul_peak("bfloat16"), _matmul_peak("float32")
+    med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
+    ours = results["lmforge"][0]
+    shape = SHAPES[args.preset]
+    # Model FLOPs per token: 6 * params (matmuls, fwd + bwd) + attention (6 * L * T * C, causal).
+    from lmforge.presets import get_preset
+
+    c = get_preset(args.preset)["config"]
+    flops_tok = 6 * ours["params"] + 6 * c["num_layers"] * shape["block"] * c["embed_dim"]
+    row = {
+        "preset": args.preset, "batch": shape["batch"], "block": shape["block"],
+        "precision": ours["precision"],
+        "tokens_per_s": med["lmforge"],
+        "ms_per_step": 1000 * shape["batch"] * shape["block"] / med["lmforge"],
+        "eager_fp32_tokens_per_s": med["eager"],
+        "hf_tokens_per_s": med.get("hf"),
+        "hf_precision": results["hf"][0]["precision"] if "hf" in results else None,
+        "speedup_vs_eager": med["lmforge"] / med["eager"],
+        "speedup_vs_hf": med["lmforge"] / med["hf"] if "hf" in med else None,
+        "mfu_bf16": flops_tok * med["lmforge"] / peak_bf16,
+        "mfu_fp32": flops_tok * med["lmforge"] / peak_fp32,
+        "matmul_peak_bf16_gflops": peak_bf16 / 1e9,
+        "matmul_peak_fp32_gflops": peak_fp32 / 1e9,
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["lmforge"]),
+        "eager_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["eager"]),
+        "trials": args.trials,
+    }
+    if args.json:
+        print(json.dumps(row))
+    else:
+        for k, v in row.items():
+            print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
+    if not math.isfinite(row["tokens_per_s"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
