@@ -26,6 +26,10 @@ def shared_data(name: str) -> Path:
     return path
 
 
+# Tiny models gain nothing from a second thread, and thread hand-offs dominate their ops.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)

@@ -29,10 +29,9 @@ def _as_prompts(prompt_ids) -> list[list[int]]:
         prompts = [prompts] if prompt_ids.dim() == 1 else prompts
     else:
         prompts = list(prompt_ids)
-        if prompts and all(isinstance(t, int) for t in prompts):
+        if prompts and not hasattr(prompts[0], "__len__"):  # flat ids: a single prompt
             prompts = [prompts]
-        else:
-            prompts = [[int(t) for t in p] for p in prompts]
+        prompts = [[int(t) for t in p] for p in prompts]
     if not prompts:
         raise ConfigError("no prompt given; pass a list of token ids or a list of such lists")
     for i, p in enumerate(prompts):
@@ -183,15 +182,21 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     ids = list(tokenizer.encode(prompt))
     if ids:
         return ids
-    if getattr(tokenizer, "eos_id", None) is not None:
-        return [tokenizer.eos_id]  # GPT-2's convention for unconditional samples
-    raise ConfigError("the prompt encodes to no tokens; give a non-empty prompt")
+    # An empty prompt starts from the start token, else from end-of-text (GPT-2's convention).
+    for start in (getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)):
+        if start is not None:
+            return [start]
+    raise ConfigError(
+        "the prompt encodes to no tokens and the tokenizer has no bos/eos token; "
+        "give a non-empty prompt"
+    )
 
 
 def _text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int]]:
     eos = getattr(tokenizer, "eos_id", None)
     sampling.setdefault("stop_token_ids", () if eos is None else (eos,))
-    return [s for s in (stop or ()) if s], set(sampling["stop_token_ids"])
+    stop = [stop] if isinstance(stop, str) else stop or ()
+    return [s for s in stop if s], set(sampling["stop_token_ids"])
 
 
 def _release(text: str, sent: int, stops: list[str], final: bool) -> tuple[str, int, bool]:

@@ -290,7 +290,7 @@ PRESETS = {
         ),
     ),
     "gpt-shakespeare": dict(
-        # TODO(lead): placeholder shape, to be tuned for the CPU time budget.
+        # A placeholder shape, to be tuned for the CPU time budget.
         config=dict(
             vocab_size=65,
             max_seq_len=128,
@@ -334,7 +334,7 @@ PRESETS = {
             use_bias=True,
             layer_norm_eps=1e-5,
         ),
-        tokenizer="byte-bpe",
+        tokenizer="bpe",
         about="GPT-2 small (124M): 12 x 768 pre-norm, context 1024, byte-level BPE",
         # The ELI5 fine-tuning recipe of the Hugging Face course: AdamW 2e-5, weight decay 0.01.
         train=dict(
@@ -362,7 +362,7 @@ PRESETS = {
             use_bias=True,
             layer_norm_eps=1e-5,
         ),
-        tokenizer="byte-bpe",
+        tokenizer="bpe",
         about="DistilGPT2 (82M): GPT-2 small with 6 layers, byte-level BPE",
         train=dict(
             batch_size=8,

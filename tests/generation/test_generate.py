@@ -218,3 +218,10 @@ def test_generate_text_makes_one_sample(gpt):
 def test_model_generate_delegates(gpt):
     out = torch.stack(list(gpt.generate([5, 9, 2, 11], 4, temperature=0)), dim=1)
     assert out[0].tolist() == greedy_by_full_forward(gpt, [5, 9, 2, 11], 4)
+
+
+def test_an_empty_prompt_starts_from_the_special_token():
+    model, tok = scripted("hi", prompt="x", eos_id=0)  # "x": a one-token prompt, like [eos]
+    assert "".join(generate_text(model, tok, "", max_new_tokens=5, temperature=0)) == "hi"
+    with pytest.raises(ConfigError, match="non-empty prompt"):
+        generate_text(model, ByteTokenizer(), "", max_new_tokens=5)
