@@ -73,9 +73,16 @@ def from_preset(name_or_path: str | Path, device: str | None = None):
             raise CheckpointError(f"{path} has no model.safetensors: the run never saved weights")
         task = build_task(config["family"], config["model"])
         load_weights(task, weights)
-    else:
+    elif str(name_or_path) in all_presets():
         preset = get_preset(str(name_or_path))
         task = build_task(preset["family"], preset["config"])
+    else:
+        from lmforge.errors import CheckpointError
+
+        raise CheckpointError(
+            f"run folder {path} does not exist, and it is no preset name either "
+            f"(known: {', '.join(all_presets())}): check the path"
+        )
     task.eval()
     if device is not None:
         task.to(device)

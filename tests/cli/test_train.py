@@ -1,0 +1,178 @@
+"""`lmforge train`, `sample`, `eval` and `presets` from the command line, bad input included."""
+
+import json
+
+import pytest
+
+from lmforge.cli.main import main
+
+TINY = [
+    "--preset",
+    "gpt-baby",
+    "--num-layers",
+    "1",
+    "--embed-dim",
+    "32",
+    "--num-heads",
+    "2",
+    "--ffn-dim",
+    "64",
+    "--max-seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--eval-every",
+    "1000",
+    "--eval-tokens",
+    "256",
+]
+
+
+@pytest.fixture
+def run(tiny_text, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_text),
+            "--tokenizer",
+            "char",
+            *TINY,
+            "--max-steps",
+            "20",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"val_loss", "train_loss", "steps", "tokens", "tokens_per_s"} <= result.keys()
+    assert result["steps"] == 20
+    return out
+
+
+def _error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_resume_continues_to_the_total_step_count(run, tiny_text, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_text),
+            "--tokenizer",
+            "char",
+            *TINY,
+            "--max-steps",
+            "30",
+            "--out",
+            str(run),
+            "--resume",
+            "--json",
+        ]
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 30
+
+
+def test_sample_and_eval(run, capsys):
+    assert (
+        main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1"])
+        == 0
+    )
+    first = capsys.readouterr().out
+    assert first.startswith("ROMEO:") and len(first) > len("ROMEO:")
+    assert (
+        main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1"])
+        == 0
+    )
+    assert capsys.readouterr().out == first  # same seed, same text
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--prompt",
+                "JULIET:",
+                "--max-new-tokens",
+                "10",
+                "--num-samples",
+                "3",
+                "--seed",
+                "2",
+                "--top-k",
+                "5",
+                "--top-p",
+                "0.9",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.count("--- sample") == 3
+    assert main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
+    assert result["bits_per_char"] > 0
+
+
+def test_config_file_with_flags_overriding(tiny_text, tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {tiny_text}\ntokenizer: char\nmax_steps: 3\nembed_dim: 32\n")
+    out = tmp_path / "r"
+    assert (
+        main(
+            ["train", "--config", str(cfg), *TINY, "--max-steps", "5", "--out", str(out), "--json"]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 5
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 5 and saved["model"]["embed_dim"] == 32
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gpt-tiny-wine", "gpt-baby", "gpt-shakespeare", "gpt2", "distilgpt2"):
+        assert name in out
+
+
+def test_bad_input(run, tiny_text, tmp_path, capsys):
+    base = ["train", "--data", str(tiny_text), "--tokenizer", "char", "--max-steps", "1"]
+    assert "gpt-baby" in _error(capsys, [*base, "--preset", "nope", "--out", str(tmp_path / "a")])
+    assert "divisible" in _error(
+        capsys, [*base, *TINY, "--num-heads", "7", "--out", str(tmp_path / "b")]
+    )
+    assert "must be" in _error(
+        capsys, [*base, *TINY, "--num-layers", "0", "--out", str(tmp_path / "c")]
+    )
+    assert "fewer than one block" in _error(
+        capsys, [*base, *TINY, "--max-seq-len", "100000", "--out", str(tmp_path / "d")]
+    )
+    assert "does not exist" in _error(capsys, ["sample", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert "config.json" in _error(capsys, ["sample", str(tmp_path / "empty")])
+    old = json.loads((run / "config.json").read_text())
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**old, "lmforge_version": "9.0"}))
+    assert "incompatible" in _error(capsys, ["sample", str(tmp_path / "old")])
+    assert "embed_dim" in _error(
+        capsys, [*base, *TINY, "--embed-dim", "64", "--out", str(run), "--resume"]
+    )
+    err = _error(capsys, ["sample", str(run), "--prompt", "ROMEO: é"])
+    assert "'é'" in err and "--unknown-token" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: [1,\n")
+    assert "bad.yaml" in _error(capsys, ["train", "--config", str(bad)])
+    assert "bad.yaml" in _error(capsys, ["sample", str(run), "--config", str(bad)])
+    assert "--resume" in _error(capsys, [*base, *TINY, "--out", str(run)])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
