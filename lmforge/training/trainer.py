@@ -484,10 +484,16 @@ def fit(
             run_dir / "best" / "best.json", json.dumps({"step": step, "val_loss": val_loss}) + "\n"
         )
 
+    board = _tensorboard(run_dir) if run_dir is not None and is_main else None
+
     def log_metrics(row: dict) -> None:
         if run_dir is not None and is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if board is not None:
+            for k, v in row.items():
+                if k not in ("step", "final") and isinstance(v, (int, float)):
+                    board.add_scalar(k, v, row["step"])
 
     def run_eval(final: bool) -> dict:
         limit = (
@@ -603,6 +609,8 @@ def fit(
         interrupted = True
     finally:
         bar.close()
+        if board is not None:
+            board.flush()
         signal.signal(signal.SIGTERM, prev_handler)
     tps_all = tokens / max(elapsed, 1e-9)
     if interrupted:
@@ -636,6 +644,15 @@ def fit(
     if "bits_per_char" in result:
         out["val_bits_per_char"] = result["bits_per_char"]
     return out
+
+
+def _tensorboard(run_dir: Path):
+    """A SummaryWriter into RUN/tensorboard when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _block_tokens(batcher) -> int:
