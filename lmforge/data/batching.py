@@ -1,7 +1,7 @@
 """Batch streams for the trainer: random windows, or shuffled epochs over an example set.
 
 A batcher's whole position lives in `state_dict()`, so a resumed run draws the same batches;
-each rank of a distributed run draws its own, distinct stream.
+each rank of a distributed run takes its own slice of one global stream.
 """
 
 import numpy as np
@@ -16,6 +16,11 @@ def to_tensors(arrays: dict) -> dict:
 
 class WindowBatcher:
     """Random contiguous windows of `block_size + 1` tokens from one token stream.
+
+    All ranks share one random stream: each call draws the windows of all `world_size` ranks
+    and keeps this rank's slice, so ranks never duplicate a batch, and 2 processes x batch b give
+    the same examples as 1 process x 2 micro-batches of b (results do not depend on the number of
+    processes, and a run can resume under another world size).
 
     Example:
         batcher = WindowBatcher(data.tokens("train"), block_size=64, batch_size=12, seed=0)
@@ -39,21 +44,22 @@ class WindowBatcher:
                 f"of {block_size + 1}: use a smaller --block-size or more data"
             )
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.rng = np.random.default_rng([seed, rank])
-        self.examples_drawn = 0
-        self.world_size = world_size
+        self.rank, self.world_size = rank, world_size
+        self.rng = np.random.default_rng(seed)
+        self.examples_drawn = 0  # by all ranks together
         self._offsets = np.arange(block_size + 1)
 
     @property
     def epoch(self) -> float:
         """Tokens drawn by all ranks so far, as a fraction of the training split."""
-        seen = self.examples_drawn * self.block_size * self.world_size
-        return seen / max(1, len(self.tokens))
+        return self.examples_drawn * self.block_size / max(1, len(self.tokens))
 
     def next_batch(self) -> dict:
-        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        b = self.batch_size
+        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=b * self.world_size)
+        starts = starts[self.rank * b : (self.rank + 1) * b]
         window = self.tokens[starts[:, None] + self._offsets].astype(np.int64)
-        self.examples_drawn += self.batch_size
+        self.examples_drawn += b * self.world_size
         return to_tensors({"token_ids": window[:, :-1], "labels": window[:, 1:]})
 
     def state_dict(self) -> dict:
@@ -67,8 +73,9 @@ class WindowBatcher:
 class EpochBatcher:
     """Shuffled passes over an example set (`len()` + `get(indices)`), reshuffled every epoch.
 
-    Rank r of `world_size` takes every world_size-th example of the epoch's permutation. The last
-    incomplete batch of an epoch is dropped when `drop_last`.
+    Each call takes the next `batch_size * world_size` examples of the epoch's permutation and
+    keeps this rank's slice; the position counts examples of all ranks, so a run can resume
+    under another world size. An incomplete last global batch is dropped when `drop_last`.
     """
 
     def __init__(
@@ -81,51 +88,50 @@ class EpochBatcher:
         shuffle: bool = True,
         drop_last: bool = True,
     ):
-        if len(examples) == 0:
+        if len(examples) < batch_size * world_size and drop_last:
             from lmforge.errors import DataError
 
             raise DataError(
-                "the training split yields no examples (corpus shorter than one "
-                "block?): use a smaller --block-size or more data"
+                f"the training split yields {len(examples)} examples, fewer than one batch of "
+                f"{batch_size * world_size}: use a smaller --batch-size or --block-size, "
+                "or more data"
             )
         self.examples, self.batch_size, self.seed = examples, batch_size, seed
-        self.rank, self.world_size, self.shuffle, self.drop_last = (
-            rank,
-            world_size,
-            shuffle,
-            drop_last,
-        )
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch_index, self.position = 0, 0
         self._order = self._make_order()
 
     def _make_order(self) -> np.ndarray:
         n = len(self.examples)
-        order = (
-            np.random.default_rng([self.seed, self.epoch_index]).permutation(n)
-            if self.shuffle
-            else np.arange(n)
-        )
-        return order[self.rank :: self.world_size]
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch_index]).permutation(n)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
 
     @property
     def batches_per_epoch(self) -> int:
-        n = len(self._order)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, g = len(self._order), self.global_batch
+        return n // g if self.drop_last else -(-n // g)
 
     @property
     def epoch(self) -> float:
         return self.epoch_index + self.position / max(1, len(self._order))
 
     def next_batch(self) -> dict:
-        if self.position >= self.batches_per_epoch * self.batch_size or (
+        if self.position >= self.batches_per_epoch * self.global_batch or (
             self.position >= len(self._order)
         ):
             self.epoch_index += 1
             self.position = 0
             self._order = self._make_order()
-        idx = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return to_tensors(self.examples.get(idx))
+        chunk = self._order[self.position : self.position + self.global_batch]
+        self.position += self.global_batch
+        b = self.batch_size
+        return to_tensors(self.examples.get(chunk[self.rank * b : (self.rank + 1) * b]))
 
     def state_dict(self) -> dict:
         return {"epoch_index": self.epoch_index, "position": self.position}

@@ -9,10 +9,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -27,6 +27,7 @@ from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
 from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 from lmforge.training import checkpoint as ckpt
+from lmforge.training import distributed
 from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ class TrainConfig:
         default=None, metadata={"help": "tokens per example (default: the model's context)"}
     )
     grad_accum: int = option(default=1, metadata={"help": "micro-batches per optimizer step"})
+    global_batch_size: int | None = option(
+        default=None,
+        metadata={"help": "examples per optimizer step over all processes (sets --grad-accum)"},
+    )
+    strategy: str = option(default="ddp", metadata={"help": "ddp|fsdp under torchrun"})
+    backend: str | None = option(
+        default=None, metadata={"help": "gloo|nccl (default: nccl on CUDA, gloo on CPU)"}
+    )
+    dist_timeout: float = option(
+        default=120.0, metadata={"help": "seconds to wait for other processes before failing"}
+    )
     max_steps: int | None = option(default=None, metadata={"help": "total optimizer steps"})
     epochs: float | None = option(default=None, metadata={"help": "passes over the train split"})
     max_tokens: int | None = option(default=None, metadata={"help": "total training tokens"})
@@ -109,6 +121,10 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
         parse_duration(self.max_time)
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"unknown --strategy {self.strategy!r}: use ddp or fsdp")
+        if self.backend not in (None, "gloo", "nccl"):
+            raise ConfigError(f"unknown --backend {self.backend!r}: use gloo or nccl")
 
 
 # ---------------------------------------------------------------- one step
@@ -143,6 +159,7 @@ def train_step(
     precision: str = "fp32",
     grad_clip: float = 0.0,
     loss_fn=None,
+    no_sync=None,
 ) -> float:
     """One optimizer step over one batch or a list of micro-batches (gradient accumulation).
 
@@ -157,13 +174,16 @@ def train_step(
     dev = next(task.parameters()).device
     loss_fn = loss_fn or task.loss
     total = torch.zeros((), device=dev)
-    for mb in micro:
+    for i, mb in enumerate(micro):
         mb = {k: v.to(dev, non_blocking=True) for k, v in mb.items()}
-        with devices.autocast(dev, precision):
-            loss = loss_fn(mb) / len(micro)
-        loss.backward()
+        # DDP: gradients are all-reduced only on the last micro-batch
+        sync = no_sync() if no_sync is not None and i < len(micro) - 1 else nullcontext()
+        with sync:
+            with devices.autocast(dev, precision):
+                loss = loss_fn(mb) / len(micro)
+            loss.backward()
         total += loss.detach()
-    value = float(total)
+    value = distributed.mean_across_ranks(float(total), dev)  # every rank sees a NaN
     if not math.isfinite(value):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingDiverged(f"loss is {value}")
@@ -186,9 +206,13 @@ def evaluate(
     was_training = task.training
     task.eval()
     dev = next(task.parameters()).device
-    subset = examples
+    index = np.arange(len(examples))
     if max_examples is not None and len(examples) > max_examples:
-        subset = _Subset(examples, np.linspace(0, len(examples) - 1, max_examples).astype(int))
+        index = np.linspace(0, len(examples) - 1, max_examples).astype(int)
+    rank, world, _ = distributed.world()
+    if distributed.is_distributed():  # each rank scores its share; the sums are added below
+        index = index[rank::world]
+    subset = _Subset(examples, index)
     total, count = 0.0, 0
     for batch in iterate_in_order(subset, batch_size):
         batch = {k: v.to(dev) for k, v in batch.items()}
@@ -199,6 +223,10 @@ def evaluate(
             total += float(task.loss(batch)) * n
         count += n
     task.train(was_training)
+    if distributed.is_distributed():
+        sums = torch.tensor([total, count], dtype=torch.float64, device=dev)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
@@ -215,10 +243,6 @@ class _Subset:
 
 
 # ---------------------------------------------------------------- a whole run
-
-
-def _rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
@@ -247,8 +271,7 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
             model_over[k] = v
         else:
             raise ConfigError(
-                f"unknown option '{k}': not a training option nor a "
-                f"{preset['family']} config field"
+                f"unknown option '{k}': not a training option nor a {preset['family']} config field"
             )
     if "max_seq_len" in options and options.get("block_size") is None:
         train_opts["block_size"] = None  # the user's context wins over the preset's block size
@@ -297,14 +320,37 @@ def train(**options) -> dict:
         print(result["val_loss"])
     """
     cfg, model_over, preset = resolve_options(options)
-    rank, world = _rank()
+    rank, world, local_rank = distributed.world()
     dev = devices.pick_device(cfg.device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if cfg.backend == "nccl" and dev.type != "cuda":
+        raise ConfigError("--backend nccl needs CUDA GPUs: use --backend gloo (the CPU default)")
+    if cfg.global_batch_size is not None:
+        per_step = cfg.batch_size * world
+        if cfg.global_batch_size % per_step:
+            raise ConfigError(
+                f"--global-batch-size {cfg.global_batch_size} is not divisible by --batch-size "
+                f"{cfg.batch_size} x {world} processes: pick a multiple of {per_step}"
+            )
+        cfg = dataclasses.replace(cfg, grad_accum=cfg.global_batch_size // per_step)
+    if cfg.strategy == "fsdp":
+        try:
+            from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: F401
+        except ImportError:
+            raise ConfigError("--strategy fsdp: this torch build has no FSDP; use ddp") from None
+    distributed.setup(dev, cfg.backend, cfg.dist_timeout)
     if dev.type == "cpu":
         devices.set_threads(cfg.threads)
     precision = devices.resolve_precision(cfg.precision, dev)
     run_dir = Path(cfg.out)
 
+    if rank != 0:  # rank 0 prepares (and caches) the data first; the others then read it
+        distributed.barrier()
     data = load_data(cfg)
+    if rank == 0:
+        distributed.barrier()
     tok = data.tokenizer
     model_cfg = {**preset["config"], **model_over, "vocab_size": tok.vocab_size}
     block_size = cfg.block_size or model_cfg.get("max_seq_len") or 128
@@ -380,6 +426,7 @@ def train(**options) -> dict:
     else:
         batcher = EpochBatcher(train_examples, cfg.batch_size, cfg.seed, rank, world)
     val_examples = make_examples(data, "val", batching, block_size)
+    distributed.barrier()  # rank 0 has written config.json and the tokenizer
     log.info(
         "model: %s, %s parameters; %s precision on %s; batching %s, block %d",
         cfg.preset,
@@ -389,17 +436,20 @@ def train(**options) -> dict:
         batching,
         block_size,
     )
-    return fit(
-        task,
-        batcher,
-        val_examples,
-        cfg,
-        run_dir=run_dir,
-        precision=precision,
-        resume_from=ckpt_path,
-        char_level=tok.kind == "char",
-        tokenizer=tok,
-    )
+    try:
+        return fit(
+            task,
+            batcher,
+            val_examples,
+            cfg,
+            run_dir=run_dir,
+            precision=precision,
+            resume_from=ckpt_path,
+            char_level=tok.kind == "char",
+            tokenizer=tok,
+        )
+    finally:
+        distributed.teardown()
 
 
 def fit(
@@ -419,7 +469,7 @@ def fit(
         batcher = WindowBatcher(tokens, block_size=64, batch_size=12)
         result = fit(model, batcher, StrideWindows(val_tokens, 64), TrainConfig(max_steps=200))
     """
-    rank, _ = _rank()
+    rank, world, _ = distributed.world()
     is_main = rank == 0
     optimizer = make_optimizer(task, cfg)
     max_time = parse_duration(cfg.max_time)
@@ -427,7 +477,7 @@ def fit(
     if max_steps is None and cfg.epochs is None and cfg.max_tokens is None and max_time is None:
         max_steps = 1000
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * _rank()[1] * _block_tokens(batcher)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * _block_tokens(batcher)
 
     step, tokens, elapsed, best_val = 0, 0, 0.0, float("inf")
     if resume_from is not None:
@@ -443,9 +493,12 @@ def fit(
             _truncate_metrics(run_dir / "metrics.jsonl", step)
         log.info("resumed from %s at step %d", resume_from, step)
 
-    loss_fn = task.loss
+    loss_fn, no_sync = task.loss, None
+    if distributed.is_distributed():
+        loss_fn, no_sync = _wrap_distributed(task, cfg.strategy)
+    eager_loss_fn = loss_fn
     if cfg.compile:
-        loss_fn = _compiled(task)
+        loss_fn = _compiled(loss_fn)
 
     def progress_now() -> float:
         fractions = [0.0]
@@ -460,8 +513,12 @@ def fit(
         return max(fractions)
 
     def save(reason: str) -> None:
-        if run_dir is None or not is_main:
-            return
+        if run_dir is not None and is_main:
+            _save(reason)
+        if reason != "interrupted":
+            distributed.barrier()  # nobody runs ahead of (or exits before) the checkpoint
+
+    def _save(reason: str) -> None:
         state = {
             "step": step,
             "tokens": tokens,
@@ -534,6 +591,7 @@ def fit(
                     precision=precision,
                     grad_clip=cfg.grad_clip,
                     loss_fn=loss_fn,
+                    no_sync=no_sync,
                 )
             except TrainingDiverged as e:
                 last = ckpt.latest_checkpoint(run_dir) if run_dir else None
@@ -549,14 +607,14 @@ def fit(
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - torch.compile fails at its first call
-                if loss_fn is task.loss:
+                if loss_fn is eager_loss_fn:
                     raise
                 log.warning(
                     "torch.compile failed (%s); training eagerly",
                     str(e).strip().splitlines()[0][:200],
                 )
                 optimizer.zero_grad(set_to_none=True)
-                loss_fn = task.loss
+                loss_fn = eager_loss_fn
                 loss = train_step(
                     task,
                     micro,
@@ -607,6 +665,14 @@ def fit(
                 _print_sample(task, tokenizer)
     except KeyboardInterrupt:
         interrupted = True
+    except RuntimeError as e:
+        if not distributed.is_distributed():
+            raise
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise LmforgeError(
+            f"rank {rank}: lost contact with the other training processes ({first}); the last "
+            "complete checkpoint is kept: relaunch with --resume"
+        ) from None
     finally:
         bar.close()
         if board is not None:
@@ -662,12 +728,36 @@ def _block_tokens(batcher) -> int:
     return getattr(ex, "block_size", None) or getattr(ex, "length", 1)
 
 
-def _compiled(task):
+def _compiled(loss_fn):
     try:
-        return torch.compile(task.loss)
+        return torch.compile(loss_fn)
     except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
         log.warning("torch.compile failed (%s); training eagerly", str(e).splitlines()[0])
-        return task.loss
+        return loss_fn
+
+
+class _LossModule(torch.nn.Module):
+    """Makes `task.loss(batch)` a module's forward, which is what DDP hooks into."""
+
+    def __init__(self, task: torch.nn.Module):
+        super().__init__()
+        self.task = task
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.task.loss(batch)
+
+
+def _wrap_distributed(task, strategy: str):
+    """(loss function, no_sync context factory) of the task wrapped for data parallelism."""
+    if strategy == "fsdp":
+        raise ConfigError("--strategy fsdp is not available yet: use --strategy ddp")
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = next(task.parameters()).device
+    ddp = DistributedDataParallel(
+        _LossModule(task), device_ids=[dev] if dev.type == "cuda" else None
+    )
+    return ddp, ddp.no_sync
 
 
 def _install_sigterm():

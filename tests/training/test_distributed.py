@@ -1,0 +1,159 @@
+"""Data-parallel training on CPU with gloo: two processes equal one with accumulation,
+a dead rank does not hang the others, and a 2-process run resumes under 1 process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from safetensors.torch import load_file
+
+TINY = [
+    "--preset",
+    "gpt-baby",
+    "--num-layers",
+    "1",
+    "--embed-dim",
+    "32",
+    "--num-heads",
+    "2",
+    "--ffn-dim",
+    "64",
+    "--max-seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--eval-every",
+    "1000",
+    "--eval-tokens",
+    "256",
+    "--log-every",
+    "1",
+    "--tokenizer",
+    "char",
+    "--json",
+]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "lmforge",
+        "train",
+        *args,
+    ]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _lmforge(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge", "train", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_two_processes_equal_one_with_accumulation(tiny_text, tmp_path):
+    common = ["--data", str(tiny_text), *TINY, "--global-batch-size", "8", "--max-steps", "6"]
+    two = _torchrun(2, [*common, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = _lmforge([*common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-5, diff
+    tokens = [json.loads(r)["tokens"] for r in (tmp_path / "two" / "metrics.jsonl").open()]
+    assert tokens[-1] == 6 * 8 * 16  # the global batch, counted once
+
+
+def test_stop_under_two_processes_resume_under_one(tiny_text, tmp_path):
+    common = [
+        "--data",
+        str(tiny_text),
+        *TINY,
+        "--global-batch-size",
+        "8",
+        "--schedule",
+        "constant",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    first = _torchrun(2, [*common, "--max-steps", "4"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = _lmforge([*common, "--max-steps", "8", "--resume"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").open()]
+    steps = [r["step"] for r in rows if "train_loss" in r]
+    assert steps == list(range(1, 9))
+    assert [r["tokens"] for r in rows if "train_loss" in r][-1] == 8 * 8 * 16
+
+
+def test_a_dead_rank_makes_the_other_exit_with_an_error(tiny_text, tmp_path):
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = _env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lmforge",
+                    "train",
+                    "--data",
+                    str(tiny_text),
+                    *TINY,
+                    "--max-steps",
+                    "100000",
+                    "--dist-timeout",
+                    "30",
+                    "--out",
+                    str(tmp_path / "run"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.5)
+    assert metrics.exists(), procs[0].communicate(timeout=5)
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    _, err = procs[0].communicate(timeout=90)
+    assert procs[0].returncode == 2, err[-2000:]
+    assert "lost contact" in err and "Traceback" not in err
+    assert time.time() - t0 < 90
