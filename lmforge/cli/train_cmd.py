@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 
 from lmforge.cli import options
 from lmforge.presets import FAMILIES, family_classes
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     for k in ("json", "config", "debug", "command", "_run"):
         flags.pop(k, None)
     result = train(**{**file_opts, **flags})
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports for everyone
+        return 0
     if args.json:
         print(json.dumps(result))
     else:

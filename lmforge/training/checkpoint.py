@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 from lmforge import __version__
 from lmforge.errors import CheckpointError
@@ -44,9 +44,18 @@ def _atomic_save(path: Path, write) -> None:
         raise
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Save a model's weights as safetensors, atomically (tied weights are stored once)."""
-    _atomic_save(Path(path), lambda tmp: save_model(model, tmp, metadata={"format": "pt"}))
+def save_weights(model: torch.nn.Module, path: Path, weights: dict | None = None) -> None:
+    """Save a model's weights (or a given full state dict) as safetensors, atomically.
+
+    Tied weights are stored once."""
+    _atomic_save(Path(path), lambda tmp: _write_weights(model, tmp, weights))
+
+
+def _write_weights(model: torch.nn.Module, path, weights: dict | None) -> None:
+    if weights is None:
+        save_model(model, str(path), metadata={"format": "pt"})
+    else:
+        save_file(weights, str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -91,7 +100,13 @@ def read_config(run_dir: Path) -> dict:
     return config
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, keep_last: int = 1) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    state: dict,
+    keep_last: int = 1,
+    weights: dict | None = None,
+) -> Path:
     """Write RUN/checkpoints/step-N/{model.safetensors,state.pt} atomically, then update RUN/."""
     run_dir = Path(run_dir)
     ckpt_root = run_dir / CHECKPOINTS
@@ -99,7 +114,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, keep_las
     final = ckpt_root / f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
     try:
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_weights(model, tmp / "model.safetensors", weights)
         torch.save(state, tmp / "state.pt")
         if final.exists():
             shutil.rmtree(final)

@@ -1,9 +1,12 @@
-"""torchrun / DDP set-up and teardown: read the torchrun environment, start the process group.
+"""torchrun set-up and teardown, FSDP sharding, and full (gathered) states for checkpoints.
 
 Under `torchrun` the variables RANK, WORLD_SIZE and LOCAL_RANK are set; without them everything
-here is a no-op for a single process. gloo on CPU, nccl on CUDA.
+here is a no-op for a single process. gloo on CPU, nccl on CUDA. FSDP is torch's `fully_shard`
+(FSDP2), which also runs on CPU with gloo; checkpoints always hold full, unsharded states, so a
+run can resume under any world size or strategy.
 """
 
+import contextlib
 import datetime
 import os
 
@@ -54,3 +57,61 @@ def mean_across_ranks(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
+
+
+def shard(task: torch.nn.Module) -> None:
+    """FSDP: shard each transformer block, then the rest of the model, across the ranks."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = getattr(getattr(task, "backbone", None), "blocks", None) or []
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(task)
+
+
+def fsdp_no_sync(task: torch.nn.Module):
+    """A no_sync() factory for FSDP: skip gradient reduce-scatter on accumulation micro-steps."""
+
+    @contextlib.contextmanager
+    def no_sync():
+        task.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            task.set_requires_gradient_sync(True)
+
+    return no_sync
+
+
+def full_model_state(task: torch.nn.Module) -> dict:
+    """The full state dict of a sharded model on rank 0 (a collective: call on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(
+        task, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    # tied weights appear under every name; keep the one named_parameters() keeps
+    keep = {n for n, _ in task.named_parameters()} | {n for n, _ in task.named_buffers()}
+    return {k: v.contiguous() for k, v in full.items() if k in keep}
+
+
+def full_optimizer_state(task: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state keyed by parameter names, unsharded (a collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        task,
+        optimizer,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=is_distributed()),
+    )
+
+
+def load_optimizer_state(
+    task: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Load a full optimizer state (from any world size) into this rank's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        task, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+    )

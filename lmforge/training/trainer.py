@@ -22,7 +22,12 @@ import torch
 
 from lmforge import device as devices
 from lmforge import progress
-from lmforge.data.batching import EpochBatcher, WindowBatcher, iterate_in_order
+from lmforge.data.batching import (
+    ConsecutiveBatcher,
+    EpochBatcher,
+    WindowBatcher,
+    iterate_in_order,
+)
 from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
 from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
@@ -53,6 +58,13 @@ class TrainConfig:
     )
     val_fraction: float = option(default=0.1, metadata={"help": "held-out share of the data"})
     preset: str = option(default="gpt-baby", metadata={"help": "model preset (`lmforge presets`)"})
+    init_from: str | None = option(
+        default=None,
+        metadata={
+            "help": "fine-tune a pretrained model: run folder, Hugging Face folder or name "
+            "(distilgpt2); its tokenizer is used, --preset gives only training defaults"
+        },
+    )
     out: str = option(default="runs/latest", metadata={"help": "run folder"})
     batching: str = option(
         default="auto",
@@ -105,6 +117,17 @@ class TrainConfig:
     log_every: int = option(default=10, metadata={"help": "steps between metrics lines"})
     sample_every: int = option(default=0, metadata={"help": "steps between printed samples"})
     keep_last: int = option(default=1, metadata={"help": "checkpoints to keep"})
+    save_every_epoch: bool = option(
+        default=False,
+        metadata={"help": "evaluate and checkpoint at every epoch's end (sets --eval-every)"},
+    )
+    stateful: bool = option(
+        default=False,
+        metadata={
+            "help": "truncated BPTT for recurrent models: carry the state across consecutive "
+            "batches (with --batching epochs)"
+        },
+    )
     seed: int = option(default=1337, metadata={"help": "random seed"})
     resume: bool = option(default=False, metadata={"help": "continue the run in --out"})
 
@@ -125,6 +148,11 @@ class TrainConfig:
             raise ConfigError(f"unknown --strategy {self.strategy!r}: use ddp or fsdp")
         if self.backend not in (None, "gloo", "nccl"):
             raise ConfigError(f"unknown --backend {self.backend!r}: use gloo or nccl")
+        if self.stateful and self.batching not in ("auto", "epochs"):
+            raise ConfigError(
+                f"--stateful needs consecutive windows, which --batching {self.batching} does not "
+                "keep: use --batching epochs (with --stateful it cuts the text into lanes)"
+            )
 
 
 # ---------------------------------------------------------------- one step
@@ -145,6 +173,8 @@ def make_optimizer(task: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optim
         {"params": other, "weight_decay": 0.0},
     ]
     kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if any(type(p).__name__ == "DTensor" for p in decay + other):  # FSDP-sharded parameters
+        return torch.optim.AdamW(groups, foreach=True, **kw)
     try:
         return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError):
@@ -201,6 +231,7 @@ def evaluate(
     batch_size: int = 32,
     precision: str = "fp32",
     max_examples: int | None = None,
+    shard: bool = True,
 ) -> dict:
     """Mean per-token loss and perplexity over `examples` (all, or an evenly spaced subset)."""
     was_training = task.training
@@ -210,7 +241,8 @@ def evaluate(
     if max_examples is not None and len(examples) > max_examples:
         index = np.linspace(0, len(examples) - 1, max_examples).astype(int)
     rank, world, _ = distributed.world()
-    if distributed.is_distributed():  # each rank scores its share; the sums are added below
+    shard = shard and distributed.is_distributed()
+    if shard:  # each rank scores its share; the sums are added below
         index = index[rank::world]
     subset = _Subset(examples, index)
     total, count = 0.0, 0
@@ -223,7 +255,7 @@ def evaluate(
             total += float(task.loss(batch)) * n
         count += n
     task.train(was_training)
-    if distributed.is_distributed():
+    if shard:
         sums = torch.tensor([total, count], dtype=torch.float64, device=dev)
         torch.distributed.all_reduce(sums)
         total, count = float(sums[0]), int(sums[1])
@@ -311,6 +343,52 @@ def make_examples(data: PreparedData, split: str, batching: str, block_size: int
     return StrideWindows(data.tokens(split), block_size, keep_partial=(split != "train"))
 
 
+def _init_from_options(options: dict) -> tuple[dict, Path | None]:
+    """With init_from: the options, now naming the pretrained tokenizer, with the gpt2 preset's
+    fine-tuning recipe (AdamW 2e-5, weight decay 0.01, 3 epochs of 128-token blocks) as defaults;
+    and the pretrained folder. Without: the options unchanged, and None."""
+    name = options.get("init_from")
+    if not name:
+        return options, None
+    from lmforge.presets import all_presets, find_checkpoint, tokenizer_path
+
+    if options.get("tokenizer") is not None:
+        raise ConfigError(
+            "--tokenizer cannot be combined with --init-from: the pretrained model's own "
+            "tokenizer is used; drop --tokenizer"
+        )
+    folder = find_checkpoint(name)
+    if folder is None:
+        raise ConfigError(
+            f"--init-from {name}: that preset has no pretrained weights; train it from scratch "
+            f"with --preset {name}"
+        )
+    defaults = {"preset": name if str(name) in all_presets() else "gpt2", "batching": "blocks"}
+    return {**defaults, **options, "tokenizer": str(tokenizer_path(folder))}, folder
+
+
+def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> tuple[dict, dict]:
+    """(weights, model config) of a pretrained folder; of its config only dropout may change."""
+    from lmforge.presets import check_tokenizer_fits, load_folder
+
+    base = load_folder(folder)
+    check_tokenizer_fits(tok, base, folder)
+    changed = sorted(k.replace("_", "-") for k in model_over if k != "dropout")
+    if changed:
+        raise ConfigError(
+            f"--init-from keeps the pretrained model's shape: drop --{changed[0]} "
+            "(only --dropout may change)"
+        )
+    model_cfg = {**dataclasses.asdict(base.config), **model_over}
+    if block_size > model_cfg["max_seq_len"]:
+        raise ConfigError(
+            f"--block-size {block_size} is longer than the pretrained model's context "
+            f"(max_seq_len={model_cfg['max_seq_len']}); use --block-size {model_cfg['max_seq_len']}"
+            " or less"
+        )
+    return base.state_dict(), model_cfg
+
+
 def train(**options) -> dict:
     """Train a model from options (the same names as `lmforge train`'s flags); returns results.
 
@@ -319,6 +397,7 @@ def train(**options) -> dict:
                                out="runs/shakes", max_time="90s")
         print(result["val_loss"])
     """
+    options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
     rank, world, local_rank = distributed.world()
     dev = devices.pick_device(cfg.device)
@@ -356,13 +435,20 @@ def train(**options) -> dict:
     block_size = cfg.block_size or model_cfg.get("max_seq_len") or 128
     if "max_seq_len" in model_cfg and block_size > model_cfg["max_seq_len"]:
         model_cfg["max_seq_len"] = block_size
-    batching = cfg.batching
+    batching = "epochs" if cfg.stateful else cfg.batching
     if batching == "auto":
         batching = (
             "documents"
             if data.meta["splits"]["train"].get("offsets") and data.tokenizer.kind == "word"
             else "windows"
         )
+    pretrained = None
+    if init_folder is not None:  # --init-from: that folder's config and weights, not the preset's
+        pretrained, model_cfg = _pretrained_start(init_folder, model_over, tok, block_size)
+        if cfg.epochs and "eval_every" not in options:  # evaluate (perplexity) once per epoch
+            per_step = cfg.batch_size * world * cfg.grad_accum
+            num_examples = len(make_examples(data, "train", batching, block_size))
+            cfg = dataclasses.replace(cfg, eval_every=max(1, num_examples // per_step))
 
     from lmforge.presets import build_task
 
@@ -397,7 +483,15 @@ def train(**options) -> dict:
             )
 
     torch.manual_seed(cfg.seed)
-    task = build_task(preset["family"], model_cfg).to(dev)
+    task = build_task(preset["family"], model_cfg)
+    if cfg.stateful and not getattr(task, "is_recurrent", False):
+        raise ConfigError(
+            f"--stateful carries a recurrent state, and {cfg.preset} ({preset['family']}) has "
+            "none: drop --stateful or train a char-rnn-* preset"
+        )
+    if pretrained is not None:
+        task.load_state_dict(pretrained)
+    task = task.to(dev)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tok.save(run_dir / "tokenizer")
@@ -419,12 +513,18 @@ def train(**options) -> dict:
     train_examples = (
         None if batching == "windows" else make_examples(data, "train", batching, block_size)
     )
-    if batching == "windows":
+    if cfg.stateful:  # lanes of consecutive windows; the task carries the state between them
+        batcher = ConsecutiveBatcher(
+            data.tokens("train"), block_size, cfg.batch_size, cfg.seed, rank, world
+        )
+    elif batching == "windows":
         batcher = WindowBatcher(
             data.tokens("train"), block_size, cfg.batch_size, cfg.seed, rank, world
         )
     else:
         batcher = EpochBatcher(train_examples, cfg.batch_size, cfg.seed, rank, world)
+    if cfg.save_every_epoch:  # an evaluation is followed by a checkpoint
+        cfg = dataclasses.replace(cfg, eval_every=_steps_per_epoch(batcher, cfg.grad_accum))
     val_examples = make_examples(data, "val", batching, block_size)
     distributed.barrier()  # rank 0 has written config.json and the tokenizer
     log.info(
@@ -471,6 +571,12 @@ def fit(
     """
     rank, world, _ = distributed.world()
     is_main = rank == 0
+    fsdp = distributed.is_distributed() and cfg.strategy == "fsdp"
+    state = ckpt.load_state(resume_from) if resume_from is not None else None
+    if state is not None:  # weights go in before sharding
+        ckpt.load_weights(task, resume_from / "model.safetensors")
+    if fsdp:
+        distributed.shard(task)  # before the optimizer: parameters become sharded DTensors
     optimizer = make_optimizer(task, cfg)
     max_time = parse_duration(cfg.max_time)
     max_steps = cfg.max_steps
@@ -480,10 +586,8 @@ def fit(
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * _block_tokens(batcher)
 
     step, tokens, elapsed, best_val = 0, 0, 0.0, float("inf")
-    if resume_from is not None:
-        state = ckpt.load_state(resume_from)
-        ckpt.load_weights(task, resume_from / "model.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        distributed.load_optimizer_state(task, optimizer, state["optimizer"])
         batcher.load_state_dict(state["batcher"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -494,8 +598,10 @@ def fit(
         log.info("resumed from %s at step %d", resume_from, step)
 
     loss_fn, no_sync = task.loss, None
-    if distributed.is_distributed():
-        loss_fn, no_sync = _wrap_distributed(task, cfg.strategy)
+    if fsdp:
+        no_sync = distributed.fsdp_no_sync(task)
+    elif distributed.is_distributed():
+        loss_fn, no_sync = _wrap_distributed(task)
     eager_loss_fn = loss_fn
     if cfg.compile:
         loss_fn = _compiled(loss_fn)
@@ -513,30 +619,38 @@ def fit(
         return max(fractions)
 
     def save(reason: str) -> None:
-        if run_dir is not None and is_main:
-            _save(reason)
+        if run_dir is None:
+            return
+        # full (gathered) states: a collective under FSDP, so every rank takes part
+        weights = distributed.full_model_state(task) if fsdp else None
+        opt_state = distributed.full_optimizer_state(task, optimizer)
+        if is_main:
+            _save(reason, weights, opt_state)
         if reason != "interrupted":
             distributed.barrier()  # nobody runs ahead of (or exits before) the checkpoint
 
-    def _save(reason: str) -> None:
+    def _save(reason: str, weights, opt_state) -> None:
         state = {
             "step": step,
             "tokens": tokens,
             "elapsed": elapsed,
             "best_val": best_val,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": opt_state,
             "batcher": batcher.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "reason": reason,
         }
-        ckpt.save_checkpoint(run_dir, task, state, keep_last=cfg.keep_last)
+        ckpt.save_checkpoint(run_dir, task, state, keep_last=cfg.keep_last, weights=weights)
 
     def save_best(val_loss: float) -> None:
-        if run_dir is None or not is_main:
+        if run_dir is None:
+            return
+        weights = distributed.full_model_state(task) if fsdp else None
+        if not is_main:
             return
         (run_dir / "best").mkdir(exist_ok=True)
-        ckpt.save_weights(task, run_dir / "best" / "model.safetensors")
+        ckpt.save_weights(task, run_dir / "best" / "model.safetensors", weights=weights)
         ckpt.atomic_write_text(
             run_dir / "best" / "best.json", json.dumps({"step": step, "val_loss": val_loss}) + "\n"
         )
@@ -564,6 +678,7 @@ def fit(
             batch_size=max(cfg.batch_size, 16),
             precision=precision,
             max_examples=limit,
+            shard=not fsdp,  # FSDP ranks must run the same forwards: each scores everything
         )
         if char_level:
             result["bits_per_char"] = result["loss"] / math.log(2)
@@ -661,7 +776,7 @@ def fit(
                     best_val = result["loss"]
                     save_best(result["loss"])
                 save("periodic")
-            if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer is not None:
+            if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer and not fsdp:
                 _print_sample(task, tokenizer)
     except KeyboardInterrupt:
         interrupted = True
@@ -722,10 +837,20 @@ def _tensorboard(run_dir: Path):
 
 
 def _block_tokens(batcher) -> int:
-    if isinstance(batcher, WindowBatcher):
+    if isinstance(batcher, (WindowBatcher, ConsecutiveBatcher)):
         return batcher.block_size
     ex = batcher.examples
     return getattr(ex, "block_size", None) or getattr(ex, "length", 1)
+
+
+def _steps_per_epoch(batcher, grad_accum: int) -> int:
+    """Optimizer steps in one pass over the train split (random windows: its size in tokens)."""
+    if isinstance(batcher, WindowBatcher):
+        per_batch = batcher.block_size * batcher.batch_size * batcher.world_size
+        batches = len(batcher.tokens) / per_batch
+    else:
+        batches = batcher.batches_per_epoch
+    return max(1, round(batches / grad_accum))
 
 
 def _compiled(loss_fn):
@@ -747,10 +872,8 @@ class _LossModule(torch.nn.Module):
         return self.task.loss(batch)
 
 
-def _wrap_distributed(task, strategy: str):
-    """(loss function, no_sync context factory) of the task wrapped for data parallelism."""
-    if strategy == "fsdp":
-        raise ConfigError("--strategy fsdp is not available yet: use --strategy ddp")
+def _wrap_distributed(task):
+    """(loss function, no_sync context factory) of the task wrapped in DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
     dev = next(task.parameters()).device

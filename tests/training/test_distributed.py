@@ -157,3 +157,20 @@ def test_a_dead_rank_makes_the_other_exit_with_an_error(tiny_text, tmp_path):
     assert procs[0].returncode == 2, err[-2000:]
     assert "lost contact" in err and "Traceback" not in err
     assert time.time() - t0 < 90
+
+
+def test_fsdp_equals_one_process_and_resumes_under_ddp(tiny_text, tmp_path):
+    common = ["--data", str(tiny_text), *TINY, "--global-batch-size", "8", "--schedule", "constant"]
+    fsdp = _torchrun(
+        2, [*common, "--strategy", "fsdp", "--max-steps", "4", "--out", str(tmp_path / "fsdp")]
+    )
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    one = _lmforge([*common, "--max-steps", "4", "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "fsdp" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    more = _torchrun(2, [*common, "--max-steps", "6", "--resume", "--out", str(tmp_path / "fsdp")])
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert json.loads(more.stdout.strip().splitlines()[-1])["steps"] == 6
