@@ -174,3 +174,15 @@ def test_fsdp_equals_one_process_and_resumes_under_ddp(tiny_text, tmp_path):
     more = _torchrun(2, [*common, "--max-steps", "6", "--resume", "--out", str(tmp_path / "fsdp")])
     assert more.returncode == 0, more.stderr[-2000:]
     assert json.loads(more.stdout.strip().splitlines()[-1])["steps"] == 6
+
+
+def test_bad_distributed_options(tiny_text, tmp_path):
+    base = ["--data", str(tiny_text), *TINY, "--max-steps", "1"]
+    bad = _torchrun(2, [*base, "--global-batch-size", "6", "--out", str(tmp_path / "a")])
+    assert bad.returncode != 0
+    assert "lmforge: error: --global-batch-size 6 is not divisible" in bad.stderr
+    # torchrun's agent reports the failed worker with its own traceback; ours print none
+    assert "lmforge/training" not in bad.stderr
+    nccl = _lmforge([*base, "--backend", "nccl", "--device", "cpu", "--out", str(tmp_path / "b")])
+    assert nccl.returncode == 2 and "nccl needs CUDA" in nccl.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
