@@ -684,6 +684,25 @@ def fit(
             result["bits_per_char"] = result["loss"] / math.log(2)
         return result
 
+    def eval_row(result: dict) -> dict:
+        row = {
+            "step": step,
+            "tokens": tokens,
+            "val_loss": result["loss"],
+            "val_perplexity": result["perplexity"],
+            "elapsed_s": elapsed,
+        }
+        if "bits_per_char" in result:
+            row["val_bits_per_char"] = result["bits_per_char"]
+        if is_main:
+            log.info(
+                "step %d: val loss %.4f, perplexity %.2f",
+                step,
+                result["loss"],
+                result["perplexity"],
+            )
+        return row
+
     task.train()
     bar = progress.bar(total=max_steps, desc="train", unit="step", initial=step)
     train_loss, recent = float("nan"), []
@@ -764,14 +783,7 @@ def fit(
             bar.update(1)
             if step % cfg.eval_every == 0 and progress_now() < 1.0:
                 result = run_eval(final=False)
-                log_metrics(
-                    {
-                        "step": step,
-                        "tokens": tokens,
-                        "val_loss": result["loss"],
-                        "elapsed_s": elapsed,
-                    }
-                )
+                log_metrics(eval_row(result))
                 if result["loss"] < best_val:
                     best_val = result["loss"]
                     save_best(result["loss"])
@@ -802,15 +814,7 @@ def fit(
     if result["loss"] < best_val:
         best_val = result["loss"]
         save_best(result["loss"])
-    log_metrics(
-        {
-            "step": step,
-            "tokens": tokens,
-            "val_loss": result["loss"],
-            "elapsed_s": elapsed,
-            "final": True,
-        }
-    )
+    log_metrics({**eval_row(result), "final": True})
     save("final")
     out = {
         "val_loss": result["loss"],
