@@ -16,6 +16,14 @@ from lmforge.errors import ConfigError
 _UNSET = object()
 
 
+class _Append(argparse.Action):
+    """action="append" that starts a new list instead of appending to the (sentinel) default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*(items if isinstance(items, list) else []), values])
+
+
 def _base_type(tp):
     """Strip `X | None` to X; return (type, is_list)."""
     origin = typing.get_origin(tp)
@@ -38,7 +46,8 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        if not f.metadata.get("required"):  # required ones may come from --config, so no default
+            help_text = f"{help_text} (default: {default})".strip()
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=_UNSET, help=help_text)
         if f.metadata.get("choices"):
@@ -46,7 +55,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif is_list:
-            parser.add_argument(flag, action="append", type=tp, **kw)
+            parser.add_argument(flag, action=_Append, type=tp, **kw)
         else:
             parser.add_argument(flag, type=tp, metavar=f.metadata.get("metavar"), **kw)
 
@@ -66,7 +75,9 @@ def read_config_file(path: str | Path) -> dict:
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot read config file {path}: {first}; fix its YAML/JSON syntax")
+        raise ConfigError(
+            f"cannot read config file {path}: {first}; fix its YAML/JSON syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,8 +1,8 @@
 """Multi-head self-attention on torch's scaled_dot_product_attention, and the per-layer KV cache.
 
-Two paths give the same outputs: the fast one (SDPA, always used by default) and one that computes
-the softmax itself and keeps the (B, H, T, S) probabilities (`capture_probs = True`) for
-inspection. Change one, change both, and keep the test that compares them passing.
+Outputs always come from SDPA. With `capture_probs = True` the softmax is also computed by hand,
+on the side, to keep the (B, H, T, S) probabilities for inspection, so outputs stay bit-identical.
+Change the masking or scaling of one, change both, and keep the tests that compare them passing.
 """
 
 import torch
@@ -45,6 +45,12 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]  # (B, H, S, D) views, S = end
 
+    def reorder(self, rows: Tensor) -> None:
+        """Keep (and repeat) batch rows: row i becomes old row rows[i] (beam search)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, rows)
+            self.v = self.v.index_select(0, rows)
+
 
 def attention_mask(
     padding_mask: Tensor | None, T: int, S: int, is_causal: bool, device: torch.device
@@ -79,8 +85,8 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on the attention probabilities (training only).
         rotary: rotate q and k by position (RoPE); needs max_seq_len and an even head_dim.
 
-    Set `capture_probs = True` to take the explicit-softmax path; each forward then stores the
-    (B, H, T, S) probabilities, detached, in `last_probs`.
+    Set `capture_probs = True` to also compute the softmax by hand; each forward then stores the
+    (B, H, T, S) probabilities (before dropout, float32, detached) in `last_probs`.
     """
 
     def __init__(
@@ -134,10 +140,10 @@ class MultiHeadAttention(nn.Module):
                 k, v = k.to(q.dtype), v.to(q.dtype)
         S = k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
-        if self.capture_probs:
+        if self.capture_probs:  # on the side: the output below is the same with or without
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
-            y = self._attend_explicitly(q, k, v, mask, dropout_p)
-        elif padding_mask is None and self.is_causal and S == T:
+            self.last_probs = self._probabilities(q, k, mask)
+        if padding_mask is None and self.is_causal and S == T:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
@@ -145,12 +151,9 @@ class MultiHeadAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H * D)
         return self.out(y)
 
-    def _attend_explicitly(self, q, k, v, mask, dropout_p):
-        """softmax(q k^T / sqrt(D)) v, keeping the probabilities in self.last_probs."""
-        scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5  # (B, H, T, S)
+    def _probabilities(self, q, k, mask):
+        """softmax(q k^T / sqrt(D)) as SDPA computes it, in float32 and detached."""
+        scores = (q.detach() @ k.detach().transpose(-2, -1)).float() * self.head_dim**-0.5
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(dim=-1)
-        self.last_probs = probs.detach()
-        probs = F.dropout(probs, dropout_p) if dropout_p else probs
-        return probs.to(v.dtype) @ v  # (B, H, T, D)
+        return scores.softmax(dim=-1)  # (B, H, T, S)

@@ -1,0 +1,84 @@
+"""`lmforge inspect`: next-token tables and attention maps of a run for some prompts.
+
+Writes a self-contained HTML report (and, with --png, one heatmap per prompt and layer) and prints
+each prompt's table; the work itself is in lmforge.inspect.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.cli import options
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class InspectConfig:
+    prompt: list[str] | None = field(
+        default=None, metadata={"help": "text to inspect (repeat for several prompts)"}
+    )
+    top_k: int = field(default=5, metadata={"help": "most probable next tokens to list"})
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "HTML report; None means RUN/inspect.html (a run folder)",
+            "metavar": "FILE",
+        },
+    )
+    png: str | None = field(
+        default=None,
+        metadata={"help": "folder for heatmap PNGs, one per prompt and layer", "metavar": "DIR"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "inspect",
+        help="next-token tables and attention maps for prompts",
+        description="Show the most probable next tokens for each prompt and write an HTML report "
+        "where each token is shaded by the attention it receives (average and per head).",
+    )
+    p.add_argument("run", help="run folder (or Hugging Face folder or name)")
+    options.add_options(p, InspectConfig)
+    return p
+
+
+def run(args) -> int:
+    from lmforge.api import load_for_sampling
+    from lmforge.inspect import render
+    from lmforge.inspect.next_token import inspect_prompt
+
+    file_opts = options.read_config_file(args.config) if args.config else {}
+    flags = options.explicit_flags(args)
+    for k in ("run", "config", "debug", "command", "_run"):
+        flags.pop(k, None)
+    cfg = options.build(InspectConfig, file_opts, flags)
+    if not cfg.prompt:
+        raise ConfigError('give at least one --prompt "text" to inspect')
+    run_dir = Path(args.run)  # or a Hugging Face name such as distilgpt2
+    out = render.check_out_path(
+        cfg.out or (run_dir if run_dir.is_dir() else Path()) / "inspect.html"
+    )
+    if cfg.png is not None and not Path(cfg.png).is_dir():
+        render.check_out_path(cfg.png, "--png")
+    model, tok = load_for_sampling(args.run, cfg.device)
+    seen = [inspect_prompt(model, tok, prompt, cfg.top_k) for prompt in cfg.prompt]
+    for s in seen:
+        print(f"prompt: {s.prompt}  ({len(s.tokens)} tokens)")
+        width = max(len(t.token) for t in s.next_tokens)
+        for rank, t in enumerate(s.next_tokens, 1):
+            print(f"  {rank:>2}. {t.token:<{width}}  {t.prob:.3f}")
+    c = model.config
+    about = (
+        f"{args.run}: {model.family} model, {model.num_params():,} parameters, "
+        f"{c.num_layers} layer(s) x {c.num_heads} heads, context {c.max_seq_len}, "
+        f"{tok.kind} tokenizer of {tok.vocab_size:,} tokens"
+    )
+    render.write_html_report(
+        seen, out, title=f"lmforge inspect: {Path(args.run).name}", about=about
+    )
+    print(f"report: {out}")
+    if cfg.png is not None:
+        for path in render.save_attention_pngs(seen, cfg.png):
+            print(f"heatmap: {path}")
+    return 0
