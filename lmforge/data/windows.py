@@ -54,15 +54,21 @@ class PaddedDocuments:
     """
 
     def __init__(
-        self, documents: list[np.ndarray], length: int, pad_id: int = 0, dynamic: bool = False
+        self,
+        documents: list[np.ndarray],
+        length: int,
+        pad_id: int = 0,
+        dynamic: bool = False,
+        end_id: int | None = None,
     ):
         self.documents, self.length, self.pad_id, self.dynamic = documents, length, pad_id, dynamic
+        self.end_id = end_id  # appended to documents that fit, so a model learns to stop
 
     def __len__(self) -> int:
         return len(self.documents)
 
     def get(self, indices) -> dict:
-        docs = [self.documents[i][: self.length + 1] for i in np.asarray(indices)]
+        docs = [self._with_end(self.documents[i]) for i in np.asarray(indices)]
         T = max(len(d) for d in docs) - 1 if self.dynamic else self.length
         T = max(T, 1)
         ids = np.full((len(docs), T + 1), self.pad_id, dtype=np.int64)
@@ -72,6 +78,12 @@ class PaddedDocuments:
             real[row, : len(d)] = True
         labels = np.where(real[:, 1:], ids[:, 1:], IGNORE)
         return {"token_ids": ids[:, :-1], "labels": labels, "padding_mask": real[:, :-1]}
+
+
+    def _with_end(self, doc: np.ndarray) -> np.ndarray:
+        if self.end_id is not None and len(doc) <= self.length:
+            doc = np.append(doc, self.end_id)
+        return doc[: self.length + 1]
 
 
 class ChunkedBlocks:

@@ -4,6 +4,7 @@ It talks to a model through `init_state(batch_size, device)` and `step(token_ids
 so KV-cache transformers and recurrent nets share it; never reach into the state here.
 """
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -11,7 +12,12 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.sampling import apply_repetition_penalty, check_sampling, sample_next_token
+from lmforge.generation.sampling import (
+    apply_repetition_penalty,
+    check_sampling,
+    no_repeat_ngram_filter,
+    sample_next_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,41 @@ def _model_device(model) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def takes_padding_mask(model) -> bool:
+    """True when model.step accepts padding_mask=, so prompts can be left-padded into one batch."""
+    return "padding_mask" in inspect.signature(model.step).parameters
+
+
+def left_padded(prompts: list[list[int]], extra: int, device) -> tuple[Tensor, Tensor]:
+    """Prompts right-aligned in (B, longest + extra) ids with a (B, longest + extra) bool mask
+    (True = real). Pads repeat each row's first token, so penalties over seen tokens ignore them."""
+    longest = max(len(p) for p in prompts)
+    ids = [[p[0]] * (longest - len(p)) + p + [0] * extra for p in prompts]
+    real = [[False] * (longest - len(p)) + [True] * (len(p) + extra) for p in prompts]
+    return torch.tensor(ids, device=device), torch.tensor(real, device=device)
+
+
+def crop_prompts(prompts: list[list[int]], context: int | None) -> list[list[int]]:
+    """Keep the last `context` tokens of longer prompts, with a warning."""
+    if context is None or all(len(p) <= context for p in prompts):
+        return prompts
+    logger.warning(
+        "prompt of %d tokens is longer than the model's context (max_seq_len=%d); "
+        "keeping its last %d tokens",
+        max(len(p) for p in prompts),
+        context,
+        context,
+    )
+    return [p[-context:] for p in prompts]
+
+
+def feed(model, ids: Tensor, real: Tensor | None, lo: int, hi: int, state):
+    """model.step on columns lo:hi of ids, with their padding mask when there is one."""
+    if real is None:
+        return model.step(ids[:, lo:hi], state)
+    return model.step(ids[:, lo:hi], state, padding_mask=real[:, lo:hi])
+
+
 def generate(
     model,
     prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
@@ -56,27 +97,34 @@ def generate(
     top_p: float | None = None,
     min_p: float | None = None,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     stop_token_ids: Sequence[int] = (),
     num_samples: int = 1,
     seed: int | None = None,
     device: torch.device | str | None = None,
+    left_pad: bool = False,
 ) -> Iterator[Tensor]:
     """Sample new tokens from a causal LM; yields a (B,) long tensor per step as they come.
 
     Rows are prompt-major: B = len(prompts) * num_samples, row r continues prompt
     r // num_samples. A row yields -1 (`FINISHED`) at a step where it has no new token: after
     it made a stop token (the stop token itself is yielded) or max_new_tokens, or, with prompts
-    of different lengths, while it still reads its own prompt. The loop ends when every row is
-    done. Prompts longer than the model's context (`model.config.max_seq_len`; none for RNNs)
-    keep their last max_seq_len tokens; once the context is full, each step re-reads the last
-    max_seq_len tokens, as a model without a cache would, so max_new_tokens may exceed it.
+    of different lengths and left_pad=False, while it still reads its own prompt. The loop ends
+    when every row is done. Prompts longer than the model's context (`model.config.max_seq_len`;
+    none for RNNs) keep their last max_seq_len tokens; once the context is full, each step
+    re-reads the last max_seq_len tokens, as a model without a cache would, so max_new_tokens
+    may exceed it.
 
     Args:
         prompt_ids: one prompt (list of ids, 1-D tensor) or several (list of lists, 2-D tensor).
         temperature: 0 is greedy (argmax); filters top_k, top_p, min_p apply after it.
         repetition_penalty: CTRL-style, over every token the row has seen; 1.0 is off.
+        no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram of the row.
         seed: seeds a torch.Generator on `device`, so the same call gives the same tokens.
         device: where the ids and the state live; defaults to the model's parameters' device.
+        left_pad: pad shorter prompts on the left and read all prompts in one batched forward,
+            so every row emits from the first step (models whose step() takes padding_mask,
+            like GPT; positions count real tokens only, so each row decodes as it would alone).
 
     Example:
         rows = [[] for _ in range(2)]
@@ -89,38 +137,48 @@ def generate(
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 1")
-    context = getattr(getattr(model, "config", None), "max_seq_len", None)
-    prompts = _as_prompts(prompt_ids)
-    if context is not None and any(len(p) > context for p in prompts):
-        longest = max(len(p) for p in prompts)
-        logger.warning(
-            "prompt of %d tokens is longer than the model's context (max_seq_len=%d); "
-            "keeping its last %d tokens",
-            longest,
-            context,
-            context,
+    if not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ConfigError(
+            f"no_repeat_ngram_size={no_repeat_ngram_size!r} must be an integer >= 0 (0 is off)"
         )
-        prompts = [p[-context:] for p in prompts]
+    if left_pad and not takes_padding_mask(model):
+        raise ConfigError(
+            f"left_pad needs a model whose step() takes padding_mask; {type(model).__name__} "
+            "reads prompts row by row: pass left_pad=False"
+        )
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    prompts = crop_prompts(_as_prompts(prompt_ids), context)
     prompts = [p for p in prompts for _ in range(num_samples)]
     device = torch.device(device) if device is not None else _model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    penalties = dict(penalty=repetition_penalty, ngram=no_repeat_ngram_size)
     stop_token_ids = tuple(stop_token_ids)
     return _decode(
         model,
         prompts,
         max_new_tokens,
         sampling,
-        repetition_penalty,
+        penalties,
         stop_token_ids,
         context,
         generator,
         device,
+        left_pad,
     )
 
 
 def _decode(
-    model, prompts, max_new_tokens, sampling, penalty, stop_token_ids, context, generator, device
+    model,
+    prompts,
+    max_new_tokens,
+    sampling,
+    penalties,
+    stop_token_ids,
+    context,
+    generator,
+    device,
+    left_pad,
 ):
     """The loop behind generate(): sample, yield, feed; tensors made under inference_mode only
     (a mode left on across `yield` would leak into the caller's code)."""
@@ -128,25 +186,34 @@ def _decode(
         return
     was_training = model.training
     model.eval()
+    penalty, ngram = penalties["penalty"], penalties["ngram"]
     try:
         with torch.inference_mode():
             B = len(prompts)
             lengths = [len(p) for p in prompts]
-            first, longest = min(lengths), max(lengths)
-            width = longest + max_new_tokens
-            history = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=device)
+            longest = max(lengths)
+            if left_pad:  # every prompt ends at column `longest`; `real` marks the pads
+                history, real = left_padded(prompts, max_new_tokens, device)
+                first = longest
+            else:  # prompts start at column 0; rows read the rest of theirs step by step
+                width = longest + max_new_tokens
+                history = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=device)
+                real, first = None, min(lengths)
             prompt_lens = torch.tensor(lengths, device=device)
             stop_ids = torch.tensor(stop_token_ids, dtype=torch.long, device=device)
             num_new = torch.zeros(B, dtype=torch.long, device=device)
             finished = torch.zeros(B, dtype=torch.bool, device=device)
             state = model.init_state(B, device)
-            logits, state = model.step(history[:, :first], state)  # prefill the common part
+            logits, state = feed(model, history, real, 0, first, state)  # prefill
             pos = window = first  # tokens in `history` / in the state
         while True:
             with torch.inference_mode():
                 next_logits = logits[:, -1]  # (B, V)
                 if penalty != 1.0:
                     next_logits = apply_repetition_penalty(next_logits, history[:, :pos], penalty)
+                if ngram:
+                    seen = None if real is None else real[:, :pos]
+                    next_logits = no_repeat_ngram_filter(next_logits, history[:, :pos], ngram, seen)
                 token = sample_next_token(next_logits, generator=generator, **sampling)  # (B,)
                 emits = ~finished
                 if pos < longest:  # rows still reading their prompt take its next token
@@ -167,9 +234,9 @@ def _decode(
                 pos += 1
                 if context is not None and window == context:  # full: slide the window
                     state = model.init_state(B, device)
-                    logits, state = model.step(history[:, pos - context : pos], state)
+                    logits, state = feed(model, history, real, pos - context, pos, state)
                 else:
-                    logits, state = model.step(history[:, pos - 1 : pos], state)
+                    logits, state = feed(model, history, real, pos - 1, pos, state)
                     window += 1
     finally:
         model.train(was_training)
@@ -193,7 +260,10 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def _text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int]]:
+    # Without an end-of-text token, documents were trained to end with padding (Keras-style).
     eos = getattr(tokenizer, "eos_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "pad_id", None)
     sampling.setdefault("stop_token_ids", () if eos is None else (eos,))
     stop = [stop] if isinstance(stop, str) else stop or ()
     return [s for s in stop if s], set(sampling["stop_token_ids"])
@@ -216,12 +286,55 @@ def _release(text: str, sent: int, stops: list[str], final: bool) -> tuple[str, 
     return text[sent:end], end, False
 
 
+def _beam_texts(
+    model, tokenizer, prompt_ids, max_new_tokens, stops, stop_ids, num_return, beams, sampling
+) -> list[str]:
+    """The num_return best beams of each prompt as texts, prompt-major; sampling options other
+    than no_repeat_ngram_size and device do not apply to beam search and are ignored."""
+    from lmforge.generation.beam import beam_search
+
+    if sampling.get("repetition_penalty", 1.0) != 1.0:
+        raise ConfigError(
+            "repetition_penalty does not apply to beam search; use no_repeat_ngram_size instead"
+        )
+
+    def text_of(ids):
+        return tokenizer.decode([t for t in ids if t not in stop_ids])
+
+    def is_stopped(ids):
+        text = text_of(ids)
+        return any(s in text for s in stops)
+
+    results = beam_search(
+        model,
+        prompt_ids,
+        max_new_tokens,
+        num_return=num_return,
+        no_repeat_ngram_size=sampling.get("no_repeat_ngram_size", 0),
+        stop_token_ids=sorted(stop_ids),
+        is_stopped=is_stopped if stops else None,
+        device=sampling.get("device"),
+        **beams,
+    )
+    return [
+        _cut(text_of(h.token_ids), stops) for beams_of_prompt in results for h in beams_of_prompt
+    ]
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(hits)] if hits else text
+
+
 def generate_text(
     model,
     tokenizer,
     prompt: str,
     max_new_tokens: int = 200,
     stop: Sequence[str] | None = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
     **sampling,
 ) -> Iterator[str]:
     """Continue `prompt` and yield the new text in pieces as tokens come (one sample).
@@ -230,7 +343,9 @@ def generate_text(
     tokens come out whole. Generation ends at the tokenizer's eos id (unless `stop_token_ids`
     says otherwise), after max_new_tokens, or at the first of the `stop` strings, which is not
     yielded. Other keyword arguments are generate()'s sampling options (temperature, top_k,
-    top_p, min_p, repetition_penalty, stop_token_ids, seed, device).
+    top_p, min_p, repetition_penalty, no_repeat_ngram_size, stop_token_ids, seed, device).
+    With num_beams > 1 the best beam of a beam search (see `beam.beam_search` for
+    length_penalty and early_stopping) comes out as one piece; sampling options are ignored.
 
     Example:
         for piece in generate_text(model, tok, "ROMEO:", max_new_tokens=200, stop=["\\n\\n"]):
@@ -240,6 +355,14 @@ def generate_text(
         raise ConfigError("generate_text makes one sample; use generate_texts(num_samples=N)")
     stops, stop_ids = _text_options(tokenizer, stop, sampling)
     prompt_ids = _prompt_ids(tokenizer, prompt)
+    if num_beams != 1:
+        beams = dict(
+            num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping
+        )
+        texts = _beam_texts(
+            model, tokenizer, [prompt_ids], max_new_tokens, stops, stop_ids, 1, beams, sampling
+        )
+        return iter([t for t in texts if t])
     tokens = generate(model, prompt_ids, max_new_tokens, **sampling)
     return _stream_text(tokens, tokenizer, prompt_ids, stops, stop_ids)
 
@@ -280,19 +403,41 @@ def generate_texts(
     max_new_tokens: int = 200,
     stop: Sequence[str] | None = None,
     num_samples: int = 1,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
     **sampling,
 ) -> list[str]:
     """Continue one or several prompts, num_samples times each; returns the new texts.
 
     The list is prompt-major (all samples of the first prompt, then the second, ...); each text
-    ends before the first `stop` string or stop token. Keyword arguments are as generate_text's.
+    ends before the first `stop` string or stop token. Prompts of different lengths are
+    left-padded into one batch when the model allows it. With num_beams > 1, the num_samples
+    best beams of each prompt, best first. Keyword arguments are as generate_text's.
 
     Example:
         texts = generate_texts(model, tok, "wine review :", num_samples=4, temperature=0.5, seed=1)
+        best = generate_texts(model, tok, ["Why is", "How do"], num_beams=4, stop=["\\n"])
     """
     stops, stop_ids = _text_options(tokenizer, stop, sampling)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     prompt_ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    if num_beams != 1:
+        beams = dict(
+            num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping
+        )
+        return _beam_texts(
+            model,
+            tokenizer,
+            prompt_ids,
+            max_new_tokens,
+            stops,
+            stop_ids,
+            num_samples,
+            beams,
+            sampling,
+        )
+    sampling.setdefault("left_pad", takes_padding_mask(model))
     rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
     for step_ids in generate(
         model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
@@ -300,9 +445,4 @@ def generate_texts(
         for row, token in zip(rows, step_ids.tolist()):
             if token != FINISHED and token not in stop_ids:
                 row.append(token)
-    texts = []
-    for row in rows:
-        text = tokenizer.decode(row)
-        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-        texts.append(text[: min(hits)] if hits else text)
-    return texts
+    return [_cut(tokenizer.decode(row), stops) for row in rows]
