@@ -1,8 +1,10 @@
-"""Decoding speed: lmforge's KV-cache generate() vs no cache vs Hugging Face generate().
+"""Decoding speed: lmforge's KV-cache generate() vs no cache vs Hugging Face generate(); then
+beam search (4 beams) and a batch of prompts of mixed lengths, beside transformers.
 
-Same random weights for all three (copied into the HF model). Decoding at batch 1 is bound by
+Same random weights for all (copied into the HF model). Decoding at batch 1 is bound by
 memory bandwidth, so we also report weight bytes read per second as a fraction of a copy
-bandwidth measured in the same run. Run by hand:
+bandwidth measured in the same run. Contenders of a comparison alternate within each trial and
+medians are reported (this machine's speed drifts). Run by hand:
 
     .venv/bin/python bench/generate_throughput.py --preset gpt2 --batch 1 --json
 """
@@ -53,6 +55,73 @@ def _time(fn, trials: int) -> float:
     return statistics.median(times)
 
 
+def _alternate(fns: dict, trials: int) -> dict:
+    """Median seconds of each function, run round-robin A B A B ... after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(trials):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _beams_and_mixed(model, hf, cfg, args) -> dict:
+    """Beam search (4 beams) and mixed-length batches: tokens/s of ours and of transformers."""
+    from lmforge.generation.beam import beam_search
+
+    V, N = cfg["vocab_size"], args.new_tokens
+    prompt = torch.randint(0, V, (args.prompt_len,)).tolist()
+    lengths = [max(1, args.prompt_len * k // 4) for k in (1, 2, 3, 4)] * max(1, args.batch // 4)
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in lengths]
+    width = max(lengths)
+    padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def ours_beams():
+        beam_search(model, prompt, N, num_beams=args.beams, num_return=1)
+
+    def ours_mixed(left_pad=True):
+        for _ in generate(model, prompts, N, temperature=0, left_pad=left_pad):
+            pass
+
+    fns = {"beams": ours_beams, "mixed": ours_mixed, "mixed_ragged": lambda: ours_mixed(False)}
+    if hf is not None:
+        ids = torch.tensor([prompt])
+
+        @torch.inference_mode()
+        def hf_beams():
+            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N,
+                        min_new_tokens=N, num_beams=args.beams, do_sample=False,
+                        early_stopping=False, pad_token_id=0)
+
+        @torch.inference_mode()
+        def hf_mixed():
+            hf.generate(padded, attention_mask=mask, max_new_tokens=N, min_new_tokens=N,
+                        do_sample=False, pad_token_id=0)
+
+        fns.update(hf_beams=hf_beams, hf_mixed=hf_mixed)
+    t = _alternate(fns, args.trials)
+    row = {
+        "beams": args.beams,
+        "beam_tokens_per_s": N / t["beams"],  # new tokens of the returned sequence per second
+        "mixed_prompt_lens": sorted(set(lengths)),
+        "mixed_batch": len(prompts),
+        "mixed_tokens_per_s": len(prompts) * N / t["mixed"],
+        "mixed_ragged_tokens_per_s": len(prompts) * N / t["mixed_ragged"],
+    }
+    if hf is not None:
+        row.update(
+            hf_beam_tokens_per_s=N / t["hf_beams"],
+            beam_speedup_vs_hf=t["hf_beams"] / t["beams"],
+            hf_mixed_tokens_per_s=len(prompts) * N / t["hf_mixed"],
+            mixed_speedup_vs_hf=t["hf_mixed"] / t["mixed"],
+        )
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="gpt2")
@@ -62,6 +131,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--no-cache-tokens", type=int, default=None,
                     help="new tokens for the (slow) no-cache run (default: new-tokens // 4)")
+    ap.add_argument("--beams", type=int, default=4, help="beam width of the beam-search rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -82,21 +152,21 @@ def main() -> None:
             nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
 
-    ours(4)  # warm-up
-    t_ours = _time(ours, args.trials)
     n_nc = args.no_cache_tokens or max(4, N // 4)
     t_nc = _time(lambda: no_cache(n_nc), max(1, args.trials - 1))
-    hf_tps = None
     try:
         hf = _hf_from_ours(model, cfg)
-        with torch.inference_mode():
-            def run_hf():
-                hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N,
-                            min_new_tokens=N, do_sample=False, pad_token_id=0)
-            run_hf()
-            hf_tps = B * N / _time(run_hf, args.trials)
     except ImportError:
-        pass
+        hf = None
+
+    @torch.inference_mode()
+    def run_hf():
+        hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N,
+                    min_new_tokens=N, do_sample=False, pad_token_id=0)
+
+    t = _alternate({"ours": ours, **({"hf": run_hf} if hf is not None else {})}, args.trials)
+    t_ours = t["ours"]
+    hf_tps = B * N / t["hf"] if hf is not None else None
     tps = B * N / t_ours
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = _copy_bandwidth()
@@ -110,12 +180,13 @@ def main() -> None:
         # each decoding step reads every weight once, whatever the batch
         "bandwidth_fraction": weight_bytes * (tps / B) / bw,
         "copy_bandwidth_gb_s": bw / 1e9,
+        **_beams_and_mixed(model, hf, cfg, args),
     }
     if args.json:
         print(json.dumps(row))
     else:
         for k, v in row.items():
-            print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+            print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`lmforge eval`: loss, perplexity and bits per character of a run on its validation split
-or on another text."""
+or on another text; accuracy, per-class precision/recall/F1 and the confusion matrix of a
+classifier run, masked accuracy of a masked-LM run."""
 
 import json
 import math
@@ -18,6 +19,16 @@ def add_parser(sub):
     p.add_argument("run", help="run folder")
     p.add_argument("--data", default=None, help="evaluate on this text instead (all of it)")
     p.add_argument("--field", default=None, help="CSV column / JSON field of --data")
+    p.add_argument(
+        "--label-field", default=None, help="classifier runs: the label column of --data"
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "train", "all"],
+        help="classifier/MLM runs: test (default when the data has a split column), train, or "
+        "all of --data (default otherwise)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--precision", default="auto", help="auto|fp32|bf16 (default: auto)")
@@ -39,6 +50,8 @@ def run(args) -> int:
     config = ckpt.read_config(args.run)
     model, tok = load_for_sampling(args.run, args.device)
     info = config["data"]
+    if config.get("task"):  # classify / mlm runs
+        return _run_task(args, config, model)
     if args.data is None:
         data, split = PreparedData(info["path"]), "val"
     else:
@@ -73,4 +86,50 @@ def run(args) -> int:
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()
             )
         )
+    return 0
+
+
+def _run_task(args, config, model) -> int:
+    """Accuracy, per-class scores and confusion matrix (classify); masked accuracy (mlm)."""
+    from lmforge.evaluate.metrics import classification_report, predict_labels
+    from lmforge.training.trainer import evaluate, labelled_split, make_task_examples
+
+    spec, info = config["task"], config["data"]
+    data, split, label_ids = labelled_split(
+        info["path"],
+        args.data,
+        Path(args.run) / "tokenizer",
+        args.field,
+        args.label_field,
+        args.split,
+        spec.get("labels"),
+    )
+    examples = make_task_examples(data, split, spec, info["block_size"], label_ids, True)
+    if spec["kind"] == "mlm":
+        result = evaluate(model, examples, args.batch_size)
+        out = {
+            "loss": result["loss"],
+            "perplexity": result["perplexity"],
+            "masked_accuracy": result["accuracy"],
+            "masked_tokens": result["tokens"],
+        }
+    else:
+        predicted, true, loss = predict_labels(model, examples, args.batch_size)
+        out = {"loss": loss, **classification_report(predicted, true, spec["labels"])}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for k, v in out.items():
+        if k == "per_class":
+            for name, s in v.items():
+                print(
+                    f"  {name:>12}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  "
+                    f"f1 {s['f1']:.4f}  support {s['support']}"
+                )
+        elif k == "confusion_matrix":
+            print("confusion matrix (rows: true, columns: predicted):")
+            for name, row in zip(out["labels"], v):
+                print(f"  {name:>12}  " + "  ".join(f"{n:>6}" for n in row))
+        elif k != "labels":
+            print(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
     return 0

@@ -46,8 +46,9 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        if not f.metadata.get("required"):  # required ones may come from --config, so no default
-            help_text = f"{help_text} (default: {default})".strip()
+        # a required option is not argparse-required: it may come from --config instead
+        shown = "(required)" if f.metadata.get("required") else f"(default: {default})"
+        help_text = f"{help_text} {shown}".strip()
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=_UNSET, help=help_text)
         if f.metadata.get("choices"):

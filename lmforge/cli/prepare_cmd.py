@@ -4,6 +4,7 @@ import json
 
 from lmforge.cli import options
 from lmforge.data.prepare import PrepareConfig, prepare
+from lmforge.errors import ConfigError
 
 
 def add_parser(sub):
@@ -14,8 +15,10 @@ def add_parser(sub):
         "and encode both splits into memory-mapped token files.",
     )
     options.add_options(p, PrepareConfig)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--json", action="store_true", help="print meta.json's summary as one line")
+    p.add_argument("--out", required=True, help="output folder (required)")
+    p.add_argument(
+        "--json", action="store_true", help="print meta.json's summary as one line (default: off)"
+    )
     return p
 
 
@@ -26,8 +29,6 @@ def run(args) -> int:
         flags.pop(k, None)
     cfg = options.build(PrepareConfig, file_opts, flags)
     if not cfg.data:
-        from lmforge.errors import ConfigError
-
         raise ConfigError("--data is required: a file, a folder or a dataset name")
     data = prepare(cfg, args.out)
     m = data.meta

@@ -149,3 +149,74 @@ def iterate_in_order(examples, batch_size: int):
 
 def count_targets(batch: dict) -> int:
     return int((batch["labels"] != IGNORE).sum())
+
+
+class ConsecutiveBatcher:
+    """Consecutive windows for stateful training (truncated BPTT): row i of batch k + 1 is the
+    text that follows row i of batch k.
+
+    The stream is cut into `batch_size * world_size` lanes of equal length; batch k holds
+    window k (`block_size` inputs + 1 shifted target) of each of this rank's lanes. Shuffling
+    would break the lanes, so each epoch starts them at a new random offset in [0, block_size)
+    instead, which moves the window borders. Every batch carries "is_continuation", a bool
+    scalar: False on an epoch's first batch and on the first batch after a resume (the carried
+    state is not saved), True otherwise.
+
+    Example:
+        batcher = ConsecutiveBatcher(data.tokens("train"), block_size=100, batch_size=64)
+        batch = batcher.next_batch()  # token_ids (64, 100), labels (64, 100), is_continuation
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        lanes = batch_size * world_size
+        # block_size tokens are kept back for the epoch offset; a window needs block_size + 1
+        self.lane_len = (len(tokens) - block_size) // lanes
+        if self.lane_len < block_size + 1:
+            from lmforge.errors import DataError
+
+            raise DataError(
+                f"the training split has {len(tokens)} tokens, too few for {lanes} lanes of at "
+                f"least {block_size + 1}: use a smaller --batch-size or --block-size, or more data"
+            )
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = (self.lane_len - 1) // block_size
+        self.epoch_index, self.position = 0, 0
+        self._is_fresh = True  # the next batch starts from a zero state
+
+    @property
+    def epoch(self) -> float:
+        return self.epoch_index + self.position / self.batches_per_epoch
+
+    def lane_starts(self) -> np.ndarray:
+        """Where this epoch's lanes of this rank start in the token stream, (batch_size,)."""
+        offset = np.random.default_rng([self.seed, self.epoch_index]).integers(self.block_size)
+        b = self.batch_size
+        return offset + (self.rank * b + np.arange(b)) * self.lane_len
+
+    def next_batch(self) -> dict:
+        if self.position >= self.batches_per_epoch:
+            self.epoch_index, self.position, self._is_fresh = self.epoch_index + 1, 0, True
+        starts = self.lane_starts() + self.position * self.block_size
+        window = self.tokens[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64)
+        batch = to_tensors({"token_ids": window[:, :-1], "labels": window[:, 1:]})
+        batch["is_continuation"] = torch.tensor(not self._is_fresh)
+        self.position += 1
+        self._is_fresh = False
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch_index": self.epoch_index, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_index, self.position = state["epoch_index"], state["position"]
+        self._is_fresh = True

@@ -5,14 +5,18 @@ uint16 when the vocabulary fits), `{split}_offsets.npy` (document starts) and `{
 The folder is written under a temporary name and renamed, so it is either complete or absent.
 """
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -28,32 +32,50 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _VAL_SPLITS = {"val", "valid", "validation", "test", "dev"}
-_CHUNK_CHARS = 1 << 20  # text handed to one worker task
+_CHUNK_CHARS = 1 << 20  # a single text file is read, and encoded, in pieces of this size
+# `tokenizers` (0.23) encodes a 1M-character input about 1.5x slower per character than 64K ones
+# (timed by hand on IMDB text), so a piece is cut further where the tokenizer allows (_cut_rule)
+_PIECE_CHARS = 1 << 16
+_TASK_CHARS = 1 << 20  # text handed to one encoding call (one worker task)
+_KEEP_CHARS = 1 << 26  # a single text up to this size is decoded once, kept, not read again
 
 
 @dataclass
 class PrepareConfig:
     """Options of `lmforge prepare` (and of the on-the-fly preparation in `train`)."""
 
-    data: str = option(default="", metadata={"help": "a file, folder or dataset name"})
+    data: str = option(
+        default="", metadata={"help": "a file, folder or dataset name", "required": True}
+    )
     tokenizer: str = option(
         default="char", metadata={"help": f"{'|'.join(TOKENIZER_KINDS)} or a tokenizer folder"}
     )
-    vocab_size: int | None = option(default=None, metadata={"help": "for trained tokenizers"})
+    vocab_size: int | None = option(
+        default=None, metadata={"help": "for trained tokenizers; None takes the kind's default"}
+    )
     field: str | None = option(
         default=None, metadata={"help": "CSV column, dotted JSON path or '{a} : {b}' template"}
     )
     label_field: str | None = option(default=None, metadata={"help": "column/field with labels"})
-    val_fraction: float = option(default=0.1, metadata={"help": "held-out share"})
+    val_fraction: float = option(
+        default=0.1,
+        metadata={
+            "help": "held-out share; a source's own test split wins, 0 keeps everything for train"
+        },
+    )
     seed: int = option(default=0, metadata={"help": "seed of the document split"})
     encoding: str = option(default="utf-8", metadata={"help": "text encoding of the input"})
     errors: str = option(
-        default="strict", metadata={"help": "strict|replace: what to do with undecodable bytes"}
+        default="strict",
+        metadata={"help": "strict|replace|ignore: what to do with undecodable bytes"},
     )
     unknown_token: str | None = option(
         default=None, metadata={"help": "char tokenizer: map unseen characters to this token"}
     )
-    num_proc: int | None = option(default=None, metadata={"help": "encoding processes"})
+    num_proc: int = option(
+        default=1,
+        metadata={"help": "encoding processes; 1 encodes in this process on the library's threads"},
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
@@ -62,6 +84,8 @@ class PrepareConfig:
             raise ConfigError(f"--errors {self.errors!r}: use strict, replace or ignore")
         if self.vocab_size is not None and self.vocab_size <= 0:
             raise ConfigError(f"--vocab-size {self.vocab_size} must be positive")
+        if self.num_proc < 1:
+            raise ConfigError(f"--num-proc {self.num_proc} must be 1 or more")
 
 
 # ---------------------------------------------------------------- reading a prepared folder
@@ -139,6 +163,7 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
         data.tokens("train")[:10]
     """
     out = Path(out)
+    _check_tokenizer_options(config)
     source = open_source(
         config.data,
         field=config.field,
@@ -146,27 +171,49 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
         encoding=config.encoding,
         errors=config.errors,
     )
-    key = cache_key(config, source)
-    if out.exists():
-        meta = out / "meta.json"
-        if meta.is_file():
-            try:
-                if json.loads(meta.read_text()).get("key") == key:
-                    log.info("reusing %s (input and options unchanged)", out)
-                    return PreparedData(out)
-            except json.JSONDecodeError:
-                pass
-        elif not out.is_dir() or any(out.iterdir()):
-            raise DataError(
-                f"output folder {out} exists and is not a prepared data folder: "
-                "choose another --out or empty it"
-            )
+    meta_path = out / "meta.json"
+    if out.exists() and not meta_path.is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(
+            f"output folder {out} exists and is not a prepared data folder: "
+            "choose another --out or empty it"
+        )
+    with ThreadPoolExecutor(1) as hasher:
+        # hashing every input byte (the GIL released) overlaps the reading and encoding below;
+        # only the reuse check and meta.json need its result
+        fingerprint = hasher.submit(source.fingerprint)
+        if meta_path.is_file() and _stored_key(meta_path) == _cache_key(
+            config, fingerprint.result()
+        ):
+            log.info("reusing %s (input and options unchanged)", out)
+            return PreparedData(out)
+
+        def fill(tmp: Path) -> None:
+            meta = _write(config, source, tmp)
+            meta["source_sha256"] = fingerprint.result()
+            meta["key"] = _cache_key(config, meta["source_sha256"])
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+        _replace_folder(out, fill)
+    return PreparedData(out)
+
+
+def _stored_key(meta_path: Path) -> str | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("key") if isinstance(meta, dict) else None
+
+
+def _replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """fill(tmp) a fresh sibling folder, then rename it to out: out is complete or untouched."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(config, source, key, tmp)
+        fill(tmp)
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(trash)
@@ -176,18 +223,24 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # leave no empty parent folders behind either
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    return PreparedData(out)
 
 
 def cache_key(config: PrepareConfig, source: Source) -> str:
     """Hash of the input bytes and every option that changes the output."""
+    return _cache_key(config, source.fingerprint())
+
+
+def _cache_key(config: PrepareConfig, fingerprint: str) -> str:
     opts = asdict(config)
     opts.pop("num_proc")
     opts.pop("data")
     if config.tokenizer not in TOKENIZER_KINDS and Path(config.tokenizer).exists():
         opts["tokenizer_files"] = _hash_tree(Path(config.tokenizer))
-    blob = json.dumps([FORMAT_VERSION, source.fingerprint(), opts], sort_keys=True)
+    blob = json.dumps([FORMAT_VERSION, fingerprint, opts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -200,16 +253,46 @@ def _hash_tree(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write(config: PrepareConfig, source: Source, key: str, tmp: Path) -> None:
+def _check_tokenizer_options(config: PrepareConfig) -> None:
+    """Fail before reading the corpus on a tokenizer that does not exist or a useless option."""
+    name = config.tokenizer
+    if name in TOKENIZER_KINDS or Path(name).exists():
+        if config.vocab_size is not None and (name == "char" or name not in TOKENIZER_KINDS):
+            what = "a char tokenizer's is the set of characters in the text"
+            if name != "char":
+                what = f"the tokenizer in {name} has its own"
+            raise ConfigError(f"--vocab-size does not apply: {what}; drop --vocab-size")
+        return
+    if os.sep in name or "/" in name:
+        raise ConfigError(
+            f"tokenizer folder {name} does not exist; check the path, or pass one of "
+            f"{', '.join(TOKENIZER_KINDS)} to train a tokenizer"
+        )
+    raise ConfigError(
+        f"unknown tokenizer {name!r}: use one of {', '.join(TOKENIZER_KINDS)} "
+        "or the path of a tokenizer folder"
+    )
+
+
+def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
+    """Write the tokenizer and token files into tmp; return meta.json's content, less the key
+    and the source's sha256."""
     if source.is_single_text:
-        train_texts, val_texts = _split_text(source, config.val_fraction)
+        text = _TextSplit(source, config.val_fraction)
+        units, total_chars = text.units, text.total
         train_docs = val_docs = None
     else:
         train_docs, val_docs = _split_documents(source, config.val_fraction, config.seed)
-        train_texts = [d.text for d in train_docs]
-        val_texts = [d.text for d in val_docs]
 
-    tokenizer = _get_tokenizer(config, train_texts, val_texts)
+        def units() -> Iterator[tuple[str, str]]:
+            yield from (("train", d.text) for d in train_docs)
+            yield from (("val", d.text) for d in val_docs)
+
+        total_chars = sum(len(d.text) for d in train_docs + val_docs)
+
+    train_texts = (t for split, t in itertools.takewhile(lambda u: u[0] == "train", units()))
+    every_text = (t for _, t in units())
+    tokenizer = _get_tokenizer(config, train_texts, every_text)
     tokenizer.save(tmp / "tokenizer")
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     sep = tokenizer.eos_id if train_docs is not None else None
@@ -223,40 +306,36 @@ def _write(config: PrepareConfig, source: Source, key: str, tmp: Path) -> None:
                 "a classifier needs at least two classes"
             )
 
-    splits = {}
-    num_proc = config.num_proc or len(os.sched_getaffinity(0))
-    with _Encoder(tokenizer, num_proc) as encoder:
-        for split, texts, docs in (
-            ("train", train_texts, train_docs),
-            ("val", val_texts, val_docs),
-        ):
-            info = {"file": f"{split}.bin"}
-            n, lengths = _encode_split(encoder, texts, tmp / info["file"], dtype, sep, split)
-            info["tokens"] = n
-            if docs is not None:
-                info["documents"] = len(docs)
-                info["offsets"] = f"{split}_offsets.npy"
-                np.save(tmp / info["offsets"], np.concatenate([[0], np.cumsum(lengths)]))
-                if labels is not None:
-                    ids = {name: i for i, name in enumerate(labels)}
-                    info["labels"] = f"{split}_labels.npy"
-                    np.save(
-                        tmp / info["labels"],
-                        np.array([ids.get(d.label, -1) for d in docs], dtype=np.int64),
-                    )
-            splits[split] = info
-
-    if splits["train"]["tokens"] == 0:
+    encoder = _TaskEncoder(tokenizer, dtype, sep)
+    counts = _encode(encoder, units(), tmp, total_chars, config.num_proc, train_docs is not None)
+    if counts["train"][0] == 0:
         raise DataError(
             f"{config.data}: the training split holds no tokens; "
             "use a larger corpus or a smaller --val-fraction"
         )
-    meta = {
+    splits = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        num_tokens, lengths = counts[split]
+        info = {"file": f"{split}.bin", "tokens": num_tokens}
+        if docs is not None:
+            info["documents"] = len(docs)
+            info["offsets"] = f"{split}_offsets.npy"
+            np.save(tmp / info["offsets"], np.concatenate([[0], np.cumsum(lengths)]))
+            if labels is not None:
+                ids = {name: i for i, name in enumerate(labels)}
+                info["labels"] = f"{split}_labels.npy"
+                np.save(
+                    tmp / info["labels"],
+                    np.array([ids.get(d.label, -1) for d in docs], dtype=np.int64),
+                )
+        splits[split] = info
+
+    return {
         "format": FORMAT_VERSION,
         "lmforge_version": __version__,
-        "key": key,
+        "key": None,
         "source": source.description,
-        "source_sha256": source.fingerprint(),
+        "source_sha256": None,
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
@@ -265,150 +344,273 @@ def _write(config: PrepareConfig, source: Source, key: str, tmp: Path) -> None:
         "splits": splits,
         "options": {k: v for k, v in asdict(config).items() if k != "num_proc"},
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-class _TextPart:
-    """A re-iterable slice of one long text: streamed from the file chunk by chunk."""
+class _TextSplit:
+    """One long text, streamed from its file: train is the head, val the tail from a line start.
 
-    def __init__(self, source: Source, start: int, stop: int):
-        self.source, self.start, self.stop = source, start, stop
+    The cut is the first line start at or after (1 - val_fraction) of the characters, found
+    while streaming; a tail without a line start is cut inside its line. Counting the
+    characters reads the file once; a text of up to _KEEP_CHARS is kept rather than read again.
+    """
 
-    def __len__(self) -> int:
-        return self.stop - self.start
+    def __init__(self, source: Source, val_fraction: float):
+        self.source = source
+        self.total, kept = 0, []
+        for chunk in source.iter_chunks(_CHUNK_CHARS):
+            self.total += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                kept = kept if self.total <= _KEEP_CHARS else None
+        self._kept = kept
+        self.target = int(self.total * (1.0 - val_fraction))
+        if val_fraction > 0 and self.target == 0:
+            raise DataError(
+                f"{source.description} is too short to split into train and validation "
+                f"({self.total} characters); give a longer corpus or pass --val-fraction 0"
+            )
 
-    def __iter__(self) -> Iterator[str]:
-        pos = 0
-        for chunk in self.source.iter_chunks(_CHUNK_CHARS):
-            a, b = max(self.start - pos, 0), min(self.stop - pos, len(chunk))
-            if a < b:
-                yield chunk[a:b]
-            pos += len(chunk)
-            if pos >= self.stop:
-                break
-
-
-def _split_text(source: Source, val_fraction: float) -> tuple[_TextPart, _TextPart]:
-    """One long text: the last `val_fraction` of it, cut at a line start, is validation."""
-    total, cut, pos = 0, None, 0
-    for chunk in source.iter_chunks(_CHUNK_CHARS):
-        total += len(chunk)
-    if total == 0:
-        raise DataError(f"{source.description} is empty: give a corpus with text in it")
-    target = int(total * (1.0 - val_fraction))
-    for chunk in source.iter_chunks(_CHUNK_CHARS):
-        if pos + len(chunk) > target:
-            at = chunk.find("\n", target - pos)
-            cut = pos + (len(chunk) if at < 0 else at + 1)
-            break
-        pos += len(chunk)
-    cut = total if cut is None else cut
-    return _TextPart(source, 0, cut), _TextPart(source, cut, total)
+    def units(self) -> Iterator[tuple[str, str]]:
+        """("train", piece)... then ("val", piece)...; joined, the pieces are the whole text."""
+        pos, cut = 0, None
+        chunks = self._kept if self._kept is not None else self.source.iter_chunks(_CHUNK_CHARS)
+        for chunk in chunks:
+            end = pos + len(chunk)
+            if cut is None and end > self.target:
+                at = chunk.find("\n", self.target - pos)
+                cut = end if at < 0 else pos + at + 1
+                if cut == self.total:
+                    cut = self.target
+            if cut is None or end <= cut:
+                yield "train", chunk
+            elif pos >= cut:
+                yield "val", chunk
+            else:
+                if cut > pos:
+                    yield "train", chunk[: cut - pos]
+                yield "val", chunk[cut - pos :]
+            pos = end
 
 
 def _split_documents(source: Source, val_fraction: float, seed: int):
     docs = [d for d in source.iter_documents() if d.text]
     if not docs:
         raise DataError(f"{source.description} holds no text: give a corpus with text in it")
-    if any(d.split is not None for d in docs):
-        train = [d for d in docs if d.split not in _VAL_SPLITS]
-        val = [d for d in docs if d.split in _VAL_SPLITS]
-        return train, val
-    if val_fraction == 0 or len(docs) == 1:
+    if val_fraction == 0:
         return docs, []
+    if any(d.split in _VAL_SPLITS for d in docs):  # the source's own split, e.g. IMDB's test
+        train = [d for d in docs if d.split not in _VAL_SPLITS]
+        if not train:
+            raise DataError(
+                f"{source.description}: every document is in a test/validation split, so none "
+                "is left to train on; add training documents or pass --val-fraction 0"
+            )
+        return train, [d for d in docs if d.split in _VAL_SPLITS]
+    if len(docs) < 2:
+        raise DataError(
+            f"{source.description} holds a single document, too few to split into train and "
+            "validation; give more documents or pass --val-fraction 0"
+        )
     rng = np.random.default_rng(seed)
-    num_val = max(1, round(len(docs) * val_fraction))
+    num_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     is_val = np.zeros(len(docs), dtype=bool)
     is_val[rng.permutation(len(docs))[:num_val]] = True
     return ([d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v])
 
 
-def _get_tokenizer(config: PrepareConfig, train_texts, val_texts) -> Tokenizer:
+def _get_tokenizer(config: PrepareConfig, train_texts, every_text) -> Tokenizer:
     kind = config.tokenizer
     if kind not in TOKENIZER_KINDS:
-        if Path(kind).exists():
-            return load_tokenizer(kind)
-        raise ConfigError(
-            f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)} "
-            "or the path of a tokenizer folder"
-        )
+        return load_tokenizer(kind)
     if kind == "char":
         # The character set is a property of the whole corpus: an unseen validation character
         # would otherwise stop evaluation, and it leaks nothing a model could exploit.
-        every = itertools.chain(train_texts, val_texts)
-        return train_tokenizer("char", every, unknown_token=config.unknown_token)
+        return train_tokenizer("char", every_text, unknown_token=config.unknown_token)
     return train_tokenizer(kind, train_texts, vocab_size=config.vocab_size)
 
 
 # ---------------------------------------------------------------- encoding
 
-
-def _batches(texts: Iterable[str], limit: int = _CHUNK_CHARS) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for t in texts:
-        batch.append(t)
-        size += len(t)
-        if size >= limit:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+_SAFE_NEWLINE = re.compile(r"(?<=\S)\n(?=\S)")
+# parts of a tokenizer.json pipeline that treat the text either side of such a newline apart
+_LINE_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+_LINE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
 
 
-_worker_tokenizer: Tokenizer | None = None
+def _cut_rule(tokenizer: Tokenizer) -> str | None:
+    """Where a text can be cut without changing its ids: "anywhere" (char), "lines" (after a
+    newline with a non-space character on both sides) or None (only whole pieces)."""
+    if tokenizer.kind == "char":
+        return "anywhere"
+    lib = getattr(tokenizer, "tokenizer", None)  # the `tokenizers.Tokenizer` of library kinds
+    if lib is None:
+        return None
+    spec = json.loads(lib.to_str())
 
+    def allows(part: dict | None, names: set[str]) -> bool:
+        if part is None:
+            return True
+        if part["type"] == "Sequence":
+            members = part.get("normalizers") or part.get("pretokenizers") or []
+            return all(allows(p, names) for p in members)
+        if part["type"] == "ByteLevel":  # GPT-2's regex ends every pre-token at such a newline
+            return not part.get("add_prefix_space", True) and part.get("use_regex", True)
+        return part["type"] in names
 
-def _init_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _encode_batch(texts: list[str], tokenizer: Tokenizer | None = None):
-    tok = tokenizer or _worker_tokenizer
-    if tok.kind == "char":
-        arrays = [tok.encode_array(t) for t in texts]
-    else:
-        arrays = [np.asarray(ids, dtype=np.int64) for ids in tok.encode_batch(texts)]
-    return arrays, sum(len(t) for t in texts)
-
-
-class _Encoder:
-    """Encodes batches of texts in order, inline or in a pool of worker processes."""
-
-    def __init__(self, tokenizer: Tokenizer, num_proc: int):
-        self.tokenizer, self.num_proc, self.pool = tokenizer, max(1, num_proc), None
-
-    def __enter__(self):
-        if self.num_proc > 1:
-            ctx = mp.get_context("spawn")  # no fork: the tokenizers library's threads dislike it
-            self.pool = ctx.Pool(
-                self.num_proc, initializer=_init_worker, initargs=(self.tokenizer,)
-            )
-        return self
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.terminate()
-
-    def map(self, batches: Iterable[list[str]]):
-        if self.pool is None:
-            return (_encode_batch(b, self.tokenizer) for b in batches)
-        return self.pool.imap(_encode_batch, batches)
-
-
-def _encode_split(encoder: _Encoder, texts: list[str], path: Path, dtype, sep, split: str):
-    total_chars = len(texts) if isinstance(texts, _TextPart) else sum(len(t) for t in texts)
-    lengths, num_tokens = [], 0
-    with (
-        open(path, "wb") as f,
-        progress.bar(total_chars, f"encode {split}", "char", unit_scale=True) as pbar,
+    added_ok = all(
+        not t.get("lstrip") and not t.get("rstrip") and "\n" not in t["content"]
+        for t in spec.get("added_tokens") or []
+    )
+    if (
+        added_ok
+        and allows(spec.get("normalizer"), _LINE_NORMALIZERS)
+        and allows(spec.get("pre_tokenizer"), _LINE_PRE_TOKENIZERS)
     ):
-        for arrays, num_chars in encoder.map(_batches(texts)):
-            for ids in arrays:
-                if sep is not None:
-                    ids = np.append(ids, sep)
-                f.write(ids.astype(dtype).tobytes())
-                lengths.append(len(ids))
-                num_tokens += len(ids)
+        return "lines"
+    return None
+
+
+def _cut(text: str, rule: str | None, size: int | None = None) -> list[str]:
+    """text in pieces of about `size` (_PIECE_CHARS) characters, cut only where `rule` allows."""
+    size = size or _PIECE_CHARS
+    if rule is None or len(text) <= size:
+        return [text]
+    if rule == "anywhere":
+        return [text[i : i + size] for i in range(0, len(text), size)]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        found = _SAFE_NEWLINE.search(text, start + size)
+        if found is None:
+            break
+        pieces.append(text[start : found.end()])
+        start = found.end()
+    pieces.append(text[start:])
+    return pieces
+
+
+def _encode_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    lib = getattr(tokenizer, "tokenizer", None)
+    # tokenizers >= 0.20: ids without the character offsets, which cost time on long texts
+    fast = getattr(lib, "encode_batch_fast", None)
+    if fast is None:
+        return tokenizer.encode_batch(texts)
+    return [e.ids for e in fast(texts, add_special_tokens=False)]
+
+
+class _TaskEncoder:
+    """Encodes a list of texts in one library call; picklable, so a worker process can run it."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype, sep: int | None):
+        self.tokenizer, self.dtype, self.sep = tokenizer, np.dtype(dtype), sep
+        self.rule = _cut_rule(tokenizer)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of the texts one after another, each followed by sep; tokens per text)."""
+        pieces, owners = [], []
+        for i, text in enumerate(texts):
+            parts = _cut(text, self.rule)
+            pieces += parts
+            owners += [i] * len(parts)
+        if self.tokenizer.kind == "char":  # one id per character
+            counts = [len(p) for p in pieces]
+            ids = np.empty(sum(counts), dtype=self.dtype)
+            for start, piece in zip(itertools.accumulate([0, *counts]), pieces):
+                ids[start : start + len(piece)] = self.tokenizer.encode_array(piece)
+        else:
+            id_lists = _encode_ids(self.tokenizer, pieces)
+            counts = [len(x) for x in id_lists]
+            flat = itertools.chain.from_iterable(id_lists)
+            ids = np.fromiter(flat, dtype=self.dtype, count=sum(counts))
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        np.add.at(lengths, owners, counts)
+        if self.sep is None:
+            return ids, lengths
+        lengths += 1
+        ends = np.cumsum(lengths) - 1  # where each separator goes
+        out = np.full(int(lengths.sum()), self.sep, dtype=self.dtype)
+        is_text = np.ones(len(out), dtype=bool)
+        is_text[ends] = False
+        out[is_text] = ids
+        return out, lengths
+
+
+_worker_encoder: _TaskEncoder | None = None
+
+
+def _init_worker(encoder: _TaskEncoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+    # one thread per worker process: --num-proc N means N busy cores, not N x the library's pool
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _run_in_worker(texts: list[str]):
+    return _worker_encoder(texts)
+
+
+def _tasks(units: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """(split, texts) groups of about _TASK_CHARS characters; a group never mixes splits."""
+    split, batch, size = None, [], 0
+    for unit_split, text in units:
+        if batch and (unit_split != split or size >= _TASK_CHARS):
+            yield split, batch
+            batch, size = [], 0
+        split = unit_split
+        batch.append(text)
+        size += len(text)
+    if batch:
+        yield split, batch
+
+
+def _encode(
+    encoder: _TaskEncoder,
+    units: Iterable[tuple[str, str]],
+    folder: Path,
+    total_chars: int,
+    num_proc: int,
+    keep_lengths: bool,
+) -> dict[str, tuple[int, np.ndarray]]:
+    """Encode units into folder/{train,val}.bin; per split (tokens, tokens per unit).
+
+    With num_proc 1 each task is encoded here, the tokenizers library spreading it over its own
+    threads (helper threads of ours measured slower: the GIL); with more, a pool of worker
+    processes does, a few tasks in flight and in order, so the memory used stays flat.
+    """
+    written = {"train": 0, "val": 0}
+    lengths: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    window = 2 * num_proc
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(open(folder / f"{s}.bin", "wb")) for s in written}
+        pbar = stack.enter_context(progress.bar(total_chars, "encode", "char", unit_scale=True))
+        if num_proc > 1:
+            # spawn, not fork: the tokenizers library's threads do not survive a fork
+            pool = mp.get_context("spawn").Pool(num_proc, _init_worker, (encoder,))
+            stack.callback(pool.terminate)
+
+        def submit(texts: list[str]) -> Callable:
+            if num_proc > 1:
+                return pool.apply_async(_run_in_worker, (texts,)).get
+            result = encoder(texts)
+            return lambda: result
+
+        pending: deque = deque()
+
+        def finish_one() -> None:
+            split, num_chars, result = pending.popleft()
+            ids, task_lengths = result()
+            files[split].write(ids.data)
+            written[split] += len(ids)
+            if keep_lengths:
+                lengths[split].append(task_lengths)
             pbar.update(num_chars)
-    return num_tokens, lengths
+
+        for split, texts in _tasks(units):
+            pending.append((split, sum(map(len, texts)), submit(texts)))
+            if len(pending) >= window:
+                finish_one()
+        while pending:
+            finish_one()
+    return {
+        s: (written[s], np.concatenate(lengths[s]) if lengths[s] else np.zeros(0, np.int64))
+        for s in written
+    }

@@ -86,6 +86,31 @@ def apply_repetition_penalty(logits: Tensor, previous_ids: Tensor, penalty: floa
     return logits.scatter(-1, previous_ids, seen)
 
 
+def no_repeat_ngram_filter(
+    logits: Tensor, previous_ids: Tensor, n: int, is_real: Tensor | None = None
+) -> Tensor:
+    """Set to -inf every token that would repeat an n-gram the row already holds (fairseq's and
+    transformers' no_repeat_ngram_size; the prompt counts).
+
+    Args:
+        previous_ids: (B, L) long, each row's tokens so far.
+        is_real: (B, L) bool, False at padding (n-grams touching it are ignored); None = all real.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"no_repeat_ngram_size={n!r} must be an integer >= 1 (0 turns it off)")
+    B, L = previous_ids.shape
+    if L < n:
+        return logits  # no complete n-gram yet
+    grams = previous_ids.unfold(1, n, 1)  # (B, L - n + 1, n)
+    prefix = previous_ids[:, L - n + 1 :]  # (B, n - 1): what the next token would complete
+    hit = (grams[:, :, :-1] == prefix[:, None, :]).all(-1)  # (B, G)
+    if is_real is not None:
+        hit &= is_real.unfold(1, n, 1).all(-1) & is_real[:, L - n + 1 :].all(-1, keepdim=True)
+    counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+    counts.scatter_add_(-1, grams[:, :, -1], hit.long())  # duplicates add up, never overwrite
+    return logits.masked_fill(counts > 0, _NEG_INF)
+
+
 def sample_next_token(
     logits: Tensor,
     temperature: float = 1.0,

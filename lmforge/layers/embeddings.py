@@ -58,14 +58,25 @@ class TokenPositionEmbedding(nn.Module):
             self.sinusoid = None
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, token_ids: Tensor, start: int = 0) -> Tensor:
-        """(B, T) ids -> (B, T, C); `start` is the position of the first token (KV-cache offset)."""
+    def forward(
+        self, token_ids: Tensor, start: int = 0, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """(B, T) ids -> (B, T, C); `start` is the position of the first token (KV-cache offset).
+
+        Args:
+            position_ids: (B, T) long, each token's own position (left-padded rows start later);
+                replaces `start` when given.
+        """
         x = self.token(token_ids)  # (B, T, C)
         end = start + token_ids.shape[1]
         if self.position is not None:
-            x = x + self.position.weight[start:end]  # a view of the table, no gather
+            if position_ids is None:
+                x = x + self.position.weight[start:end]  # a view of the table, no gather
+            else:
+                x = x + self.position(position_ids)
         elif self.sinusoid is not None:
-            x = x + self.sinusoid[start:end].to(x.dtype)
+            rows = slice(start, end) if position_ids is None else position_ids
+            x = x + self.sinusoid[rows].to(x.dtype)
         return self.dropout(x)
 
 

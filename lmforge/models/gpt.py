@@ -154,6 +154,7 @@ class GPTBackbone(Backbone):
 
         Args:
             padding_mask: (B, T) bool, True = real token (with a cache: (B, S) over all S keys).
+                Learned and sinusoidal positions then count real tokens only.
             cache: one KVCache per block; the tokens are appended after those already cached.
         """
         T = token_ids.shape[1]
@@ -168,7 +169,12 @@ class GPTBackbone(Backbone):
             raise ConfigError(
                 f"got {T} tokens but max_seq_len={limit}; crop the input to at most {limit} tokens"
             )
-        x = self.embed(token_ids, start)  # (B, T, C)
+        position_ids = None
+        if padding_mask is not None and self.embed.position_kind != "none":
+            # Positions count real tokens only, so a left-padded row reads as it would alone
+            # (rotary needs nothing: it depends on relative positions). (B, S) -> (B, T)
+            position_ids = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        x = self.embed(token_ids, start, position_ids)  # (B, T, C)
         if cache is None:
             for block in self.blocks:
                 x = block(x, padding_mask)
@@ -176,6 +182,40 @@ class GPTBackbone(Backbone):
             for block, layer_cache in zip(self.blocks, cache):
                 x = block(x, padding_mask, layer_cache)
         return self.final_norm(x) if self.final_norm is not None else x
+
+
+# ---------------------------------------------------------------- decoding state
+
+
+class GPTState:
+    """What a GPT carries between decoding steps: one KVCache per block, and the (B, S) padding
+    mask of every cached position once some input was padded (None while none was)."""
+
+    def __init__(self, caches: list[KVCache]):
+        self.caches = caches
+        self.padding_mask: Tensor | None = None
+
+    def extend_mask(self, padding_mask: Tensor | None, token_ids: Tensor) -> Tensor | None:
+        """Append the new tokens' (B, t) mask (None = all real); return the (B, S) mask or None."""
+        if padding_mask is not None and self.padding_mask is None and bool(padding_mask.all()):
+            padding_mask = None  # nothing padded: keep the faster unmasked attention
+        if padding_mask is None and self.padding_mask is None:
+            return None
+        if self.padding_mask is None:  # the first padded input: everything cached was real
+            B, S = token_ids.shape[0], self.caches[0].length
+            self.padding_mask = torch.ones(B, S, dtype=torch.bool, device=token_ids.device)
+        if padding_mask is None:
+            padding_mask = torch.ones_like(token_ids, dtype=torch.bool)
+        self.padding_mask = torch.cat([self.padding_mask, padding_mask.to(torch.bool)], dim=1)
+        return self.padding_mask
+
+    def reorder(self, rows: Tensor) -> "GPTState":
+        """Keep (and repeat) batch rows: row i of the result is old row rows[i]."""
+        for cache in self.caches:
+            cache.reorder(rows)
+        if self.padding_mask is not None:
+            self.padding_mask = self.padding_mask.index_select(0, rows)
+        return self
 
 
 # ---------------------------------------------------------------- tasks
@@ -219,13 +259,25 @@ class GPTCausalLM(CausalLM):
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> list[KVCache]:
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> GPTState:
         """One empty KVCache of max_seq_len positions per block (allocated on the first step)."""
-        return [KVCache(self.config.max_seq_len) for _ in self.backbone.blocks]
+        return GPTState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
 
-    def step(self, token_ids: Tensor, state: list[KVCache]) -> tuple[Tensor, list[KVCache]]:
-        """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place."""
-        return self.head(self.backbone(token_ids, cache=state)), state
+    def step(
+        self, token_ids: Tensor, state: GPTState, padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, GPTState]:
+        """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place.
+
+        Args:
+            padding_mask: (B, t) bool for the new tokens, True = real (left padding: a row's
+                pads come before its prompt). The state remembers it for later steps.
+        """
+        mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
+        return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
+
+    def reorder_state(self, state: GPTState, rows: Tensor) -> GPTState:
+        """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
+        return state.reorder(rows)
 
 
 # ---------------------------------------------------------------- presets
@@ -290,13 +342,15 @@ PRESETS = {
         ),
     ),
     "gpt-shakespeare": dict(
-        # A placeholder shape, to be tuned for the CPU time budget.
+        # Sized for a 10-minute CPU budget: at this budget a wider-than-baby, shallow model with
+        # rotary positions, no dropout and a cosine that ends exactly at the budget buys the most
+        # per token; torch.compile pays for its ~30 s start within minutes.
         config=dict(
             vocab_size=65,
             max_seq_len=128,
             embed_dim=192,
             num_heads=6,
-            num_layers=6,
+            num_layers=4,
             ffn_dim=768,
             norm_first=True,
             activation="gelu",
@@ -305,18 +359,20 @@ PRESETS = {
             use_bias=False,
         ),
         tokenizer="char",
-        about="6 x 192 pre-norm GPT with rotary positions, context 128, for Shakespeare characters",
+        about="4 x 192 pre-norm GPT, rotary positions, context 128: Shakespeare in 10 CPU minutes",
         train=dict(
             batch_size=32,
             block_size=128,
-            lr=1e-3,
+            lr=2e-3,
             min_lr=1e-4,
             warmup_steps=100,
-            max_steps=5000,
+            max_time="10m",
             weight_decay=0.1,
             beta2=0.99,
             grad_clip=1.0,
-            dropout=0.1,
+            dropout=0.0,
+            compile=True,
+            eval_every=500,
         ),
     ),
     "gpt2": dict(
@@ -335,6 +391,7 @@ PRESETS = {
             layer_norm_eps=1e-5,
         ),
         tokenizer="bpe",
+        hf_repo="openai-community/gpt2",
         about="GPT-2 small (124M): 12 x 768 pre-norm, context 1024, byte-level BPE",
         # The ELI5 fine-tuning recipe of the Hugging Face course: AdamW 2e-5, weight decay 0.01.
         train=dict(
@@ -363,6 +420,7 @@ PRESETS = {
             layer_norm_eps=1e-5,
         ),
         tokenizer="bpe",
+        hf_repo="distilbert/distilgpt2",
         about="DistilGPT2 (82M): GPT-2 small with 6 layers, byte-level BPE",
         train=dict(
             batch_size=8,
@@ -392,6 +450,7 @@ HF_NAMES = {
             "ffn_dim": "n_inner",  # None there means 4 * n_embd
             "activation": "activation_function",
             "layer_norm_eps": "layer_norm_epsilon",
+            "dropout": "resid_pdrop",  # GPT-2 also has embd_pdrop and attn_pdrop, all 0.1
         },
         activations={
             "gelu_new": "gelu_tanh",
@@ -401,6 +460,27 @@ HF_NAMES = {
             "relu": "relu",
         },
         fixed=dict(norm_first=True, position="learned", tie_embeddings=True, use_bias=True),
+        # GPT2Config's defaults, for a config.json that leaves a field out
+        defaults=dict(
+            vocab_size=50257,
+            n_positions=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            n_inner=None,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            resid_pdrop=0.1,
+        ),
+        # Their switches that our GPT has no counterpart for, and the one value we support
+        requires=dict(
+            scale_attn_weights=True,
+            scale_attn_by_inverse_layer_idx=False,
+            add_cross_attention=False,
+            tie_word_embeddings=True,
+        ),
+        architecture="GPT2LMHeadModel",
+        base_prefix="transformer.",  # missing in checkpoints saved from GPT2Model
         weights={
             "backbone.embed.token.weight": "transformer.wte.weight",
             "backbone.embed.position.weight": "transformer.wpe.weight",

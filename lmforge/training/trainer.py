@@ -6,6 +6,7 @@ resume + N steps equals 2N straight steps bit for bit (for step- and token-based
 """
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from lmforge.data.batching import (
 )
 from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
 from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
-from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
 from lmforge.training import checkpoint as ckpt
 from lmforge.training import distributed
 from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
@@ -38,6 +39,10 @@ from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
 log = logging.getLogger(__name__)
 
 BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
+TASKS = ("causal-lm", "classify", "mlm")
+SPLITS = {"test": "val", "val": "val", "validation": "val", "train": "train"}  # -> prepared split
+# Masked-LM pretraining, as in the Keras tutorial: 25% of the tokens, at most 64 per sequence
+MLM_MASK_RATE, MLM_MAX_SELECTIONS = 0.25, 64
 
 
 class TrainingDiverged(LmforgeError):
@@ -63,6 +68,32 @@ class TrainConfig:
         metadata={
             "help": "fine-tune a pretrained model: run folder, Hugging Face folder or name "
             "(distilgpt2); its tokenizer is used, --preset gives only training defaults"
+        },
+    )
+    task: str | None = option(
+        default=None,
+        metadata={
+            "help": "causal-lm|classify|mlm (default: the family's own: causal-lm for gpt, "
+            "classify for bert)"
+        },
+    )
+    label_field: str | None = option(
+        default=None, metadata={"help": "CSV column / JSON field with the class labels"}
+    )
+    num_classes: int | None = option(
+        default=None, metadata={"help": "classify: number of classes (must match the data)"}
+    )
+    extra_layers: int = option(
+        default=0, metadata={"help": "classify: new encoder layers between backbone and head"}
+    )
+    freeze_backbone: bool = option(
+        default=False, metadata={"help": "classify: train only the new layers and the head"}
+    )
+    split: str = option(
+        default="test",
+        metadata={
+            "help": "split to evaluate on: test (the data's own test split, else the held-out "
+            "fraction) or train"
         },
     )
     out: str = option(default="runs/latest", metadata={"help": "run folder"})
@@ -135,6 +166,12 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.task not in (None, *TASKS):
+            raise ConfigError(f"unknown --task {self.task!r}: use {', '.join(TASKS)}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"unknown --split {self.split!r}: use {', '.join(SPLITS)}")
+        if self.extra_layers < 0 or (self.num_classes is not None and self.num_classes < 2):
+            raise ConfigError("--extra-layers must be >= 0 and --num-classes >= 2")
         if self.batching not in BATCHINGS:
             raise ConfigError(f"unknown --batching {self.batching!r}: use {', '.join(BATCHINGS)}")
         if self.schedule not in SCHEDULES:
@@ -245,22 +282,30 @@ def evaluate(
     if shard:  # each rank scores its share; the sums are added below
         index = index[rank::world]
     subset = _Subset(examples, index)
-    total, count = 0.0, 0
+    total, count, hits = 0.0, 0, 0
+    scored = getattr(task, "loss_and_hits", None)  # classifiers and masked LMs: accuracy too
     for batch in iterate_in_order(subset, batch_size):
         batch = {k: v.to(dev) for k, v in batch.items()}
         n = int((batch["labels"] != IGNORE).sum())
         if n == 0:
             continue
         with devices.autocast(dev, precision):
-            total += float(task.loss(batch)) * n
+            if scored is None:
+                total += float(task.loss(batch)) * n
+            else:
+                loss, batch_hits = scored(batch)
+                total, hits = total + float(loss) * n, hits + int(batch_hits)
         count += n
     task.train(was_training)
     if shard:
-        sums = torch.tensor([total, count], dtype=torch.float64, device=dev)
+        sums = torch.tensor([total, count, hits], dtype=torch.float64, device=dev)
         torch.distributed.all_reduce(sums)
-        total, count = float(sums[0]), int(sums[1])
+        total, count, hits = float(sums[0]), int(sums[1]), int(sums[2])
     loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+    if scored is not None:
+        result["accuracy"] = hits / max(count, 1)
+    return result
 
 
 class _Subset:
@@ -328,29 +373,222 @@ def load_data(cfg: TrainConfig) -> PreparedData:
         tokenizer=cfg.tokenizer,
         vocab_size=cfg.vocab_size,
         field=cfg.field,
+        label_field=cfg.label_field,
         val_fraction=cfg.val_fraction,
     )
-    key = cache_key(pcfg, open_source(cfg.data, field=cfg.field))
+    key = cache_key(pcfg, open_source(cfg.data, field=cfg.field, label_field=cfg.label_field))
     return prepare(pcfg, cache_dir() / "prepared" / key[:20])
 
 
-def make_examples(data: PreparedData, split: str, batching: str, block_size: int):
+def make_examples(
+    data: PreparedData, split: str, batching: str, block_size: int, task: dict | None = None
+):
+    if task is not None:  # classify / mlm: documents packed once, [START] text [END]
+        return make_task_examples(data, split, task, block_size)
     if batching == "documents":
         pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
-        return PaddedDocuments(data.documents(split), block_size, pad_id=pad)
+        end = data.tokenizer.eos_id if data.tokenizer.eos_id is not None else pad
+        return PaddedDocuments(data.documents(split), block_size, pad_id=pad, end_id=end)
     if batching == "blocks":
         return ChunkedBlocks(data.tokens(split), block_size)
     return StrideWindows(data.tokens(split), block_size, keep_partial=(split != "train"))
+
+
+def task_spec(cfg: TrainConfig, family: str, data: PreparedData | None = None) -> dict | None:
+    """What `--task` trains, as build_task's task dict (None: the causal LM); with `data`, the
+    labels and tokenizer are checked against it.
+
+    Example:
+        task_spec(cfg, "bert", data)  # {"kind": "classify", "num_classes": 2, ...}
+    """
+    from lmforge.presets import FAMILIES
+
+    tasks = getattr(importlib.import_module(FAMILIES[family][0]), "TASKS", {})
+    kind = cfg.task or next(iter(tasks), "causal-lm")
+    if kind != "causal-lm" and kind not in tasks:
+        raise ConfigError(
+            f"--task {kind}: the {family} family (--preset {cfg.preset}) has "
+            f"{', '.join(tasks) or 'causal-lm only'}; use a bert preset (bert-tiny) for {kind}"
+        )
+    if kind == "mlm" and cfg.tokenizer in ("char", "word", "bpe"):
+        raise ConfigError(
+            f"--task mlm needs a tokenizer with a mask token, and {cfg.tokenizer} has none; "
+            "use --tokenizer wordpiece"
+        )
+    if kind == "causal-lm":
+        return None
+    spec = {"kind": kind}
+    if data is None:
+        return spec
+    tok = data.tokenizer
+    if kind == "mlm" and tok.mask_id is None:
+        raise ConfigError(
+            f"--task mlm needs a tokenizer with a mask token ([MASK]); this {tok.kind} tokenizer "
+            "has none: use --tokenizer wordpiece"
+        )
+    if kind == "classify":
+        labels = data.label_names
+        if not labels:
+            raise DataError(
+                f"--task classify needs labelled data, and {cfg.data} has no labels: use a "
+                "pos/ neg/ folder or pass --label-field"
+            )
+        if cfg.num_classes is not None and cfg.num_classes != len(labels):
+            raise ConfigError(
+                f"--num-classes {cfg.num_classes} disagrees with the data's {len(labels)} "
+                f"classes ({', '.join(labels)}); drop --num-classes"
+            )
+        seen = set(np.unique(data.labels("train")).tolist())
+        unseen = [labels[i] for i in np.unique(data.labels("val")) if i not in seen]
+        if unseen:
+            raise DataError(
+                f"label {unseen[0]!r} appears in the evaluation split but never in training: "
+                "add training examples of it or drop them from the evaluation data"
+            )
+        spec.update(num_classes=len(labels), extra_layers=cfg.extra_layers, labels=labels)
+    return spec
+
+
+def make_task_examples(
+    data: PreparedData,
+    split: str,
+    task: dict,
+    seq_len: int,
+    labels: np.ndarray | None = None,
+    sort_by_length: bool | None = None,
+):
+    """The documents of a split packed once to `seq_len` ([START] ids [END], padded) and kept
+    in memory; classify adds their labels (or `labels`), mlm masks them afresh at every batch.
+    Rows to evaluate on (by default: split "val") are sorted by length, so that batches carry
+    little padding."""
+    from lmforge.data.masking import MaskedLMExamples, MaskedLMMaskGenerator
+    from lmforge.tokenizers.packing import PackedExamples, StartEndPacker
+
+    tok = data.tokenizer
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    packer = StartEndPacker(seq_len, tok.bos_id, tok.eos_id, pad)
+    docs = data.documents(split)
+    packed = packer(docs)
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32  # 4x less memory than int64
+    packed["token_ids"] = packed["token_ids"].astype(dtype)
+    if packer.num_truncated:
+        log.info(
+            "%s of %s %s texts were longer than %d tokens and were cut (--max-seq-len %d)",
+            f"{packer.num_truncated:,}",
+            f"{len(docs):,}",
+            "test" if split == "val" else split,
+            packer.room,
+            seq_len,
+        )
+    if task["kind"] == "classify":
+        packed["labels"] = data.labels(split) if labels is None else labels
+    if split == "val" if sort_by_length is None else sort_by_length:
+        order = np.argsort(packed["padding_mask"].sum(axis=1), kind="stable")
+        packed = {k: v[order] for k, v in packed.items()}
+    if task["kind"] == "classify":
+        return PackedExamples(packed)
+    special = [i for i in (tok.bos_id, tok.eos_id, pad) if i is not None]
+    generator = MaskedLMMaskGenerator(
+        tok.vocab_size,
+        MLM_MASK_RATE,
+        tok.mask_id,
+        MLM_MAX_SELECTIONS,
+        unselectable_token_ids=sorted(set(special) | tok.special_ids()),
+    )
+    return MaskedLMExamples(PackedExamples(packed), generator)
+
+
+def labelled_split(
+    prepared: str | Path,
+    data: str | None,
+    tokenizer: str | Path,
+    field: str | None = None,
+    label_field: str | None = None,
+    split: str | None = None,
+    labels: list[str] | None = None,
+) -> tuple[PreparedData, str, np.ndarray | None]:
+    """What a classify/mlm run is evaluated on: (prepared data, its split, label ids numbered as
+    the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` prepared
+    with the run's tokenizer: its test split when it has one, else all of it."""
+    from lmforge.data.corpus import open_source
+    from lmforge.data.datasets import cache_dir
+    from lmforge.data.prepare import cache_key
+
+    if data is None:
+        if split == "all":
+            raise ConfigError("--split all applies to --data; pass --data or --split test|train")
+        found, name = PreparedData(prepared), SPLITS[split or "test"]
+    else:
+        source = open_source(data, field=field, label_field=label_field)
+        tests = ("test", "val", "valid", "validation", "dev")
+        has_test = any(d.split in tests for d in source.iter_documents())
+        split = split or ("test" if has_test else "all")
+        if split != "all" and not has_test:
+            raise DataError(f"--split {split}: {data} has no test split; use --split all")
+        pcfg = PrepareConfig(
+            data=data,
+            tokenizer=str(tokenizer),
+            field=field,
+            label_field=label_field,
+            val_fraction=0.0 if split == "all" else 0.5,  # > 0: the source's own split is used
+        )
+        found = prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])
+        name = "val" if split == "test" else "train"
+    if labels is None:  # a masked LM: no labels to check
+        return found, name, None
+    names, ids = found.label_names, found.labels(name)
+    if not names or ids is None:
+        raise DataError(f"{data or prepared} has no labels: pass --label-field")
+    if (ids < 0).any():
+        raise DataError(f"{int((ids < 0).sum())} texts of {data} have no label; label them all")
+    unseen = [names[i] for i in np.unique(ids) if names[i] not in labels]
+    if unseen:
+        raise DataError(
+            f"label {unseen[0]!r} was never seen in training (the run knows "
+            f"{', '.join(labels)}); evaluate on data with those labels only"
+        )
+    return found, name, np.array([labels.index(n) for n in names], dtype=np.int64)[ids]
+
+
+def load_pretrained(task: torch.nn.Module, state: dict) -> None:
+    """Load a pretrained state dict: all of it when it is the same task, else its backbone only
+    (a new head; a classifier's head must have as many classes as the data)."""
+    own = task.state_dict()
+    if own.keys() == state.keys():
+        wrong = [k for k in own if own[k].shape != state[k].shape]
+        if wrong and wrong[0].startswith("head"):
+            raise ConfigError(
+                f"--init-from has a head for {state[wrong[0]].shape[0]} classes, the data has "
+                f"{own[wrong[0]].shape[0]}: --num-classes must match the loaded head"
+            )
+        task.load_state_dict(state)
+        return
+    prefix = "backbone."
+    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
+    try:
+        task.backbone.load_state_dict(backbone)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"--init-from: its backbone does not fit this model ({str(e).splitlines()[-1]})"
+        ) from None
+    log.info(
+        "loaded the pretrained backbone; the %s head starts from random weights",
+        type(task).__name__,
+    )
 
 
 def _init_from_options(options: dict) -> tuple[dict, Path | None]:
     """With init_from: the options, now naming the pretrained tokenizer, with the gpt2 preset's
     fine-tuning recipe (AdamW 2e-5, weight decay 0.01, 3 epochs of 128-token blocks) as defaults;
     and the pretrained folder. Without: the options unchanged, and None."""
+    from lmforge.presets import all_presets, find_checkpoint, tokenizer_path
+
     name = options.get("init_from")
+    preset = all_presets().get(str(options.get("preset")))
+    if not name and preset is not None and preset.get("package"):
+        name = options["preset"]  # a packaged pretrained preset (all-minilm-l6-v2) starts from it
     if not name:
         return options, None
-    from lmforge.presets import all_presets, find_checkpoint, tokenizer_path
 
     if options.get("tokenizer") is not None:
         raise ConfigError(
@@ -363,16 +601,29 @@ def _init_from_options(options: dict) -> tuple[dict, Path | None]:
             f"--init-from {name}: that preset has no pretrained weights; train it from scratch "
             f"with --preset {name}"
         )
-    defaults = {"preset": name if str(name) in all_presets() else "gpt2", "batching": "blocks"}
+    preset_name = name if str(name) in all_presets() else _default_preset(folder)
+    defaults = {"preset": preset_name, "batching": "blocks"}
     return {**defaults, **options, "tokenizer": str(tokenizer_path(folder))}, folder
 
 
+def _default_preset(folder: Path) -> str:
+    """The preset whose training defaults suit a pretrained folder: a run's own preset, else one
+    of its Hugging Face model_type."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "gpt2"
+    return config.get("preset") or {"bert": "bert-tiny"}.get(config.get("model_type"), "gpt2")
+
+
 def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> tuple[dict, dict]:
-    """(weights, model config) of a pretrained folder; of its config only dropout may change."""
+    """(weights, model config) of a pretrained folder; of its config only dropout may change,
+    and --max-seq-len only shortens the packed sequences (the position table stays)."""
     from lmforge.presets import check_tokenizer_fits, load_folder
 
     base = load_folder(folder)
     check_tokenizer_fits(tok, base, folder)
+    model_over = {k: v for k, v in model_over.items() if k != "max_seq_len"}
     changed = sorted(k.replace("_", "-") for k in model_over if k != "dropout")
     if changed:
         raise ConfigError(
@@ -386,7 +637,10 @@ def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> t
             f"(max_seq_len={model_cfg['max_seq_len']}); use --block-size {model_cfg['max_seq_len']}"
             " or less"
         )
-    return base.state_dict(), model_cfg
+    state = base.state_dict()
+    if not any(k.startswith("backbone.") for k in state):  # a bare backbone (HF BertModel)
+        state = {"backbone." + k: v for k, v in state.items()}
+    return state, model_cfg
 
 
 def train(**options) -> dict:
@@ -399,6 +653,13 @@ def train(**options) -> dict:
     """
     options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
+    from lmforge.presets import family_classes
+
+    if cfg.stateful and not getattr(family_classes(preset["family"])[1], "is_recurrent", False):
+        raise ConfigError(
+            f"--stateful carries a recurrent state, and {cfg.preset} ({preset['family']}) has "
+            "none: drop --stateful or train a char-rnn-* preset"
+        )
     rank, world, local_rank = distributed.world()
     dev = devices.pick_device(cfg.device)
     if dev.type == "cuda" and world > 1:
@@ -425,17 +686,21 @@ def train(**options) -> dict:
     precision = devices.resolve_precision(cfg.precision, dev)
     run_dir = Path(cfg.out)
 
+    task_spec(cfg, preset["family"])  # a --task the family lacks fails before preparing data
     if rank != 0:  # rank 0 prepares (and caches) the data first; the others then read it
         distributed.barrier()
     data = load_data(cfg)
     if rank == 0:
         distributed.barrier()
     tok = data.tokenizer
+    spec = task_spec(cfg, preset["family"], data)
     model_cfg = {**preset["config"], **model_over, "vocab_size": tok.vocab_size}
     block_size = cfg.block_size or model_cfg.get("max_seq_len") or 128
     if "max_seq_len" in model_cfg and block_size > model_cfg["max_seq_len"]:
         model_cfg["max_seq_len"] = block_size
     batching = "epochs" if cfg.stateful else cfg.batching
+    if spec is not None:  # classify / mlm: one packed row per document
+        batching = "packed"
     if batching == "auto":
         batching = (
             "documents"
@@ -444,10 +709,16 @@ def train(**options) -> dict:
         )
     pretrained = None
     if init_folder is not None:  # --init-from: that folder's config and weights, not the preset's
-        pretrained, model_cfg = _pretrained_start(init_folder, model_over, tok, block_size)
+        asked = cfg.block_size or model_over.get("max_seq_len")  # else: the pretrained length
+        pretrained, model_cfg = _pretrained_start(init_folder, model_over, tok, asked or 0)
+        block_size = asked or min(block_size, model_cfg["max_seq_len"])
         if cfg.epochs and "eval_every" not in options:  # evaluate (perplexity) once per epoch
             per_step = cfg.batch_size * world * cfg.grad_accum
-            num_examples = len(make_examples(data, "train", batching, block_size))
+            num_examples = (
+                len(data.documents("train"))
+                if spec
+                else len(make_examples(data, "train", batching, block_size))
+            )
             cfg = dataclasses.replace(cfg, eval_every=max(1, num_examples // per_step))
 
     from lmforge.presets import build_task
@@ -483,14 +754,20 @@ def train(**options) -> dict:
             )
 
     torch.manual_seed(cfg.seed)
-    task = build_task(preset["family"], model_cfg)
-    if cfg.stateful and not getattr(task, "is_recurrent", False):
-        raise ConfigError(
-            f"--stateful carries a recurrent state, and {cfg.preset} ({preset['family']}) has "
-            "none: drop --stateful or train a char-rnn-* preset"
-        )
+    task = build_task(preset["family"], model_cfg, spec)
     if pretrained is not None:
-        task.load_state_dict(pretrained)
+        load_pretrained(task, pretrained)
+    if cfg.freeze_backbone:
+        if not hasattr(task, "backbone") or spec is None:
+            raise ConfigError("--freeze-backbone applies to --task classify: drop it")
+        task.backbone.requires_grad_(False)
+    if spec is not None:
+        log.info(
+            "trainable parameters: %s of %s (%.1f%%)",
+            f"{task.num_params(trainable_only=True):,}",
+            f"{task.num_params():,}",
+            100 * task.num_params(trainable_only=True) / task.num_params(),
+        )
     task = task.to(dev)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -502,6 +779,7 @@ def train(**options) -> dict:
                 "model": model_cfg,
                 "train": dataclasses.asdict(cfg),
                 "preset": cfg.preset,
+                "task": spec,
                 "data": {
                     "path": str(data.path),
                     "tokenizer": tok.kind,
@@ -511,7 +789,7 @@ def train(**options) -> dict:
             },
         )
     train_examples = (
-        None if batching == "windows" else make_examples(data, "train", batching, block_size)
+        None if batching == "windows" else make_examples(data, "train", batching, block_size, spec)
     )
     if cfg.stateful:  # lanes of consecutive windows; the task carries the state between them
         batcher = ConsecutiveBatcher(
@@ -525,7 +803,8 @@ def train(**options) -> dict:
         batcher = EpochBatcher(train_examples, cfg.batch_size, cfg.seed, rank, world)
     if cfg.save_every_epoch:  # an evaluation is followed by a checkpoint
         cfg = dataclasses.replace(cfg, eval_every=_steps_per_epoch(batcher, cfg.grad_accum))
-    val_examples = make_examples(data, "val", batching, block_size)
+    val_split = SPLITS[cfg.split] if spec is not None else "val"
+    val_examples = make_examples(data, val_split, batching, block_size, spec)
     distributed.barrier()  # rank 0 has written config.json and the tokenizer
     log.info(
         "model: %s, %s parameters; %s precision on %s; batching %s, block %d",
@@ -694,6 +973,10 @@ def fit(
         }
         if "bits_per_char" in result:
             row["val_bits_per_char"] = result["bits_per_char"]
+        if "accuracy" in result:  # classify: of the labels; mlm: of the masked tokens
+            row["val_accuracy"] = result["accuracy"]
+            if is_main:
+                log.info("step %d: val accuracy %.4f", step, result["accuracy"])
         if is_main:
             log.info(
                 "step %d: val loss %.4f, perplexity %.2f",
@@ -828,6 +1111,8 @@ def fit(
     }
     if "bits_per_char" in result:
         out["val_bits_per_char"] = result["bits_per_char"]
+    if "accuracy" in result:
+        out["val_accuracy"] = result["accuracy"]
     return out
 
 

@@ -1,0 +1,137 @@
+"""Fine-tuning throughput at the distilgpt2 shape: lmforge's train_step vs transformers'
+GPT2LMHeadModel in a plain loop, same weights, optimizer (AdamW 2e-5, weight decay 0.01, fused
+where torch has it), dropout 0.1, gradient clipping and precision.
+
+Both start from the same Hugging Face folder (random weights, saved once). Each contender runs in
+its own fresh process, alternated A B A B ..., so peak RSS is its own and drift between runs
+hits both; medians are compared. Run by hand:
+
+    .venv/bin/python bench/finetune_throughput.py --json
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPE = dict(batch=8, block=128)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save_folder(folder: Path, num_layers: int) -> None:
+    """A distilgpt2-shaped Hugging Face folder with random weights (dropout 0.1, as shipped)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=num_layers)).save_pretrained(folder)
+
+
+def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
+    """Time `steps` fine-tuning steps of one contender in this process."""
+    import torch
+
+    from lmforge import device as devices
+    from lmforge.training.trainer import TrainConfig, make_optimizer, train_step
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    B, T = SHAPE["batch"], SHAPE["block"]
+    ids = torch.randint(0, 50257, (B, T))
+    labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100)], dim=1)  # ours: already shifted
+    cfg = TrainConfig(lr=2e-5, weight_decay=0.01)
+    precision = devices.resolve_precision("auto", torch.device("cpu"))
+    if kind == "lmforge":
+        import lmforge
+
+        model = lmforge.load(folder).train()
+        batch = {"token_ids": ids, "labels": labels}
+    else:
+        from transformers import GPT2LMHeadModel
+
+        model = GPT2LMHeadModel.from_pretrained(folder).train()
+        batch = {"input_ids": ids, "labels": ids}  # transformers shifts inside the loss
+    optimizer = make_optimizer(model, cfg)  # the same AdamW and parameter groups for both
+
+    if kind == "lmforge":
+
+        def step():
+            train_step(model, batch, optimizer, precision=precision, grad_clip=1.0)
+    else:
+
+        def step():
+            with devices.autocast(torch.device("cpu"), precision):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    s = statistics.median(times)
+    return {"kind": kind, "precision": precision, "s_per_step": s, "tokens_per_s": B * T / s,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per trial")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--trials", type=int, default=3, help="fresh processes per contender")
+    ap.add_argument("--num-layers", type=int, default=6, help="6: distilgpt2, 12: gpt2")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.folder, args.steps, args.warmup)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "gpt2"
+        _save_folder(folder, args.num_layers)
+        results = {"lmforge": [], "hf": []}
+        for _ in range(args.trials):
+            for kind in results:
+                cmd = [sys.executable, __file__, "--one", kind, "--folder", str(folder),
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
+    rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
+    row = {
+        "shape": "distilgpt2" if args.num_layers == 6 else f"gpt2-{args.num_layers}l",
+        "batch": SHAPE["batch"], "block": SHAPE["block"],
+        "precision": results["lmforge"][0]["precision"],
+        "tokens_per_s": med["lmforge"],
+        "hf_tokens_per_s": med["hf"],
+        "speedup_vs_hf": med["lmforge"] / med["hf"],
+        "peak_rss_mb": rss["lmforge"],
+        "hf_peak_rss_mb": rss["hf"],
+        "all_tokens_per_s": {k: [round(r["tokens_per_s"], 1) for r in v]
+                             for k, v in results.items()},
+        "trials": args.trials, "steps": args.steps,
+    }
+    if args.json:
+        print(json.dumps(row))
+    else:
+        for k, v in row.items():
+            print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
+
+
+if __name__ == "__main__":
+    main()

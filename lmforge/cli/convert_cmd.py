@@ -1,0 +1,44 @@
+"""`lmforge convert`: a run folder to a Hugging Face folder, or a Hugging Face folder to a run."""
+
+from dataclasses import dataclass, field
+
+from lmforge.cli import options
+from lmforge.interop.hf import FORMATS
+
+
+@dataclass
+class ConvertConfig:
+    to: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: a folder transformers loads; lmforge: our run folder",
+            "choices": FORMATS,
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace OUT if it exists"})
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "convert",
+        help="convert between run folders and Hugging Face folders",
+        description="Write the model and tokenizer of SOURCE (a run folder, a Hugging Face "
+        "folder or a name such as distilgpt2) to a new folder OUT in another format.",
+    )
+    p.add_argument("source", help="run folder, Hugging Face folder or model name")
+    p.add_argument("out", help="folder to write")
+    options.add_options(p, ConvertConfig)
+    return p
+
+
+def run(args) -> int:
+    from lmforge.interop.hf import convert
+
+    file_opts = options.read_config_file(args.config) if args.config else {}
+    flags = options.explicit_flags(args)
+    for k in ("source", "out", "config", "debug", "command", "_run"):
+        flags.pop(k, None)
+    cfg = options.build(ConvertConfig, file_opts, flags)
+    out = convert(args.source, cfg.to, args.out, overwrite=cfg.overwrite)
+    print(f"wrote {out} ({cfg.to} format)")
+    return 0

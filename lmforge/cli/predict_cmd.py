@@ -1,0 +1,64 @@
+"""`lmforge predict`: class probabilities of texts from a classifier run."""
+
+import json
+import logging
+from pathlib import Path
+
+from lmforge.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "predict",
+        help="classify texts with a classifier run",
+        description="Print each text's label probabilities under a --task classify run.",
+    )
+    p.add_argument("run", help="run folder of a classifier")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", default=None, help="classify each line of this file too")
+    p.add_argument(
+        "--max-seq-len", type=int, default=None, help="pack to this length (default: the run's)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    p.add_argument("--device", default="auto", help="(default: auto)")
+    p.add_argument("--json", action="store_true", help="one JSON line per text")
+    return p
+
+
+def run(args) -> int:
+    from lmforge.api import load_for_sampling
+    from lmforge.models.bert import BertPreprocessor, BertTextClassifier
+    from lmforge.training.checkpoint import read_config
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise DataError(f"--file {path} does not exist: pass a text file, one text a line")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError("no texts to classify: pass them as arguments or with --file")
+    model, tok = load_for_sampling(args.run, args.device)
+    if not isinstance(model, BertTextClassifier):
+        raise ConfigError(f"{args.run} is not a classifier run; train one with --task classify")
+    length = args.max_seq_len or read_config(args.run)["data"]["block_size"]
+    model.preprocessor = BertPreprocessor(tok, length)
+    probabilities = model.predict(texts, args.batch_size)
+    if model.preprocessor.num_truncated:
+        log.info(
+            "%d of %d texts were longer than %d tokens and were cut",
+            model.preprocessor.num_truncated,
+            len(texts),
+            length,
+        )
+    for text, row in zip(texts, probabilities.tolist()):
+        scores = dict(zip(model.labels, row))
+        best = max(scores, key=scores.get)
+        if args.json:
+            print(json.dumps({"text": text, "label": best, "probabilities": scores}))
+        else:
+            shown = "  ".join(f"{name} {p:.3f}" for name, p in scores.items())
+            print(f"{best}\t{shown}\t{text[:60]}")
+    return 0

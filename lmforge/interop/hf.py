@@ -1,0 +1,388 @@
+"""Read and write Hugging Face model folders: config.json, weights and tokenizer files.
+
+A family's literal HF_NAMES table (in its model file) maps their config fields and weight names
+onto ours; this module only applies it. Weights are read without running pickled code:
+model.safetensors, or pytorch_model.bin through torch.load(weights_only=True), and nothing else.
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+
+# Hugging Face model_type -> our family; the family file holds HF_NAMES[model_type].
+MODEL_TYPES = {"gpt2": "gpt"}
+FORMATS = ("hf", "lmforge")
+# Causal-mask buffers that old GPT-2 checkpoints store; our attention builds its own mask.
+_BUFFERS = ("attn.bias", "attn.masked_bias")
+
+
+def _table(model_type: str) -> dict:
+    from lmforge.presets import FAMILIES
+
+    module = FAMILIES[MODEL_TYPES[model_type]][0]
+    return importlib.import_module(module).HF_NAMES[model_type]
+
+
+def _layers(key: str, num_layers: int) -> range:
+    return range(num_layers) if "{i}" in key else range(1)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+
+
+# ---------------------------------------------------------------- config.json
+
+
+def read_hf_config(folder: str | Path) -> dict:
+    """folder/config.json of a supported model_type; CheckpointError names what is wrong."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no config.json: pass a Hugging Face model folder "
+            "(config.json + model.safetensors or pytorch_model.bin + tokenizer files)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        raise CheckpointError(f"{path} is not valid JSON: download or export it again") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(
+            f"{folder}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(MODEL_TYPES)}"
+        )
+    return config
+
+
+def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
+    """Our family config (GPTConfig for gpt2) from a Hugging Face config.json dict."""
+    from lmforge.presets import family_classes
+
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(
+            f"{where}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(MODEL_TYPES)}"
+        )
+    table = _table(model_type)
+    values = {**table["defaults"], **hf_config}
+    for key, supported in table["requires"].items():
+        if values.get(key, supported) != supported:
+            raise CheckpointError(
+                f"{where}: {key}={values[key]!r} is not supported; lmforge's "
+                f"{MODEL_TYPES[model_type]} family loads only {key}={supported!r}"
+            )
+    ours = {mine: values.get(theirs) for mine, theirs in table["config"].items()}
+    if ours.get("ffn_dim") is None:  # n_inner = None means 4 * n_embd
+        ours["ffn_dim"] = 4 * ours["embed_dim"]
+    activation = table["activations"].get(ours["activation"])
+    if activation is None:
+        raise CheckpointError(
+            f"{where}: activation_function={ours['activation']!r} is not supported; "
+            f"supported: {', '.join(table['activations'])}"
+        )
+    ours["activation"] = activation
+    cfg_cls, _ = family_classes(MODEL_TYPES[model_type])
+    try:
+        return cfg_cls(**ours, **table["fixed"])
+    except (LmforgeError, TypeError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def hf_config_from(config, model_type: str = "gpt2", tokenizer=None) -> dict:
+    """The Hugging Face config.json dict of one of our configs; ConfigError when a switch has
+    no counterpart there (e.g. rotary positions or untied heads for gpt2)."""
+    table = _table(model_type)
+    fixed = {**table["fixed"], "head_dim": None}
+    for key, needed in fixed.items():
+        value = getattr(config, key)
+        if key == "head_dim" and value == config.embed_dim // config.num_heads:
+            continue
+        if value != needed:
+            raise ConfigError(
+                f"{key}={value!r} has no {model_type} counterpart ({model_type} needs "
+                f"{needed!r}); only models with {model_type}'s switches export to Hugging Face"
+            )
+    activations = {}
+    for theirs, ours in table["activations"].items():
+        activations.setdefault(ours, theirs)  # the first name listed is the canonical one
+    out = {"architectures": [table["architecture"]], "model_type": model_type}
+    for mine, theirs in table["config"].items():
+        value = getattr(config, mine)
+        out[theirs] = activations[value] if mine == "activation" else value
+    out.update(table["requires"])
+    eos = getattr(tokenizer, "eos_id", None)
+    bos = getattr(tokenizer, "bos_id", None)
+    out.update(bos_token_id=bos if bos is not None else eos, eos_token_id=eos, dtype="float32")
+    return out
+
+
+# ---------------------------------------------------------------- weights
+
+
+def from_hf_state_dict(
+    theirs: dict[str, Tensor], config, model_type: str = "gpt2", where=""
+) -> dict:
+    """Their weight names -> ours through HF_NAMES (Conv1D weights transposed); CheckpointError
+    when a weight is missing or left over."""
+    table = _table(model_type)
+    prefix = table["base_prefix"]
+    head_key = table["weights"]["head.weight"]
+    if not any(k.startswith(prefix) for k in theirs):  # saved from the bare base model
+        theirs = {(k if k == head_key else prefix + k): v for k, v in theirs.items()}
+    ours, missing, used = {}, [], set()
+    for mine, their in table["weights"].items():
+        for i in _layers(mine, config.num_layers):
+            key = their.format(i=i)
+            if mine == "head.weight" and config.tie_embeddings:
+                used.add(key)  # a tied head is the token embedding, whatever the file holds
+                continue
+            if key not in theirs:
+                missing.append(key)
+                continue
+            used.add(key)
+            tensor = theirs[key]
+            ours[mine.format(i=i)] = tensor.t() if mine in table["transpose"] else tensor
+    if missing:
+        raise CheckpointError(
+            f"{where}: the weights lack {missing[0]!r} ({len(missing)} missing in all); "
+            "they do not match config.json"
+        )
+    extra = sorted(k for k in theirs if k not in used and not k.endswith(_BUFFERS))
+    if extra:
+        raise CheckpointError(
+            f"{where}: the weights hold {extra[0]!r} ({len(extra)} unexpected in all), which "
+            "config.json does not describe"
+        )
+    if config.tie_embeddings:
+        ours["head.weight"] = ours["backbone.embed.token.weight"]
+    return ours
+
+
+def to_hf_state_dict(model, model_type: str = "gpt2") -> dict[str, Tensor]:
+    """Our model's weights under their names (Conv1D weights transposed, contiguous).
+
+    The tied head appears as lm_head.weight too, sharing the embedding's storage, as in
+    transformers' own state_dict().
+
+    Example:
+        hf_model.load_state_dict(to_hf_state_dict(model, "gpt2"))
+    """
+    table = _table(model_type)
+    hf_config_from(model.config, model_type)  # refuses models with no counterpart
+    mine = model.state_dict()
+    theirs = {}
+    for key, their in table["weights"].items():
+        for i in _layers(key, model.config.num_layers):
+            tensor = mine[key.format(i=i)].detach()
+            theirs[their.format(i=i)] = (
+                tensor.t().contiguous() if key in table["transpose"] else tensor
+            )
+    return theirs
+
+
+def read_hf_weights(folder: str | Path) -> dict[str, Tensor]:
+    """The tensors of a Hugging Face folder: model.safetensors (or its shards), else
+    pytorch_model.bin (or its shards) read with weights_only=True; never unpickles code."""
+    folder = Path(folder)
+    for name, reader in (
+        ("model.safetensors", _read_safetensors),
+        ("pytorch_model.bin", _read_bin),
+    ):
+        if (folder / name).is_file():
+            return reader(folder / name)
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError):
+                raise CheckpointError(f"{index} is unreadable: download it again") from None
+            state = {}
+            for shard in shards:
+                state.update(reader(folder / shard))
+            return state
+    raise CheckpointError(
+        f"{folder} has config.json but no weights (model.safetensors or pytorch_model.bin); "
+        "put the weight files next to config.json"
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - missing, truncated or foreign files are the user's
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({_first_line(e)})"
+        ) from None
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} needs full pickle loading, which can run arbitrary code, so lmforge refuses "
+            "it; convert it to model.safetensors with a tool you trust"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files are the user's
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch weights file ({_first_line(e)})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no plain name -> tensor mapping; pass model weights")
+    return state
+
+
+# ---------------------------------------------------------------- whole folders
+
+
+def load_hf_model(folder: str | Path):
+    """Our task model (GPTCausalLM for gpt2) with the weights of a Hugging Face folder.
+
+    Example:
+        model = load_hf_model("hf/distilgpt2")       # config.json + model.safetensors
+        logits = model(torch.tensor([[464, 3290]]))  # (1, 2, 50257)
+    """
+    from lmforge.presets import family_classes
+
+    folder = Path(folder)
+    hf_config = read_hf_config(folder)
+    config = config_from_hf(hf_config, folder)
+    state = from_hf_state_dict(read_hf_weights(folder), config, hf_config["model_type"], folder)
+    _, task_cls = family_classes(MODEL_TYPES[hf_config["model_type"]])
+    task = task_cls(config)
+    try:
+        task.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{folder}: the weights do not fit config.json ({_first_line(e)})"
+        ) from None
+    return task
+
+
+def write_hf_folder(model, tokenizer, folder: str | Path, model_type: str = "gpt2") -> None:
+    """Write config.json, generation_config.json, model.safetensors and the tokenizer files that
+    transformers' from_pretrained and pipeline() read."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = hf_config_from(model.config, model_type, tokenizer)
+    state = to_hf_state_dict(model, model_type)
+    if model.config.tie_embeddings:  # transformers re-ties it; safetensors refuses shared storage
+        state.pop(_table(model_type)["weights"]["head.weight"])
+    state = {k: v.contiguous().cpu() for k, v in state.items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(folder / "config.json", config)
+    generation = {
+        k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None
+    }
+    _write_json(folder / "generation_config.json", generation)
+    _write_hf_tokenizer(tokenizer, folder, model.config.max_seq_len)
+
+
+def _write_hf_tokenizer(tokenizer, folder: Path, max_len: int) -> None:
+    library = getattr(tokenizer, "tokenizer", None)  # the `tokenizers.Tokenizer` of library kinds
+    if library is None:
+        raise ConfigError(
+            f"a {tokenizer.kind} tokenizer has no Hugging Face form; train the run with "
+            "--tokenizer bpe (or wordpiece, unigram, word) to export it"
+        )
+    library.save(str(folder / "tokenizer.json"))
+    special = {f"{role}_token": t for role, t in tokenizer.special_tokens().items() if t}
+    settings = {
+        "tokenizer_class": "GPT2Tokenizer"
+        if tokenizer.kind == "bpe"
+        else "PreTrainedTokenizerFast",
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    if tokenizer.kind == "bpe":
+        library.model.save(str(folder))  # vocab.json + merges.txt, for GPT-2's slow tokenizer
+        settings["add_prefix_space"] = False
+    _write_json(folder / "tokenizer_config.json", settings)
+    _write_json(folder / "special_tokens_map.json", special)
+
+
+def write_lmforge_folder(model, tokenizer, folder: str | Path, source: str = "") -> None:
+    """Write our run-folder layout: config.json ("family"), model.safetensors, tokenizer/."""
+    from lmforge.training import checkpoint as ckpt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt.write_config(
+        folder,
+        {"family": model.family, "model": dataclasses.asdict(model.config), "source": source},
+    )
+    ckpt.save_weights(model, folder / "model.safetensors")
+    tokenizer.save(folder / "tokenizer")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the model and tokenizer of `source` (run folder, Hugging Face folder or name) to a
+    new folder `out` in format `to`: "hf" (transformers loads it) or "lmforge" (a run folder).
+
+    The folder is written under a temporary name and renamed, so it is complete or absent.
+
+    Example:
+        convert("runs/eli5", "hf", "export/eli5")
+        transformers.AutoModelForCausalLM.from_pretrained("export/eli5")
+    """
+    from lmforge.api import load_tokenizer
+    from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
+
+    if to not in FORMATS:
+        raise ConfigError(f"unknown format --to {to!r}; use one of {', '.join(FORMATS)}")
+    folder = find_checkpoint(source)
+    if folder is None:
+        raise ConfigError(
+            f"preset {str(source)!r} has random weights and no tokenizer; convert a run folder "
+            "or a model folder"
+        )
+    out = Path(out)
+    if out.exists() and out.resolve() == folder.resolve():
+        raise ConfigError(f"{out} is the source folder; write the conversion to another folder")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not empty; choose another folder or --overwrite")
+    model = load_folder(folder)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, model, folder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        if to == "hf":
+            write_hf_folder(model, tokenizer, tmp)
+        else:
+            write_lmforge_folder(model, tokenizer, tmp, source=str(folder))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,223 @@
+"""Character-level recurrent LMs: embedding -> LSTM or GRU -> dense logits (MISSION workflow 2).
+
+The decoding state is the RNN's own: `(h, c)` for an LSTM, `h` for a GRU, each (L, B, hidden_dim),
+so generation feeds one character per step and never re-reads the prefix. `loss()` also carries
+that state across batches, detached, when the batch says it continues the last one (--stateful).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.models.base import Backbone, CausalLM
+
+# ---------------------------------------------------------------- config
+
+CELLS = ("lstm", "gru")
+
+RNNState = Tensor | tuple[Tensor, Tensor]  # GRU: h; LSTM: (h, c); each (L, B, hidden_dim)
+
+
+@dataclass
+class CharRNNConfig:
+    """Shape of a char RNN; the defaults are the TensorFlow text-generation tutorial's model
+    (embedding 256, one LSTM of 1024 units: about 5.3M parameters on 65 characters).
+
+    dropout applies to the RNN's outputs (and between layers when num_layers > 1).
+    """
+
+    vocab_size: int = 65  # Tiny Shakespeare's distinct characters
+    embed_dim: int = 256
+    hidden_dim: int = field(default=1024, metadata={"help": "RNN units per layer"})
+    num_layers: int = 1
+    cell: str = field(default="lstm", metadata={"help": "|".join(CELLS)})
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell={self.cell!r} is unknown; use --cell lstm or --cell gru")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} is out of range; use a value in [0, 1)")
+
+
+# ---------------------------------------------------------------- backbone
+
+
+def _init_like_keras(rnn: nn.LSTM | nn.GRU, cell: str) -> None:
+    # Keras defaults, which the reference curve was trained with: kernels glorot_uniform,
+    # recurrent kernels orthogonal, zero biases, LSTM forget-gate bias 1 (unit_forget_bias).
+    for name, p in rnn.named_parameters():
+        if name.startswith("weight_ih"):
+            nn.init.xavier_uniform_(p)  # (G*H, in): fan_in = in, fan_out = G*H, as Keras
+        elif name.startswith("weight_hh"):
+            nn.init.orthogonal_(p)
+        else:
+            nn.init.zeros_(p)
+            if cell == "lstm" and name.startswith("bias_ih"):
+                H = rnn.hidden_size
+                nn.init.ones_(p[H : 2 * H])  # gate order i, f, g, o
+
+
+class CharRNNBackbone(Backbone):
+    """Token embedding and a stack of LSTM or GRU layers: ids (B, T) -> hidden (B, T, hidden_dim).
+
+    `forward` starts from a zero state; `run` takes and returns the state, for decoding and for
+    stateful training. padding_mask is accepted and ignored: pads sit after the real tokens, and
+    a causal RNN's output at a real position never depends on later inputs.
+    """
+
+    family = "char_rnn"
+
+    def __init__(self, config: CharRNNConfig):
+        super().__init__(config)
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        nn.init.uniform_(self.embed.weight, -0.05, 0.05)  # Keras Embedding default
+        rnn_cls = nn.LSTM if c.cell == "lstm" else nn.GRU
+        self.rnn = rnn_cls(
+            c.embed_dim,
+            c.hidden_dim,
+            c.num_layers,
+            batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+        )
+        _init_like_keras(self.rnn, c.cell)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.run(token_ids)[0]
+
+    def run(self, token_ids: Tensor, state: RNNState | None = None) -> tuple[Tensor, RNNState]:
+        """(B, T) ids after `state` (None = zeros) -> hidden (B, T, hidden_dim), the new state."""
+        x = self.embed(token_ids)  # (B, T, E)
+        if x.device.type == "cpu" and x.shape[0] == 1:
+            # oneDNN's CPU RNN lays the weights out anew at every call: for one sequence (one
+            # sample, a character per step) PyTorch's own kernels are ~40x faster per step; for
+            # batches oneDNN is 2-4x faster (bench/char_rnn_throughput.py, AVX2 CPU).
+            with torch.backends.mkldnn.flags(
+                enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
+            ):
+                hidden, state = self.rnn(x, state)
+        else:
+            hidden, state = self.rnn(x, state)  # (B, T, H); state (L, B, H) or a pair of them
+        return self.drop(hidden), state
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _detach(state: RNNState) -> RNNState:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+class CharRNNCausalLM(CausalLM):
+    """Char RNN backbone + a dense layer over the vocabulary.
+
+    Example:
+        model = CharRNNCausalLM(CharRNNConfig(vocab_size=65, hidden_dim=64))
+        logits = model(torch.randint(0, 65, (2, 16)))               # (2, 16, 65)
+        ids = next(model.generate([1, 2, 3], max_new_tokens=5, seed=0))
+    """
+
+    family = "char_rnn"
+    is_recurrent = True  # the trainer's --stateful check: loss() can carry state across batches
+
+    def __init__(self, backbone: CharRNNBackbone | CharRNNConfig, preprocessor=None):
+        if isinstance(backbone, CharRNNConfig):
+            backbone = CharRNNBackbone(backbone)
+        super().__init__(backbone, preprocessor)
+        self.head = nn.Linear(self.config.hidden_dim, self.config.vocab_size)
+        nn.init.xavier_uniform_(self.head.weight)  # Keras Dense default
+        nn.init.zeros_(self.head.bias)
+        self._carry: RNNState | None = None  # the last batch's final state, when stateful
+
+    def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(token_ids))  # (B, T, V)
+
+    def loss(self, batch: dict) -> Tensor:
+        """Mean cross-entropy in float32 over labels != -100.
+
+        Args:
+            batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted. With an
+                "is_continuation" bool scalar (ConsecutiveBatcher, --stateful), the RNN starts
+                from the previous batch's final state when it is True and from zeros when False,
+                and keeps this batch's final state, detached (truncated backpropagation through
+                time); without it every batch starts from zeros.
+        """
+        is_stateful = "is_continuation" in batch
+        state = self._carry if is_stateful and bool(batch["is_continuation"]) else None
+        hidden, state = self.backbone.run(batch["token_ids"], state)
+        if is_stateful:
+            self._carry = _detach(state)
+        logits = self.head(hidden)  # (B, T, V)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+        )
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> RNNState:
+        """Zeros: h, or (h, c) for an LSTM, each (num_layers, batch_size, hidden_dim)."""
+        c = self.config
+        weight = self.head.weight
+        h = torch.zeros(
+            c.num_layers,
+            batch_size,
+            c.hidden_dim,
+            device=device or weight.device,
+            dtype=weight.dtype,
+        )
+        return (h, torch.zeros_like(h)) if c.cell == "lstm" else h
+
+    def step(self, token_ids: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
+        """Feed (B, t) tokens after those in `state`: logits (B, t, V) and the new state."""
+        hidden, state = self.backbone.run(token_ids, state)
+        return self.head(hidden), state
+
+    def reorder_state(self, state: RNNState, rows: Tensor) -> RNNState:
+        """Select (and repeat) batch rows of the state: row i of the result is old row rows[i]."""
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, rows) for s in state)
+        return state.index_select(1, rows)
+
+
+# ---------------------------------------------------------------- presets
+
+# The TensorFlow "Text generation with an RNN" tutorial: windows of 100 characters + 1 target,
+# shuffled batches of 64, Adam at Keras defaults (lr 1e-3, beta2 0.999, no decay, no clipping),
+# 10 epochs, a checkpoint every epoch. Reference training loss: 2.57 after epoch 1, 1.17 after 10.
+_TUTORIAL_RECIPE = dict(
+    batching="epochs",
+    block_size=100,
+    batch_size=64,
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    weight_decay=0.0,
+    grad_clip=0.0,
+    warmup_steps=0,
+    schedule="constant",
+    epochs=10,
+    save_every_epoch=True,
+)
+
+PRESETS = {
+    "char-rnn-lstm-shakespeare": dict(
+        config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="lstm"),
+        tokenizer="char",
+        about="embedding 256 + one LSTM of 1024 units (5.3M), the TensorFlow char-RNN tutorial",
+        train=dict(_TUTORIAL_RECIPE),
+    ),
+    "char-rnn-gru-shakespeare": dict(
+        config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="gru"),
+        tokenizer="char",
+        about="embedding 256 + one GRU of 1024 units (4.0M), the TensorFlow tutorial's GRU",
+        train=dict(_TUTORIAL_RECIPE),
+    ),
+}

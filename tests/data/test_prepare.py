@@ -1,0 +1,321 @@
+"""Tests for lmforge.data.prepare: the named datasets end to end, reuse, dtypes, exact ids."""
+
+import csv
+import gzip
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge.data import prepare as prepare_module
+from lmforge.data.corpus import open_source
+from lmforge.data.datasets import resolve_dataset
+from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
+from lmforge.errors import ConfigError, DataError
+from lmforge.tokenizers.base import train_tokenizer
+
+
+def _prepare(tmp_path, name="out", **options) -> PreparedData:
+    return prepare(PrepareConfig(num_proc=1, **options), tmp_path / name)
+
+
+@pytest.fixture
+def small_tasks(monkeypatch):
+    """Cut texts into many small pieces and tasks, so short corpora take the long-text paths."""
+    monkeypatch.setattr(prepare_module, "_PIECE_CHARS", 300)
+    monkeypatch.setattr(prepare_module, "_TASK_CHARS", 2000)
+
+
+def _check_offsets(data: PreparedData, split: str, num_docs: int) -> None:
+    offsets = data.offsets(split)
+    assert len(offsets) == num_docs + 1 == data.meta["splits"][split]["documents"] + 1
+    assert offsets[0] == 0 and offsets[-1] == data.num_tokens(split) == len(data.tokens(split))
+    assert np.all(np.diff(offsets) > 0)
+    sep = data.doc_separator
+    docs = data.documents(split)
+    assert [len(d) for d in docs] == list(np.diff(offsets) - (sep is not None))
+    if sep is not None:  # every document ends in the separator, which appears nowhere else
+        toks = data.tokens(split)
+        assert np.all(toks[offsets[1:] - 1] == sep)
+        assert (toks == sep).sum() == num_docs
+
+
+# ---- the named datasets ---------------------------------------------------------------------
+
+
+def test_tinyshakespeare_char_keeps_every_character_and_holds_out_the_tail(tmp_path):
+    data = _prepare(tmp_path, data="tinyshakespeare", tokenizer="char")
+    text = resolve_dataset("tinyshakespeare").read_text(encoding="utf-8")
+    tok = data.tokenizer
+    assert data.meta["vocab_size"] == tok.vocab_size == 65
+    assert data.meta["dtype"] == "uint16" and data.tokens("train").dtype == np.uint16
+    num_train, num_val = data.num_tokens("train"), data.num_tokens("val")
+    assert num_train + num_val == 1_115_394
+    assert abs(num_val / 1_115_394 - 0.1) < 0.001
+    cut = num_train
+    assert text[cut - 1] == "\n"  # the validation split starts at a line start
+    np.testing.assert_array_equal(data.tokens("train"), tok.encode_array(text[:cut]))
+    np.testing.assert_array_equal(data.tokens("val"), tok.encode_array(text[cut:]))
+    assert data.offsets("train") is None and data.labels("train") is None
+    assert (tmp_path / "out" / "train.bin").stat().st_size == 2 * num_train
+
+
+def test_wine_reviews_word_gives_one_document_per_review(tmp_path):
+    data = _prepare(tmp_path, data="wine-reviews", tokenizer="word")
+    assert data.meta["splits"]["train"]["documents"] == 1972
+    assert data.meta["splits"]["val"]["documents"] == 219
+    for split, num_docs in (("train", 1972), ("val", 219)):
+        _check_offsets(data, split, num_docs)
+    tok = data.tokenizer
+    by_words = {
+        re.sub(r"\s+", "", d.text.lower()): d.text
+        for d in open_source("wine-reviews").iter_documents()
+    }
+    for doc in data.documents("train")[:20]:
+        decoded = tok.decode(doc)
+        text = by_words[re.sub(r"\s+", "", decoded)]  # the same review, modulo case and spacing
+        assert tok.encode(text) == doc.tolist()
+    assert "[UNK]" not in tok.decode(data.tokens("train"))  # every training word is in the vocab
+
+
+def _imdb_head(tmp_path, num_rows: int = 2000):
+    """The first rows of the shared IMDB CSV, same columns, as a small CSV file."""
+    with gzip.open(resolve_dataset("imdb"), "rt", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        rows = [next(reader) for _ in range(num_rows + 1)]
+    path = tmp_path / "imdb-head.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    header = rows[0]
+    return path, [dict(zip(header, row)) for row in rows[1:]]
+
+
+def test_imdb_wordpiece_keeps_labels_and_the_test_split(tmp_path):
+    path, rows = _imdb_head(tmp_path)
+    data = _prepare(
+        tmp_path,
+        data=str(path),
+        tokenizer="wordpiece",
+        vocab_size=2000,
+        field="review",
+        label_field="sentiment",
+    )
+    tok = data.tokenizer
+    assert data.label_names == ["negative", "positive"]
+    assert data.doc_separator == tok.token_to_id("[END]")
+    for split, source_split in (("train", "train"), ("val", "test")):
+        expected = [r for r in rows if r["split"] == source_split]
+        labels = data.labels(split)
+        assert labels.dtype == np.int64
+        assert labels.tolist() == [int(r["sentiment"] == "positive") for r in expected]
+        _check_offsets(data, split, len(expected))
+        first = data.documents(split)[0]
+        assert tok.encode(expected[0]["review"]) == first.tolist()
+    assert data.meta["splits"]["train"]["documents"] + data.meta["splits"]["val"][
+        "documents"
+    ] == len(rows)
+
+
+def test_eli5_bpe_answers_round_trip_exactly(tmp_path):
+    data = _prepare(tmp_path, data="eli5", tokenizer="bpe", vocab_size=600, field="answer")
+    assert data.meta["vocab_size"] == 600
+    assert data.doc_separator == data.tokenizer.token_to_id("<|endoftext|>")
+    answers = [r["answer"] for r in json.loads(resolve_dataset("eli5").read_text())]
+    decoded = [
+        data.tokenizer.decode(doc) for split in ("train", "val") for doc in data.documents(split)
+    ]
+    assert len(decoded) == 1000 and data.meta["splits"]["val"]["documents"] == 100
+    assert sorted(decoded) == sorted(answers)  # byte-level BPE loses nothing
+
+
+def test_python_stdlib_files_bpe(tmp_path):
+    # The whole standard library (13 MB of code) takes over 20 s to encode with BPE on a 2-core
+    # machine, so this prepares a folder of 50 of its small modules; test_cli_prepare_python_stdlib
+    # opens the real dataset.
+    stdlib = resolve_dataset("python-stdlib")
+    files = [p for p in sorted(stdlib.glob("*.py")) if p.stat().st_size < 16_000][:50]
+    folder = tmp_path / "stdlib"
+    folder.mkdir()
+    for p in files:
+        shutil.copy(p, folder / p.name)
+    data = _prepare(tmp_path, data=str(folder), tokenizer="bpe", vocab_size=1000)
+    texts = sorted(p.read_text(encoding="utf-8") for p in files if p.stat().st_size)
+    decoded = [data.tokenizer.decode(d) for s in ("train", "val") for d in data.documents(s)]
+    assert sorted(decoded) == texts
+    assert data.meta["splits"]["val"]["documents"] == 5
+
+
+# ---- reuse and rebuild ----------------------------------------------------------------------
+
+
+def test_unchanged_input_is_reused_without_encoding(tmp_path, tiny_text, monkeypatch):
+    first = _prepare(tmp_path, data=str(tiny_text), tokenizer="char")
+    meta = tmp_path / "out" / "meta.json"
+    stamp = meta.stat().st_mtime_ns
+
+    def fail(*args):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(prepare_module, "_write", fail)
+    again = prepare(PrepareConfig(data=str(tiny_text), tokenizer="char", num_proc=2), first.path)
+    assert meta.stat().st_mtime_ns == stamp
+    assert again.meta == first.meta
+
+
+def test_changed_options_or_input_rebuild(tmp_path, tiny_text):
+    first = _prepare(tmp_path, data=str(tiny_text), tokenizer="char")
+    second = _prepare(tmp_path, data=str(tiny_text), tokenizer="char", val_fraction=0.3)
+    assert second.meta["key"] != first.meta["key"]
+    assert second.num_tokens("val") > first.num_tokens("val")
+    tiny_text.write_text(tiny_text.read_text() + "ROMEO: more.\n", encoding="utf-8")
+    third = _prepare(tmp_path, data=str(tiny_text), tokenizer="char", val_fraction=0.3)
+    assert third.meta["key"] != second.meta["key"]
+    assert third.num_tokens("train") + third.num_tokens("val") == len(tiny_text.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.txt"]  # no leftovers
+
+
+# ---- dtypes, determinism, exact ids ---------------------------------------------------------
+
+
+def test_large_vocabulary_uses_uint32(tmp_path):
+    chars = [chr(c) for c in range(0x100, 0x100 + 70_000) if not 0xD800 <= c < 0xE000]
+    text = "\n".join("".join(chars[i : i + 100]) for i in range(0, len(chars), 100)) + "\n"
+    (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
+    data = _prepare(tmp_path, data=str(tmp_path / "wide.txt"), tokenizer="char")
+    assert data.tokenizer.vocab_size > 65536
+    assert data.meta["dtype"] == "uint32" and data.tokens("train").dtype == np.uint32
+    assert (tmp_path / "out" / "train.bin").stat().st_size == 4 * data.num_tokens("train")
+    both = np.concatenate([data.tokens("train"), data.tokens("val")])
+    np.testing.assert_array_equal(both, data.tokenizer.encode_array(text))
+
+
+def _small_csv(tmp_path, num_rows: int = 200):
+    path = tmp_path / "notes.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows([i, f"note number {i}: {'abc' * (i % 7 + 1)}"] for i in range(num_rows))
+    return path
+
+
+def test_document_split_depends_only_on_the_seed(tmp_path):
+    path = _small_csv(tmp_path)
+
+    def val_texts(name, seed):
+        data = _prepare(tmp_path, name, data=str(path), tokenizer="char", seed=seed)
+        return [data.tokenizer.decode(d) for d in data.documents("val")]
+
+    first, again, other = val_texts("a", 0), val_texts("b", 0), val_texts("c", 1)
+    assert first == again and len(first) == 20
+    assert set(first) != set(other)
+    for name in ("train.bin", "val.bin", "train_offsets.npy", "val_offsets.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe", "wordpiece", "unigram"])
+def test_token_files_hold_exactly_the_tokenizers_ids(tmp_path, kind, small_tasks):
+    text = resolve_dataset("tinyshakespeare").read_text(encoding="utf-8")[:30_000]
+    (tmp_path / "shakes.txt").write_text(text, encoding="utf-8")
+    vocab = None if kind == "char" else 300
+    data = _prepare(tmp_path, data=str(tmp_path / "shakes.txt"), tokenizer=kind, vocab_size=vocab)
+    cut = text.index("\n", int(len(text) * 0.9)) + 1
+    tok = data.tokenizer
+    assert data.tokens("train").tolist() == tok.encode(text[:cut])
+    assert data.tokens("val").tolist() == tok.encode(text[cut:])
+
+
+def test_documents_hold_exactly_the_tokenizers_ids(tmp_path, small_tasks):
+    path = _small_csv(tmp_path, 300)
+    data = _prepare(tmp_path, data=str(path), tokenizer="bpe", vocab_size=300)
+    texts = {d.text for d in open_source(str(path), field="text").iter_documents()}
+    tok = data.tokenizer
+    for split in ("train", "val"):
+        for doc in data.documents(split):
+            assert tok.decode(doc) in texts
+            assert tok.encode(tok.decode(doc)) == doc.tolist()
+
+
+def test_two_processes_write_the_same_files_as_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "_TASK_CHARS", 1 << 15)  # many tasks, in order
+    text = resolve_dataset("tinyshakespeare").read_text(encoding="utf-8")[:300_000]
+    (tmp_path / "shakes.txt").write_text(text, encoding="utf-8")
+    for data in (str(tmp_path / "shakes.txt"), "wine-reviews"):
+        for n in (1, 2):
+            opts = dict(data=data, tokenizer="bpe", vocab_size=400, num_proc=n)
+            prepare(PrepareConfig(**opts), tmp_path / f"{n}")
+        written = sorted(p.name for p in (tmp_path / "1").iterdir() if p.is_file())
+        assert "train.bin" in written and "val.bin" in written
+        for name in written:
+            if name != "meta.json":
+                assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+        shutil.rmtree(tmp_path / "1")
+        shutil.rmtree(tmp_path / "2")
+
+
+_LINE_TEXT = st.text(alphabet="ab \n\t.,'é\r", max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_LINE_TEXT, size=st.integers(1, 12))
+def test_cutting_at_safe_newlines_keeps_the_ids(text, size):
+    for tok in _LINE_TOKENIZERS:
+        rule = prepare_module._cut_rule(tok)
+        pieces = prepare_module._cut(text, rule, size)
+        assert "".join(pieces) == text
+        assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+
+
+_CORPUS = ["ab ba. a\nb 'a, b\t", "aab\n\nbab\r\n a b. ab", "é a b\nab ab ab. 'ab'"] * 20
+_LINE_TOKENIZERS = [
+    train_tokenizer("bpe", _CORPUS, vocab_size=270),
+    train_tokenizer("wordpiece", _CORPUS, vocab_size=40),
+    train_tokenizer("word", _CORPUS, vocab_size=20),
+]
+
+
+def test_cut_rules_per_tokenizer_kind():
+    assert [prepare_module._cut_rule(t) for t in _LINE_TOKENIZERS] == ["lines"] * 3
+    assert prepare_module._cut_rule(train_tokenizer("unigram", _CORPUS, vocab_size=30)) is None
+    assert prepare_module._cut_rule(train_tokenizer("char", _CORPUS)) == "anywhere"
+
+
+# ---- the split and the folder ---------------------------------------------------------------
+
+
+def test_val_fraction_zero_keeps_every_document_for_training(tmp_path):
+    path, rows = _imdb_head(tmp_path, 50)
+    data = _prepare(tmp_path, data=str(path), tokenizer="char", field="review", val_fraction=0)
+    assert data.meta["splits"]["train"]["documents"] == 50
+    assert data.num_tokens("val") == 0 and len(data.tokens("val")) == 0
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [("x", "too short to split"), ("id,text\n1,only row\n", "single document")],
+)
+def test_corpus_too_small_to_split(tmp_path, content, problem):
+    path = tmp_path / ("tiny.csv" if "," in content else "tiny.txt")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=problem):
+        _prepare(tmp_path, data=str(path), tokenizer="char")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    data = _prepare(tmp_path, data=str(path), tokenizer="char", val_fraction=0)
+    assert data.num_tokens("train") > 0
+
+
+def test_options_are_checked_before_reading(tmp_path):
+    with pytest.raises(ConfigError, match="unknown tokenizer 'nope'"):
+        _prepare(tmp_path, data="no-such-file.txt", tokenizer="nope")
+    with pytest.raises(ConfigError, match="drop --vocab-size"):
+        _prepare(tmp_path, data="tinyshakespeare", tokenizer="char", vocab_size=100)
+    with pytest.raises(ConfigError, match="--num-proc"):
+        PrepareConfig(data="x", num_proc=0)
+
+
+def test_prepared_data_needs_meta(tmp_path):
+    with pytest.raises(DataError, match="run `lmforge prepare"):
+        PreparedData(tmp_path)
