@@ -651,6 +651,17 @@ def train(**options) -> dict:
                                out="runs/shakes", max_time="90s")
         print(result["val_loss"])
     """
+    try:
+        return _train(options)
+    except RuntimeError as e:
+        if distributed.world()[1] == 1:
+            raise
+        raise _lost_contact(e) from None
+    finally:
+        distributed.teardown()
+
+
+def _train(options: dict) -> dict:
     options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
     from lmforge.presets import family_classes
@@ -1078,11 +1089,7 @@ def fit(
     except RuntimeError as e:
         if not distributed.is_distributed():
             raise
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise LmforgeError(
-            f"rank {rank}: lost contact with the other training processes ({first}); the last "
-            "complete checkpoint is kept: relaunch with --resume"
-        ) from None
+        raise _lost_contact(e) from None
     finally:
         bar.close()
         if board is not None:
@@ -1114,6 +1121,15 @@ def fit(
     if "accuracy" in result:
         out["val_accuracy"] = result["accuracy"]
     return out
+
+
+def _lost_contact(e: RuntimeError) -> LmforgeError:
+    """The one-line error of a rank whose peers died or stopped answering."""
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return LmforgeError(
+        f"rank {distributed.world()[0]}: lost contact with the other training processes "
+        f"({first}); the last complete checkpoint is kept: relaunch with --resume"
+    )
 
 
 def _tensorboard(run_dir: Path):
