@@ -45,10 +45,13 @@ def epoch_perplexities(run: Path) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=f"runs/eli5-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    ap.add_argument("--pretrain-time", default="150s", help="pretraining budget (default 150s)")
+    ap.add_argument("--pretrain-steps", type=int, default=1000,
+                    help="pretraining steps of 8 x 128 tokens (default 1000, about 3 epochs)")
     ap.add_argument("--lr", type=float, default=1e-3,
                     help="fine-tuning peak lr; 2e-5 is distilgpt2's, a 1M model needs more")
     ap.add_argument("--skip-baseline", action="store_true", help="skip the ELI5-only model")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: all cores; 1 on a machine busy with other jobs)")
     args = ap.parse_args()
     out = Path(args.out)
     progress.enable(True)
@@ -56,17 +59,19 @@ def main() -> None:
 
     t = time.perf_counter()
     pretrained = out / "pretrained"
-    print(f"1. pretraining a GPT-2-shaped model on tinyshakespeare ({args.pretrain_time}) ...")
+    print(f"1. pretraining a GPT-2-shaped model on tinyshakespeare ({args.pretrain_steps} steps)")
     pre = lmforge.train(data="tinyshakespeare", tokenizer="bpe", vocab_size=4096, **SMALL,
                         lr=1e-3, warmup_steps=100, dropout=0.0, batching="windows",
-                        max_time=args.pretrain_time, eval_every=10_000, out=str(pretrained))
+                        max_steps=args.pretrain_steps, eval_every=10_000, threads=args.threads,
+                        out=str(pretrained))
     timings["pretrain_s"] = time.perf_counter() - t
     print(f"   {pre['steps']} steps, Shakespeare val perplexity {pre['val_perplexity']:.1f}")
 
     t = time.perf_counter()
     tuned = out / "finetuned"
     print(f"2. fine-tuning it on ELI5 answers (3 epochs, lr {args.lr}) ...")
-    result = lmforge.train(init_from=str(pretrained), **FINETUNE, lr=args.lr, out=str(tuned))
+    result = lmforge.train(init_from=str(pretrained), **FINETUNE, lr=args.lr,
+                           threads=args.threads, out=str(tuned))
     timings["finetune_s"] = time.perf_counter() - t
     before = held_out_perplexity(pretrained, tuned)
     per_epoch = epoch_perplexities(tuned)
@@ -84,7 +89,8 @@ def main() -> None:
         print("3. the same model trained on ELI5 alone, same budget, for comparison ...")
         tokenizer = pretrained / "tokenizer"  # the same tokens, so perplexities compare
         base = lmforge.train(tokenizer=str(tokenizer), **SMALL, **FINETUNE, lr=args.lr,
-                             batching="blocks", dropout=0.1, out=str(scratch))
+                             batching="blocks", dropout=0.1, threads=args.threads,
+                             out=str(scratch))
         timings["eli5_only_s"] = time.perf_counter() - t
         report["eli5_only_val_perplexity"] = base["val_perplexity"]
 

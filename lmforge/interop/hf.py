@@ -23,7 +23,7 @@ from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 MODEL_TYPES = {"gpt2": "gpt"}
 FORMATS = ("hf", "lmforge")
 # Causal-mask buffers that old GPT-2 checkpoints store; our attention builds its own mask.
-_BUFFERS = ("attn.bias", "attn.masked_bias")
+_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def _table(model_type: str) -> dict:
@@ -275,11 +275,18 @@ def load_hf_model(folder: str | Path):
     return task
 
 
-def write_hf_folder(model, tokenizer, folder: str | Path, model_type: str = "gpt2") -> None:
+def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     """Write config.json, generation_config.json, model.safetensors and the tokenizer files that
     transformers' from_pretrained and pipeline() read."""
     from safetensors.torch import save_file
 
+    types = {family: model_type for model_type, family in MODEL_TYPES.items()}
+    model_type = types.get(model.family)
+    if model_type is None:
+        raise ConfigError(
+            f"a {model.family} model has no Hugging Face export yet; families that export: "
+            f"{', '.join(types)}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = hf_config_from(model.config, model_type, tokenizer)

@@ -463,13 +463,17 @@ class BertMaskedLM(Task):
             hidden = hidden.gather(1, index)  # (B, P, C)
         return self.head(hidden)
 
-    def _logits(self, batch: dict) -> Tensor:
-        return self(
-            batch["token_ids"],
-            batch.get("padding_mask"),
-            batch.get("segment_ids"),
-            batch["mask_positions"],
-        ).float()
+    def _selected_logits(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(logits (N, V), targets (N,)) of the N real selections; padding slots never reach
+        the (V x C) head, which dominates the cost of a small model."""
+        hidden = self.backbone(
+            batch["token_ids"], batch.get("padding_mask"), batch.get("segment_ids")
+        )  # (B, T, C)
+        positions, labels = batch["mask_positions"], batch["labels"]
+        index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
+        keep = labels != -100  # (B, P)
+        selected = hidden.gather(1, index)[keep]  # (N, C)
+        return self.head(selected).float(), labels[keep]
 
     def loss(self, batch: dict) -> Tensor:
         """Mean cross-entropy over the selected positions.
@@ -478,15 +482,13 @@ class BertMaskedLM(Task):
             batch: "token_ids" (B, T) with the masks applied, "mask_positions" (B, P), "labels"
                 (B, P) original ids there, -100 on padding slots; optional "padding_mask".
         """
-        logits = self._logits(batch)
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        logits, targets = self._selected_logits(batch)
+        return F.cross_entropy(logits, targets)
 
     def loss_and_hits(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(mean loss, number of selected positions predicted right): weighted accuracy's parts."""
-        logits = self._logits(batch)
-        labels = batch["labels"]
-        hits = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), hits
+        logits, targets = self._selected_logits(batch)
+        return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).sum()
 
 
 TASKS = {"classify": BertTextClassifier, "mlm": BertMaskedLM}

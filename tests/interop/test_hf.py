@@ -163,6 +163,9 @@ def test_pytorch_model_bin_and_bare_base_model_keys(hf_folder, tmp_path, referen
     # GPT2Model's keys ("h.0.attn.c_attn.weight"), as on the hub, in a pickle-free .bin
     state = {k.removeprefix("transformer."): v for k, v in reference.state_dict().items()}
     state.pop("lm_head.weight")
+    for i in range(2):  # old checkpoints also store the causal mask as buffers
+        state[f"h.{i}.attn.bias"] = torch.ones(1, 1, 32, 32).tril()
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(state, folder / "pytorch_model.bin")
     ids = torch.randint(0, 300, (1, 10))
     with torch.no_grad():
