@@ -84,8 +84,13 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
         step()
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
-    return {"kind": kind, "precision": precision, "s_per_step": s, "tokens_per_s": B * T / s,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "kind": kind,
+        "precision": precision,
+        "s_per_step": s,
+        "tokens_per_s": B * T / s,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def main() -> None:
@@ -107,24 +112,37 @@ def main() -> None:
         results = {"lmforge": [], "hf": []}
         for _ in range(args.trials):
             for kind in results:
-                cmd = [sys.executable, __file__, "--one", kind, "--folder", str(folder),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    kind,
+                    "--folder",
+                    str(folder),
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     row = {
         "shape": "distilgpt2" if args.num_layers == 6 else f"gpt2-{args.num_layers}l",
-        "batch": SHAPE["batch"], "block": SHAPE["block"],
+        "batch": SHAPE["batch"],
+        "block": SHAPE["block"],
         "precision": results["lmforge"][0]["precision"],
         "tokens_per_s": med["lmforge"],
         "hf_tokens_per_s": med["hf"],
         "speedup_vs_hf": med["lmforge"] / med["hf"],
         "peak_rss_mb": rss["lmforge"],
         "hf_peak_rss_mb": rss["hf"],
-        "all_tokens_per_s": {k: [round(r["tokens_per_s"], 1) for r in v]
-                             for k, v in results.items()},
-        "trials": args.trials, "steps": args.steps,
+        "all_tokens_per_s": {
+            k: [round(r["tokens_per_s"], 1) for r in v] for k, v in results.items()
+        },
+        "trials": args.trials,
+        "steps": args.steps,
     }
     if args.json:
         print(json.dumps(row))

@@ -36,10 +36,20 @@ def _copy_bandwidth() -> float:
 def _hf_from_ours(model, cfg):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    hf = GPT2LMHeadModel(GPT2Config(
-        vocab_size=cfg["vocab_size"], n_positions=cfg["max_seq_len"], n_embd=cfg["embed_dim"],
-        n_layer=cfg["num_layers"], n_head=cfg["num_heads"], n_inner=cfg["ffn_dim"],
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=cfg["vocab_size"],
+            n_positions=cfg["max_seq_len"],
+            n_embd=cfg["embed_dim"],
+            n_layer=cfg["num_layers"],
+            n_head=cfg["num_heads"],
+            n_inner=cfg["ffn_dim"],
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     from lmforge.interop.hf import to_hf_state_dict
 
     hf.load_state_dict(to_hf_state_dict(model, "gpt2"), strict=False)
@@ -93,14 +103,27 @@ def _beams_and_mixed(model, hf, cfg, args) -> dict:
 
         @torch.inference_mode()
         def hf_beams():
-            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N,
-                        min_new_tokens=N, num_beams=args.beams, do_sample=False,
-                        early_stopping=False, pad_token_id=0)
+            hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=N,
+                min_new_tokens=N,
+                num_beams=args.beams,
+                do_sample=False,
+                early_stopping=False,
+                pad_token_id=0,
+            )
 
         @torch.inference_mode()
         def hf_mixed():
-            hf.generate(padded, attention_mask=mask, max_new_tokens=N, min_new_tokens=N,
-                        do_sample=False, pad_token_id=0)
+            hf.generate(
+                padded,
+                attention_mask=mask,
+                max_new_tokens=N,
+                min_new_tokens=N,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
         fns.update(hf_beams=hf_beams, hf_mixed=hf_mixed)
     t = _alternate(fns, args.trials)
@@ -129,8 +152,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--no-cache-tokens", type=int, default=None,
-                    help="new tokens for the (slow) no-cache run (default: new-tokens // 4)")
+    ap.add_argument(
+        "--no-cache-tokens",
+        type=int,
+        default=None,
+        help="new tokens for the (slow) no-cache run (default: new-tokens // 4)",
+    )
     ap.add_argument("--beams", type=int, default=4, help="beam width of the beam-search rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -161,8 +188,14 @@ def main() -> None:
 
     @torch.inference_mode()
     def run_hf():
-        hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N,
-                    min_new_tokens=N, do_sample=False, pad_token_id=0)
+        hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=N,
+            min_new_tokens=N,
+            do_sample=False,
+            pad_token_id=0,
+        )
 
     t = _alternate({"ours": ours, **({"hf": run_hf} if hf is not None else {})}, args.trials)
     t_ours = t["ours"]
@@ -171,7 +204,10 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = _copy_bandwidth()
     row = {
-        "preset": args.preset, "batch": B, "new_tokens": N, "prompt_len": args.prompt_len,
+        "preset": args.preset,
+        "batch": B,
+        "new_tokens": N,
+        "prompt_len": args.prompt_len,
         "tokens_per_s": tps,
         "no_cache_tokens_per_s": B * n_nc / t_nc,
         "hf_tokens_per_s": hf_tps,

@@ -19,10 +19,16 @@ from lmforge import progress
 
 # GPT-2's switches (pre-norm, tanh GELU, learned positions, tied embeddings, biases) come from the
 # gpt2 preset; only the size is small: 4 x 128, context 128.
-SMALL = dict(preset="gpt2", num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512,
-             max_seq_len=128)
-FINETUNE = dict(data="eli5", field="answer", block_size=128, weight_decay=0.01, epochs=3,
-                batch_size=8, warmup_steps=0)
+SMALL = dict(preset="gpt2", num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512, max_seq_len=128)
+FINETUNE = dict(
+    data="eli5",
+    field="answer",
+    block_size=128,
+    weight_decay=0.01,
+    epochs=3,
+    batch_size=8,
+    warmup_steps=0,
+)
 
 
 def held_out_perplexity(model_or_run, run_with_data: Path) -> float:
@@ -45,13 +51,25 @@ def epoch_perplexities(run: Path) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=f"runs/eli5-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    ap.add_argument("--pretrain-steps", type=int, default=1000,
-                    help="pretraining steps of 8 x 128 tokens (default 1000, about 3 epochs)")
-    ap.add_argument("--lr", type=float, default=1e-3,
-                    help="fine-tuning peak lr; 2e-5 is distilgpt2's, a 1M model needs more")
+    ap.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=1000,
+        help="pretraining steps of 8 x 128 tokens (default 1000, about 3 epochs)",
+    )
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="fine-tuning peak lr; 2e-5 is distilgpt2's, a 1M model needs more",
+    )
     ap.add_argument("--skip-baseline", action="store_true", help="skip the ELI5-only model")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads (default: all cores; 1 on a machine busy with other jobs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all cores; 1 on a machine busy with other jobs)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     progress.enable(True)
@@ -60,18 +78,29 @@ def main() -> None:
     t = time.perf_counter()
     pretrained = out / "pretrained"
     print(f"1. pretraining a GPT-2-shaped model on tinyshakespeare ({args.pretrain_steps} steps)")
-    pre = lmforge.train(data="tinyshakespeare", tokenizer="bpe", vocab_size=4096, **SMALL,
-                        lr=1e-3, warmup_steps=100, dropout=0.0, batching="windows",
-                        max_steps=args.pretrain_steps, eval_every=10_000, threads=args.threads,
-                        out=str(pretrained))
+    pre = lmforge.train(
+        data="tinyshakespeare",
+        tokenizer="bpe",
+        vocab_size=4096,
+        **SMALL,
+        lr=1e-3,
+        warmup_steps=100,
+        dropout=0.0,
+        batching="windows",
+        max_steps=args.pretrain_steps,
+        eval_every=10_000,
+        threads=args.threads,
+        out=str(pretrained),
+    )
     timings["pretrain_s"] = time.perf_counter() - t
     print(f"   {pre['steps']} steps, Shakespeare val perplexity {pre['val_perplexity']:.1f}")
 
     t = time.perf_counter()
     tuned = out / "finetuned"
     print(f"2. fine-tuning it on ELI5 answers (3 epochs, lr {args.lr}) ...")
-    result = lmforge.train(init_from=str(pretrained), **FINETUNE, lr=args.lr,
-                           threads=args.threads, out=str(tuned))
+    result = lmforge.train(
+        init_from=str(pretrained), **FINETUNE, lr=args.lr, threads=args.threads, out=str(tuned)
+    )
     timings["finetune_s"] = time.perf_counter() - t
     before = held_out_perplexity(pretrained, tuned)
     per_epoch = epoch_perplexities(tuned)
@@ -88,17 +117,26 @@ def main() -> None:
         scratch = out / "eli5-only"
         print("3. the same model trained on ELI5 alone, same budget, for comparison ...")
         tokenizer = pretrained / "tokenizer"  # the same tokens, so perplexities compare
-        base = lmforge.train(tokenizer=str(tokenizer), **SMALL, **FINETUNE, lr=args.lr,
-                             batching="blocks", dropout=0.1, threads=args.threads,
-                             out=str(scratch))
+        base = lmforge.train(
+            tokenizer=str(tokenizer),
+            **SMALL,
+            **FINETUNE,
+            lr=args.lr,
+            batching="blocks",
+            dropout=0.1,
+            threads=args.threads,
+            out=str(scratch),
+        )
         timings["eli5_only_s"] = time.perf_counter() - t
         report["eli5_only_val_perplexity"] = base["val_perplexity"]
 
     prompt = "Why is the sky blue?"
-    report["sample"] = lmforge.generate_text(str(tuned), prompt, max_new_tokens=60,
-                                             top_k=50, top_p=0.95, seed=0)
-    report["beam_search"] = lmforge.generate_text(str(tuned), prompt, max_new_tokens=40,
-                                                  num_beams=4, no_repeat_ngram_size=3)
+    report["sample"] = lmforge.generate_text(
+        str(tuned), prompt, max_new_tokens=60, top_k=50, top_p=0.95, seed=0
+    )
+    report["beam_search"] = lmforge.generate_text(
+        str(tuned), prompt, max_new_tokens=40, num_beams=4, no_repeat_ngram_size=3
+    )
     from lmforge.interop.hf import convert
 
     exported = convert(tuned, "hf", out / "hf", overwrite=True)
