@@ -698,6 +698,17 @@ def _train(options: dict) -> dict:
     run_dir = Path(cfg.out)
 
     task_spec(cfg, preset["family"])  # a --task the family lacks fails before preparing data
+    # Every rank checks --out before the barrier below, after which rank 0 starts writing it.
+    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / "config.json").is_file():
+            raise ConfigError(
+                f"--out {run_dir} exists and is not an lmforge run: choose another folder"
+            )
+        if ckpt.list_checkpoints(run_dir):
+            raise ConfigError(
+                f"--out {run_dir} already holds a run: pass --resume to continue "
+                "it or choose another --out"
+            )
     if rank != 0:  # rank 0 prepares (and caches) the data first; the others then read it
         distributed.barrier()
     data = load_data(cfg)
@@ -752,16 +763,6 @@ def _train(options: dict) -> dict:
             raise CheckpointError(
                 f"--resume with a different model config ({', '.join(diff)} "
                 f"changed): use the run's settings or a new --out"
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / "config.json").is_file():
-            raise ConfigError(
-                f"--out {run_dir} exists and is not an lmforge run: choose another folder"
-            )
-        if ckpt.list_checkpoints(run_dir):
-            raise ConfigError(
-                f"--out {run_dir} already holds a run: pass --resume to continue "
-                "it or choose another --out"
             )
 
     torch.manual_seed(cfg.seed)

@@ -45,6 +45,12 @@ def _env(**extra) -> dict:
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """The lmforge error lines of a failed run (torchrun's own report buries them)."""
+    lines = [line for line in proc.stderr.splitlines() if "lmforge: error" in line]
+    return "\n".join(lines) or proc.stderr[-2000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,9 +85,9 @@ def _lmforge(args: list[str], timeout: float = 240) -> subprocess.CompletedProce
 def test_two_processes_equal_one_with_accumulation(tiny_text, tmp_path):
     common = ["--data", str(tiny_text), *TINY, "--global-batch-size", "8", "--max-steps", "6"]
     two = _torchrun(2, [*common, "--out", str(tmp_path / "two")])
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _why(two)
     one = _lmforge([*common, "--out", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _why(one)
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model.safetensors")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -103,9 +109,9 @@ def test_stop_under_two_processes_resume_under_one(tiny_text, tmp_path):
         str(tmp_path / "run"),
     ]
     first = _torchrun(2, [*common, "--max-steps", "4"])
-    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.returncode == 0, _why(first)
     second = _lmforge([*common, "--max-steps", "8", "--resume"])
-    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.returncode == 0, _why(second)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").open()]
     steps = [r["step"] for r in rows if "train_loss" in r]
     assert steps == list(range(1, 9))
@@ -164,15 +170,15 @@ def test_fsdp_equals_one_process_and_resumes_under_ddp(tiny_text, tmp_path):
     fsdp = _torchrun(
         2, [*common, "--strategy", "fsdp", "--max-steps", "4", "--out", str(tmp_path / "fsdp")]
     )
-    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert fsdp.returncode == 0, _why(fsdp)
     one = _lmforge([*common, "--max-steps", "4", "--out", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _why(one)
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "fsdp" / "model.safetensors")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     more = _torchrun(2, [*common, "--max-steps", "6", "--resume", "--out", str(tmp_path / "fsdp")])
-    assert more.returncode == 0, more.stderr[-2000:]
+    assert more.returncode == 0, _why(more)
     assert json.loads(more.stdout.strip().splitlines()[-1])["steps"] == 6
 
 
