@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 
-SHAPES = {"gpt-baby": dict(batch=12, block=64, vocab=65),
-          "gpt2": dict(batch=4, block=256, vocab=50257),
-          "distilgpt2": dict(batch=8, block=128, vocab=50257)}
+SHAPES = {
+    "gpt-baby": dict(batch=12, block=64, vocab=65),
+    "gpt2": dict(batch=4, block=256, vocab=50257),
+    "distilgpt2": dict(batch=8, block=128, vocab=50257),
+}
 
 
 def _peak_rss_mb() -> float:
@@ -97,9 +99,17 @@ def _hf_model(preset: str, vocab: int):
     from lmforge.presets import get_preset
 
     c = get_preset(preset)["config"]
-    cfg = GPT2Config(vocab_size=vocab, n_positions=c["max_seq_len"], n_embd=c["embed_dim"],
-                     n_layer=c["num_layers"], n_head=c["num_heads"], n_inner=c["ffn_dim"],
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=c["max_seq_len"],
+        n_embd=c["embed_dim"],
+        n_layer=c["num_layers"],
+        n_head=c["num_heads"],
+        n_inner=c["ffn_dim"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg).train()
 
 
@@ -159,8 +169,14 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
     n_params = sum(p.numel() for p in model.parameters())
-    return {"kind": kind, "precision": precision, "s_per_step": s, "tokens_per_s": B * T / s,
-            "peak_rss_mb": _peak_rss_mb(), "params": n_params}
+    return {
+        "kind": kind,
+        "precision": precision,
+        "s_per_step": s,
+        "tokens_per_s": B * T / s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "params": n_params,
+    }
 
 
 def main() -> None:
@@ -186,9 +202,21 @@ def main() -> None:
     results = {k: [] for k in kinds}
     for _ in range(args.trials):
         for kind in kinds:
-            out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--one",
-                                  kind, "--steps", str(steps)], capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--preset",
+                    args.preset,
+                    "--one",
+                    kind,
+                    "--steps",
+                    str(steps),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     import torch
@@ -204,7 +232,9 @@ def main() -> None:
     c = get_preset(args.preset)["config"]
     flops_tok = 6 * ours["params"] + 6 * c["num_layers"] * shape["block"] * c["embed_dim"]
     row = {
-        "preset": args.preset, "batch": shape["batch"], "block": shape["block"],
+        "preset": args.preset,
+        "batch": shape["batch"],
+        "block": shape["block"],
         "precision": ours["precision"],
         "tokens_per_s": med["lmforge"],
         "ms_per_step": 1000 * shape["batch"] * shape["block"] / med["lmforge"],

@@ -19,13 +19,22 @@ def main() -> None:
 
     progress.enable(True)
     print(f"training gpt-baby on the python-stdlib corpus for {args.max_time} -> {args.out}")
-    result = lmforge.train(data="python-stdlib", tokenizer="char", preset="gpt-baby",
-                           out=args.out, max_time=args.max_time, eval_every=500)
-    print(f"\n{result['steps']} steps, {result['tokens_per_s']:,.0f} tokens/s, validation loss "
-          f"{result['val_loss']:.3f} ({result['val_bits_per_char']:.2f} bits/char)\n")
+    result = lmforge.train(
+        data="python-stdlib",
+        tokenizer="char",
+        preset="gpt-baby",
+        out=args.out,
+        max_time=args.max_time,
+        eval_every=500,
+    )
+    print(
+        f"\n{result['steps']} steps, {result['tokens_per_s']:,.0f} tokens/s, validation loss "
+        f"{result['val_loss']:.3f} ({result['val_bits_per_char']:.2f} bits/char)\n"
+    )
     for prompt in ("def ", "class ", "import "):
-        text = lmforge.generate_text(args.out, prompt, max_new_tokens=240, temperature=0.8,
-                                     top_k=40, seed=1)
+        text = lmforge.generate_text(
+            args.out, prompt, max_new_tokens=240, temperature=0.8, top_k=40, seed=1
+        )
         print(f"--- prompt {prompt!r} ---\n{prompt}{text}\n")
     print(f"more samples: .venv/bin/lmforge sample {args.out} --prompt 'def ' --num-samples 3")
 

@@ -79,7 +79,6 @@ class PaddedDocuments:
         labels = np.where(real[:, 1:], ids[:, 1:], IGNORE)
         return {"token_ids": ids[:, :-1], "labels": labels, "padding_mask": real[:, :-1]}
 
-
     def _with_end(self, doc: np.ndarray) -> np.ndarray:
         if self.end_id is not None and len(doc) <= self.length:
             doc = np.append(doc, self.end_id)
