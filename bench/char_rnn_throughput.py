@@ -11,6 +11,10 @@ length, so the speedup printed is a lower bound). Contenders alternate in every 
 
     .venv/bin/python bench/char_rnn_throughput.py --json                   # the tutorial's size
     .venv/bin/python bench/char_rnn_throughput.py --hidden-dim 256 --json  # a quicker look
+    .venv/bin/python bench/char_rnn_throughput.py --quick --json           # smoke run, seconds
+
+--recompute-chars 1000 times the re-reading contender on all 1000 characters (exact, but
+minutes per round on a CPU).
 """
 
 import argparse
@@ -73,11 +77,20 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=1000, help="characters to generate")
     ap.add_argument("--recompute-chars", type=int, default=100)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: hidden 128, batch 8, 3 steps x 3 rounds, 100 chars (recompute 20)",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.hidden_dim, args.batch_size, args.steps, args.rounds = 128, 8, 3, 3
+        args.chars, args.recompute_chars = 100, 20
 
     dev = devices.pick_device(args.device)
-    threads = devices.set_threads() if dev.type == "cpu" else None
+    threads = devices.set_threads(args.threads) if dev.type == "cpu" else None
     preset = get_preset(args.preset)
     cfg = dict(preset["config"])
     if args.hidden_dim:

@@ -3,9 +3,11 @@ BertForSequenceClassification at the all-MiniLM-L6-v2 shape (6 x 384, 12 heads, 
 batch 16 x 128 tokens, same weights, same run, alternating so both see the same machine load.
 
 Each model runs in its best precision on this device (bf16 autocast where bf16 matrix units
-exist, else fp32). Timings are the median over rounds of `--steps` steps each.
+exist, else fp32). Timings are the median over rounds of `--steps` steps each. Before timing,
+both models' eval logits are compared (they must agree to 1e-4): the two time the same model.
 
     python bench/classifier_throughput.py --json
+    python bench/classifier_throughput.py --quick   # seconds: 1 layer, batch 4 x 32, a smoke run
 """
 
 import argparse
@@ -47,8 +49,19 @@ def build_models(layers: int, seed: int = 0):
     )
     ours = BertTextClassifier(config, num_classes=2)
     state = from_hf_state_dict(theirs.state_dict(), config, "BertForSequenceClassification")
-    ours.load_state_dict(state, strict=False)
+    ours.load_state_dict(state)  # strict: every weight of theirs has a place in ours
     return ours, theirs
+
+
+def max_logit_diff(ours, theirs, token_ids, mask) -> float:
+    """Largest |ours - theirs| of the eval-mode fp32 logits: both must compute the same model."""
+    ours.eval()
+    theirs.eval()
+    with torch.inference_mode():
+        diff = (
+            ours(token_ids, mask) - theirs(input_ids=token_ids, attention_mask=mask.long()).logits
+        )
+    return float(diff.abs().max())
 
 
 def precisions() -> list[str]:
@@ -77,7 +90,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 layer, batch 4 x 32, 1 step, 1 round"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.batch_size, args.seq_len, args.steps, args.rounds = 1, 4, 32, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     ours, theirs = build_models(args.layers)
@@ -85,6 +103,9 @@ def main(argv=None) -> dict:
     token_ids = torch.randint(1000, 30000, (B, T))
     labels = torch.randint(0, 2, (B,))
     mask = torch.ones(B, T, dtype=torch.bool)
+    diff = max_logit_diff(ours, theirs, token_ids, mask)
+    if diff > 1e-4:
+        raise SystemExit(f"the two models disagree (max logit difference {diff:.2e}): not timed")
 
     def infer_ours(p):
         with torch.inference_mode(), autocast(p):
@@ -134,6 +155,8 @@ def main(argv=None) -> dict:
     out = {
         "shape": f"batch {B} x {T} tokens, {args.layers} x 384 MiniLM",
         "threads": torch.get_num_threads(),
+        "hf_attention": theirs.config._attn_implementation,
+        "max_logit_diff": diff,
         "train_samples_per_s": {k: round(v[0], 3) for k, v in results["train"].items()},
         "infer_samples_per_s": {k: round(v[0], 3) for k, v in results["infer"].items()},
         "precision": {k: v[1] for k, v in results["train"].items()},

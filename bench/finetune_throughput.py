@@ -4,9 +4,12 @@ where torch has it), dropout 0.1, gradient clipping and precision.
 
 Both start from the same Hugging Face folder (random weights, saved once). Each contender runs in
 its own fresh process, alternated A B A B ..., so peak RSS is its own and drift between runs
-hits both; medians are compared. Run by hand:
+hits both; medians are compared. Both get the same batch of token ids, the same number of
+targets (our labels come shifted, transformers shifts inside its loss) and the same untimed
+warm-up steps (the first step allocates the optimizer state). Run by hand:
 
     .venv/bin/python bench/finetune_throughput.py --json
+    .venv/bin/python bench/finetune_throughput.py --tiny --json   # a seconds-long smoke run
 """
 
 import argparse
@@ -21,19 +24,30 @@ import time
 from pathlib import Path
 
 SHAPE = dict(batch=8, block=128)
+# --tiny: GPT-2's switches at a size that runs in seconds (a smoke run, not a number)
+TINY = dict(
+    vocab_size=1000,
+    n_positions=128,
+    n_embd=64,
+    n_head=2,
+    n_layer=2,
+    bos_token_id=999,
+    eos_token_id=999,
+)
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _save_folder(folder: Path, num_layers: int) -> None:
+def _save_folder(folder: Path, num_layers: int, tiny: bool = False) -> None:
     """A distilgpt2-shaped Hugging Face folder with random weights (dropout 0.1, as shipped)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=num_layers)).save_pretrained(folder)
+    config = GPT2Config(**TINY) if tiny else GPT2Config(n_layer=num_layers)
+    GPT2LMHeadModel(config).save_pretrained(folder)
 
 
 def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
@@ -46,7 +60,8 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     B, T = SHAPE["batch"], SHAPE["block"]
-    ids = torch.randint(0, 50257, (B, T))
+    vocab_size = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    ids = torch.randint(0, vocab_size, (B, T))
     labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100)], dim=1)  # ours: already shifted
     cfg = TrainConfig(lr=2e-5, weight_decay=0.01)
     precision = devices.resolve_precision("auto", torch.device("cpu"))
@@ -99,6 +114,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--trials", type=int, default=3, help="fresh processes per contender")
     ap.add_argument("--num-layers", type=int, default=6, help="6: distilgpt2, 12: gpt2")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run: a 2 x 64 model, 1 trial of 2 steps (checks the script, measures nothing)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
@@ -106,9 +126,11 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.folder, args.steps, args.warmup)))
         return
+    if args.tiny:
+        args.steps, args.warmup, args.trials = 2, 1, 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "gpt2"
-        _save_folder(folder, args.num_layers)
+        _save_folder(folder, args.num_layers, args.tiny)
         results = {"lmforge": [], "hf": []}
         for _ in range(args.trials):
             for kind in results:
@@ -129,7 +151,9 @@ def main() -> None:
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     row = {
-        "shape": "distilgpt2" if args.num_layers == 6 else f"gpt2-{args.num_layers}l",
+        "shape": "tiny"
+        if args.tiny
+        else ("distilgpt2" if args.num_layers == 6 else f"gpt2-{args.num_layers}l"),
         "batch": SHAPE["batch"],
         "block": SHAPE["block"],
         "precision": results["lmforge"][0]["precision"],

@@ -1,12 +1,15 @@
 """Decoding speed: lmforge's KV-cache generate() vs no cache vs Hugging Face generate(); then
 beam search (4 beams) and a batch of prompts of mixed lengths, beside transformers.
 
-Same random weights for all (copied into the HF model). Decoding at batch 1 is bound by
-memory bandwidth, so we also report weight bytes read per second as a fraction of a copy
-bandwidth measured in the same run. Contenders of a comparison alternate within each trial and
-medians are reported (this machine's speed drifts). Run by hand:
+Same random weights for all (copied into the HF model, and checked by comparing logits), same
+prompts, same number of new tokens (transformers is kept from stopping early with
+min_new_tokens). Decoding at batch 1 is bound by memory bandwidth, so we also report weight bytes
+read per second as a fraction of a copy bandwidth measured in the same run. Every contender runs
+once untimed first; contenders of a comparison then alternate within each trial and medians are
+reported (this machine's speed drifts). Run by hand:
 
     .venv/bin/python bench/generate_throughput.py --preset gpt2 --batch 1 --json
+    .venv/bin/python bench/generate_throughput.py --tiny --json   # a seconds-long smoke run
 """
 
 import argparse
@@ -19,6 +22,9 @@ import torch
 
 from lmforge.generation.generate import generate
 from lmforge.presets import build_task, get_preset
+
+# --tiny: the gpt2 preset's switches at a size that runs in seconds (a smoke run, not a number)
+TINY = dict(vocab_size=1000, max_seq_len=128, embed_dim=64, num_heads=2, num_layers=2, ffn_dim=256)
 
 
 def _copy_bandwidth() -> float:
@@ -45,15 +51,25 @@ def _hf_from_ours(model, cfg):
             n_head=cfg["num_heads"],
             n_inner=cfg["ffn_dim"],
             activation_function="gelu_new",
+            layer_norm_epsilon=cfg.get("layer_norm_eps", 1e-5),
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
+            # GPT-2's end-of-text is its last id; min_new_tokens masks it, so it must exist
+            bos_token_id=cfg["vocab_size"] - 1,
+            eos_token_id=cfg["vocab_size"] - 1,
         )
     )
     from lmforge.interop.hf import to_hf_state_dict
 
-    hf.load_state_dict(to_hf_state_dict(model, "gpt2"), strict=False)
-    return hf.eval()
+    hf.load_state_dict(to_hf_state_dict(model, "gpt2"), strict=False)  # tied lm_head: re-tied
+    hf.eval()
+    ids = torch.randint(0, cfg["vocab_size"], (1, 16))
+    with torch.inference_mode():
+        diff = (model(ids) - hf(ids).logits).abs().max().item()
+    if diff > 1e-3:
+        raise RuntimeError(f"the transformers copy differs from our model (logits off by {diff})")
+    return hf
 
 
 def _time(fn, trials: int) -> float:
@@ -159,11 +175,19 @@ def main() -> None:
         help="new tokens for the (slow) no-cache run (default: new-tokens // 4)",
     )
     ap.add_argument("--beams", type=int, default=4, help="beam width of the beam-search rows")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run: a 2 x 64 model, 8 new tokens, 1 trial (checks the script; no numbers)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     cfg = dict(get_preset(args.preset)["config"])
+    if args.tiny:
+        cfg.update(TINY)
+        args.new_tokens, args.prompt_len, args.trials = 8, 8, 1
     model = build_task("gpt", cfg).eval()
     B, N = args.batch, args.new_tokens
     prompt = torch.randint(0, cfg["vocab_size"], (B, args.prompt_len))
@@ -180,6 +204,7 @@ def main() -> None:
             ids = torch.cat([ids, nxt], dim=1)
 
     n_nc = args.no_cache_tokens or max(4, N // 4)
+    no_cache(n_nc)  # warm-up, as every other contender gets
     t_nc = _time(lambda: no_cache(n_nc), max(1, args.trials - 1))
     try:
         hf = _hf_from_ours(model, cfg)
@@ -204,7 +229,7 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = _copy_bandwidth()
     row = {
-        "preset": args.preset,
+        "preset": args.preset + (" (tiny)" if args.tiny else ""),
         "batch": B,
         "new_tokens": N,
         "prompt_len": args.prompt_len,

@@ -4,8 +4,11 @@
     ... examples/bert_imdb.py scratch           # WordPiece 20k + 1 x 64 encoder, seq 512
     ... examples/bert_imdb.py mlm               # bert-tiny: MLM pretraining, then fine-tuning
     ... examples/bert_imdb.py minilm --train-steps 150 --test-reviews 2000  # needs [minilm]
+    ... examples/bert_imdb.py scratch --data my.csv   # any CSV with review, sentiment, split
+    ... examples/bert_imdb.py subset --train-reviews 4800 --test-reviews 5000  # CSV for the CLI
 
 Every stage is `lmforge.train()` (the same fit() as `lmforge train`) and prints test accuracy.
+--train-reviews / --test-reviews evaluate a fixed, seeded random subset (the reduced protocol).
 """
 
 import argparse
@@ -34,40 +37,57 @@ def layers() -> None:
     print("probabilities", model.predict(["A gripping film."]).tolist())
 
 
-def subset_csv(out: Path, test_reviews: int, seed: int = 0) -> Path:
-    """IMDB as one CSV: every train review and a seeded random share of the test ones."""
+def subset_csv(
+    out: Path,
+    data: str = "imdb",
+    train_reviews: int | None = None,
+    test_reviews: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """`data` as one CSV of a seeded random share of its train and test reviews (all of a split
+    when its count is None), in the data's own order."""
     from lmforge.data.corpus import open_source
 
-    docs = list(open_source("imdb").iter_documents())
-    test = random.Random(seed).sample([d for d in docs if d.split == "test"], test_reviews)
+    docs = list(open_source(data, field="review", label_field="sentiment").iter_documents())
+    rng = random.Random(seed)
+    keep = set()
+    for split, count in (("train", train_reviews), ("test", test_reviews)):
+        index = [i for i, d in enumerate(docs) if d.split == split]
+        keep.update(index if count is None else rng.sample(index, min(count, len(index))))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["review", "sentiment", "split"])
-        writer.writerows((d.text, d.label, d.split) for d in docs if d.split == "train")
-        writer.writerows((d.text, d.label, d.split) for d in test)
+        writer.writerows((d.text, d.label, d.split) for i, d in enumerate(docs) if i in keep)
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("stage", choices=["layers", "scratch", "mlm", "minilm"])
+    ap.add_argument("stage", choices=["layers", "scratch", "mlm", "minilm", "subset"])
+    ap.add_argument("--data", default="imdb", help="imdb, or a CSV with review, sentiment, split")
     ap.add_argument("--out", default="runs/imdb")
-    ap.add_argument("--epochs", type=float, default=2, help="scratch: passes over the 25k reviews")
+    ap.add_argument(
+        "--epochs", type=float, default=None, help="scratch: passes over the train reviews (3)"
+    )
     ap.add_argument("--mlm-epochs", type=float, default=1, help="mlm: pretraining passes")
     ap.add_argument("--train-steps", type=int, default=None, help="mlm, minilm: fine-tuning steps")
     ap.add_argument("--max-seq-len", type=int, default=None)
+    ap.add_argument("--train-reviews", type=int, default=None, help="a random share of train")
     ap.add_argument("--test-reviews", type=int, default=None, help="a random share of the test")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     progress.enable(True)
     torch.manual_seed(0)
     out = Path(args.out)
-    data = "imdb"
-    if args.test_reviews:
-        data = str(subset_csv(out / f"imdb-test{args.test_reviews}.csv", args.test_reviews))
+    data = args.data
+    if args.train_reviews or args.test_reviews:
+        name = f"subset-train{args.train_reviews or 'all'}-test{args.test_reviews or 'all'}.csv"
+        data = str(subset_csv(out / name, data, args.train_reviews, args.test_reviews))
     common = dict(data=data, field="review", label_field="sentiment", eval_every=10**9)
 
-    if args.stage == "layers":
+    if args.stage == "subset":
+        print(data)  # the CSV that `lmforge train --data` and `lmforge eval --data` can take
+    elif args.stage == "layers":
         layers()
     elif args.stage == "scratch":
         result = lmforge.train(
@@ -76,8 +96,8 @@ def main() -> None:
             vocab_size=20000,
             preset="bert-nano",
             max_seq_len=args.max_seq_len or 512,
-            epochs=args.epochs,
             out=str(out / "scratch"),
+            **({"epochs": args.epochs} if args.epochs else {}),  # else the preset's 3
             **common,
         )
         print(f"from scratch: test accuracy {result['val_accuracy']:.4f}")

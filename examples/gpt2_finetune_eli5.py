@@ -3,9 +3,12 @@ byte-level BPE, fine-tune it on ELI5 answers, and report held-out ELI5 perplexit
 after (and for the same model trained on ELI5 alone), then sample, beam-search and export it.
 
 With real weights the fine-tuning step is the same call with init_from="distilgpt2"; this script
-only stands in a small pretrained model because none can be downloaded here. Runs offline:
+only stands in a small pretrained model because none can be downloaded here. The ELI5 records
+are split once, by record: the held-out ones are never trained on (the script checks it), and
+the pretrained model never saw ELI5 at all, not even in its tokenizer. Runs offline:
 
     .venv/bin/python examples/gpt2_finetune_eli5.py --out runs/eli5-demo
+    .venv/bin/python examples/gpt2_finetune_eli5.py --tiny --out /tmp/eli5-smoke  # seconds
 """
 
 import argparse
@@ -20,6 +23,9 @@ from lmforge import progress
 # GPT-2's switches (pre-norm, tanh GELU, learned positions, tied embeddings, biases) come from the
 # gpt2 preset; only the size is small: 4 x 128, context 128.
 SMALL = dict(preset="gpt2", num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512, max_seq_len=128)
+# --tiny: a smoke run of the whole script in seconds; its perplexities mean nothing
+TINY = dict(preset="gpt2", num_layers=2, embed_dim=64, num_heads=2, ffn_dim=256, max_seq_len=128)
+# The Hugging Face course's recipe for distilgpt2 on ELI5 (dropout 0.1 as distilgpt2 ships)
 FINETUNE = dict(
     data="eli5",
     field="answer",
@@ -28,6 +34,7 @@ FINETUNE = dict(
     epochs=3,
     batch_size=8,
     warmup_steps=0,
+    dropout=0.1,
 )
 
 
@@ -41,6 +48,21 @@ def held_out_perplexity(model_or_run, run_with_data: Path) -> float:
     examples = make_examples(data, "val", info["batching"], info["block_size"])
     model = lmforge.load(model_or_run) if isinstance(model_or_run, (str, Path)) else model_or_run
     return evaluate(model, examples, batch_size=16)["perplexity"]
+
+
+def held_out_records(run_with_data: Path) -> dict:
+    """How many ELI5 records were trained on and held out; fails if any held-out record (as
+    token ids) is also among the training records."""
+    from lmforge.data.prepare import PreparedData
+
+    info = json.loads((run_with_data / "config.json").read_text())["data"]
+    data = PreparedData(info["path"])
+    train = {tuple(d) for d in data.documents("train")}
+    val = [tuple(d) for d in data.documents("val")]
+    leaked = sum(d in train for d in val)
+    if leaked:
+        raise SystemExit(f"{leaked} of {len(val)} held-out ELI5 records are also training records")
+    return {"eli5_train_records": len(train), "eli5_held_out_records": len(val)}
 
 
 def epoch_perplexities(run: Path) -> list[float]:
@@ -65,6 +87,12 @@ def main() -> None:
     )
     ap.add_argument("--skip-baseline", action="store_true", help="skip the ELI5-only model")
     ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run in seconds: a 2 x 64 model, 30 pretraining and 20 fine-tuning steps, "
+        "no baseline",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -74,6 +102,11 @@ def main() -> None:
     out = Path(args.out)
     progress.enable(True)
     timings = {}
+    size, vocab_size, budget = SMALL, 4096, {}
+    if args.tiny:
+        size, vocab_size, args.skip_baseline = TINY, 512, True
+        args.pretrain_steps = min(args.pretrain_steps, 30)
+        budget = dict(max_steps=20, eval_every=10)  # stops long before the 3 epochs
 
     t = time.perf_counter()
     pretrained = out / "pretrained"
@@ -81,8 +114,8 @@ def main() -> None:
     pre = lmforge.train(
         data="tinyshakespeare",
         tokenizer="bpe",
-        vocab_size=4096,
-        **SMALL,
+        vocab_size=vocab_size,
+        **size,
         lr=1e-3,
         warmup_steps=100,
         dropout=0.0,
@@ -99,15 +132,19 @@ def main() -> None:
     tuned = out / "finetuned"
     print(f"2. fine-tuning it on ELI5 answers (3 epochs, lr {args.lr}) ...")
     result = lmforge.train(
-        init_from=str(pretrained), **FINETUNE, lr=args.lr, threads=args.threads, out=str(tuned)
+        init_from=str(pretrained),
+        **{**FINETUNE, **budget},
+        lr=args.lr,
+        threads=args.threads,
+        out=str(tuned),
     )
     timings["finetune_s"] = time.perf_counter() - t
-    before = held_out_perplexity(pretrained, tuned)
-    per_epoch = epoch_perplexities(tuned)
     report = {
-        "eli5_val_perplexity_before": before,
-        "eli5_val_perplexity_per_epoch": per_epoch,
-        "eli5_val_perplexity_after": result["val_perplexity"],
+        **held_out_records(tuned),
+        # the same blocks and the same function score both, so the numbers compare
+        "eli5_val_perplexity_before": held_out_perplexity(pretrained, tuned),
+        "eli5_val_perplexity_per_epoch": epoch_perplexities(tuned),
+        "eli5_val_perplexity_after": held_out_perplexity(tuned, tuned),
         "finetune_steps": result["steps"],
         "finetune_tokens_per_s": result["tokens_per_s"],
     }
@@ -117,18 +154,17 @@ def main() -> None:
         scratch = out / "eli5-only"
         print("3. the same model trained on ELI5 alone, same budget, for comparison ...")
         tokenizer = pretrained / "tokenizer"  # the same tokens, so perplexities compare
-        base = lmforge.train(
+        lmforge.train(
             tokenizer=str(tokenizer),
-            **SMALL,
+            **size,
             **FINETUNE,
             lr=args.lr,
             batching="blocks",
-            dropout=0.1,
             threads=args.threads,
             out=str(scratch),
         )
         timings["eli5_only_s"] = time.perf_counter() - t
-        report["eli5_only_val_perplexity"] = base["val_perplexity"]
+        report["eli5_only_val_perplexity"] = held_out_perplexity(scratch, tuned)
 
     prompt = "Why is the sky blue?"
     report["sample"] = lmforge.generate_text(

@@ -214,6 +214,26 @@ def is_hf_folder(folder: Path) -> bool:
     return isinstance(config, dict) and "model_type" in config and "family" not in config
 
 
+def check_model_folder(folder: Path) -> None:
+    """CheckpointError when `folder` lacks what load_folder needs (config.json of a supported
+    kind, a weights file), found without reading the weights: --init-from fails before the
+    data is prepared."""
+    folder = Path(folder)
+    if is_hf_folder(folder):
+        from lmforge.interop.hf import hf_weights_file, read_hf_config
+
+        if json.loads((folder / "config.json").read_text()).get("model_type") != "bert":
+            read_hf_config(folder)  # names an unsupported model_type and the supported ones
+        hf_weights_file(folder)
+    elif not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{folder} has no config.json: pass an lmforge run folder or a Hugging Face model "
+            "folder (config.json + model.safetensors or pytorch_model.bin)"
+        )
+    elif not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder} has no model.safetensors: the run never saved weights")
+
+
 def load_folder(folder: Path):
     """The task model of a run folder or a Hugging Face folder, in eval mode, on the CPU."""
     from lmforge.training.checkpoint import load_weights, read_config

@@ -11,7 +11,10 @@ class PlotConfig:
     out: str = field(default="loss.png", metadata={"help": "figure to write (.png, .svg, .pdf)"})
     x: str = field(
         default="tokens",
-        metadata={"help": "x axis: training tokens, wall time or steps", "choices": list(X_AXES)},
+        metadata={
+            "help": "x axis: training tokens, wall time, steps or epochs",
+            "choices": list(X_AXES),
+        },
     )
     title: str | None = field(default=None, metadata={"help": "figure title"})
 

@@ -1,4 +1,5 @@
-"""`lmforge sample`: generate text from a run (or a preset), streaming tokens as they come."""
+"""`lmforge sample`: generate text from a run (or a preset), streaming tokens as they come; with
+--num-beams, the best beam (or the --num-samples best) of a beam search."""
 
 import sys
 from dataclasses import dataclass, field
@@ -15,7 +16,25 @@ class SampleConfig:
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
     min_p: float | None = field(default=None, metadata={"help": "drop tokens below min_p * max"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeats"})
-    num_samples: int = field(default=1, metadata={"help": "samples (one batch)"})
+    num_samples: int = field(
+        default=1,
+        metadata={"help": "samples (one batch); with --num-beams, the N best beams (N <= beams)"},
+    )
+    num_beams: int = field(default=1, metadata={"help": "beam search width; 1 samples instead"})
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "beams score logprob / length ** this; > 0 favours long"}
+    )
+    early_stopping: str = field(
+        default="false",
+        metadata={
+            "help": "beams: true stops at num_beams finished; false when no beam can improve at "
+            "its length; never when none can at any length",
+            "choices": ("false", "true", "never"),
+        },
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "ban repeating any n-gram of this size (0: off)"}
+    )
     stop: list[str] | None = field(default=None, metadata={"help": "stop string (repeatable)"})
     seed: int | None = field(default=None, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
@@ -27,7 +46,7 @@ def add_parser(sub):
         help="generate text from a run",
         description="Generate text from a trained run folder.",
     )
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, Hugging Face folder or model name (distilgpt2)")
     options.add_options(p, SampleConfig)
     return p
 
@@ -52,6 +71,10 @@ def run(args) -> int:
         repetition_penalty=cfg.repetition_penalty,
         seed=cfg.seed,
         stop=cfg.stop,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        num_beams=cfg.num_beams,
+        length_penalty=cfg.length_penalty,
+        early_stopping={"false": False, "true": True}.get(cfg.early_stopping, cfg.early_stopping),
     )
     if cfg.num_samples == 1:
         sys.stdout.write(cfg.prompt)
@@ -63,5 +86,6 @@ def run(args) -> int:
         for i, text in enumerate(
             generate_texts(model, tok, cfg.prompt, num_samples=cfg.num_samples, **kw)
         ):
-            print(f"--- sample {i + 1} ---\n{cfg.prompt}{text}")
+            what = "beam" if cfg.num_beams > 1 else "sample"
+            print(f"--- {what} {i + 1} ---\n{cfg.prompt}{text}")
     return 0

@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        line = f"done: {result['steps']} steps, val loss {result['val_loss']:.4f}"
+        line = f"done: {result['steps']} steps, "
+        if result["val_loss"] is None:  # --val-fraction 0: nothing held out
+            losses = result.get("epoch_losses") or [result["train_loss"]]
+            line += f"train loss {losses[-1]:.4f} (no validation split)"
+        else:
+            line += f"val loss {result['val_loss']:.4f}"
         if "val_bits_per_char" in result:
             line += f" ({result['val_bits_per_char']:.3f} bits/char)"
         print(f"{line}, {result['tokens_per_s']:,.0f} tokens/s; run saved in {result['run']}")

@@ -119,7 +119,9 @@ class EpochBatcher:
 
     @property
     def epoch(self) -> float:
-        return self.epoch_index + self.position / max(1, len(self._order))
+        """Epochs done: exactly 1.0 after an epoch's last batch, even when drop_last drops some
+        examples (the budget `--epochs N` then takes N * batches_per_epoch steps)."""
+        return self.epoch_index + self.position / max(1, self.batches_per_epoch * self.global_batch)
 
     def next_batch(self) -> dict:
         if self.position >= self.batches_per_epoch * self.global_batch or (

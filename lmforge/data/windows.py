@@ -89,19 +89,35 @@ class ChunkedBlocks:
     """Concatenate everything and cut into blocks of `block_size` tokens, dropping the remainder.
 
     The causal-LM fine-tuning recipe: labels are the inputs shifted by one inside the block, so
-    each block of T tokens gives T - 1 targets.
+    each block of T tokens gives T - 1 targets. Documents are joined by their end-of-text token,
+    which stays a target (the model learns to stop). With `keep_partial` (evaluation, so every
+    held-out token is scored) the remainder is a last, shorter block; a batch is then padded to
+    its longest block (dynamic padding) with `pad_id` (GPT-2: end-of-text), and the labels are
+    masked by position, never by id, so a real end-of-text token is still a target.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int):
-        self.tokens, self.block_size = tokens, block_size
+    def __init__(
+        self, tokens: np.ndarray, block_size: int, pad_id: int = 0, keep_partial: bool = False
+    ):
+        self.tokens, self.block_size, self.pad_id = tokens, block_size, pad_id
         self.num_blocks = len(tokens) // block_size
+        if keep_partial and len(tokens) % block_size > 1:  # one token alone has no target
+            self.num_blocks += 1
 
     def __len__(self) -> int:
         return self.num_blocks
 
     def get(self, indices) -> dict:
         starts = np.asarray(indices, dtype=np.int64) * self.block_size
-        block = np.asarray(self.tokens[starts[:, None] + np.arange(self.block_size)], np.int64)
+        ends = np.minimum(starts + self.block_size, len(self.tokens))
+        T = int((ends - starts).max()) if len(starts) else self.block_size
+        idx = starts[:, None] + np.arange(T)  # (N, T)
+        real = idx < ends[:, None]
+        block = np.asarray(self.tokens[np.minimum(idx, len(self.tokens) - 1)], np.int64)
+        block = np.where(real, block, self.pad_id)
         labels = np.full_like(block, IGNORE)
-        labels[:, :-1] = block[:, 1:]
-        return {"token_ids": block, "labels": labels}
+        labels[:, :-1] = np.where(real[:, 1:], block[:, 1:], IGNORE)
+        batch = {"token_ids": block, "labels": labels}
+        if not real.all():
+            batch["padding_mask"] = real
+        return batch

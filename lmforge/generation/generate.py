@@ -259,14 +259,20 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     )
 
 
-def _text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int]]:
+def _text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int], set[int]]:
+    """(stop strings, stop token ids, ids left out of the text): texts are decoded without
+    special tokens (end-of-text, padding, ...) even where they do not stop a row; the unknown
+    token stays, as it stands for text."""
     # Without an end-of-text token, documents were trained to end with padding (Keras-style).
     eos = getattr(tokenizer, "eos_id", None)
     if eos is None:
         eos = getattr(tokenizer, "pad_id", None)
     sampling.setdefault("stop_token_ids", () if eos is None else (eos,))
     stop = [stop] if isinstance(stop, str) else stop or ()
-    return [s for s in stop if s], set(sampling["stop_token_ids"])
+    stop_ids = set(sampling["stop_token_ids"])
+    special = tokenizer.special_ids() if hasattr(tokenizer, "special_ids") else set()
+    hidden = stop_ids | (set(special) - {getattr(tokenizer, "unk_id", None)})
+    return [s for s in stop if s], stop_ids, hidden
 
 
 def _release(text: str, sent: int, stops: list[str], final: bool) -> tuple[str, int, bool]:
@@ -287,11 +293,17 @@ def _release(text: str, sent: int, stops: list[str], final: bool) -> tuple[str, 
 
 
 def _beam_texts(
-    model, tokenizer, prompt_ids, max_new_tokens, stops, stop_ids, num_return, beams, sampling
+    model, tokenizer, prompt_ids, max_new_tokens, stops, ids, num_return, beams, sampling
 ) -> list[str]:
     """The num_return best beams of each prompt as texts, prompt-major; sampling options other
-    than no_repeat_ngram_size and device do not apply to beam search and are ignored."""
+    than no_repeat_ngram_size and device do not apply to beam search and are ignored.
+
+    Args:
+        ids: (stop token ids, ids left out of the text), as _text_options gives them.
+    """
     from lmforge.generation.beam import beam_search
+
+    stop_ids, hidden = ids
 
     if sampling.get("repetition_penalty", 1.0) != 1.0:
         raise ConfigError(
@@ -299,7 +311,7 @@ def _beam_texts(
         )
 
     def text_of(ids):
-        return tokenizer.decode([t for t in ids if t not in stop_ids])
+        return tokenizer.decode([t for t in ids if t not in hidden])
 
     def is_stopped(ids):
         text = text_of(ids)
@@ -353,21 +365,29 @@ def generate_text(
     """
     if sampling.get("num_samples", 1) != 1:
         raise ConfigError("generate_text makes one sample; use generate_texts(num_samples=N)")
-    stops, stop_ids = _text_options(tokenizer, stop, sampling)
+    stops, stop_ids, hidden = _text_options(tokenizer, stop, sampling)
     prompt_ids = _prompt_ids(tokenizer, prompt)
     if num_beams != 1:
         beams = dict(
             num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping
         )
         texts = _beam_texts(
-            model, tokenizer, [prompt_ids], max_new_tokens, stops, stop_ids, 1, beams, sampling
+            model,
+            tokenizer,
+            [prompt_ids],
+            max_new_tokens,
+            stops,
+            (stop_ids, hidden),
+            1,
+            beams,
+            sampling,
         )
         return iter([t for t in texts if t])
     tokens = generate(model, prompt_ids, max_new_tokens, **sampling)
-    return _stream_text(tokens, tokenizer, prompt_ids, stops, stop_ids)
+    return _stream_text(tokens, tokenizer, prompt_ids, stops, hidden)
 
 
-def _stream_text(tokens, tokenizer, prompt_ids, stops, stop_ids) -> Iterator[str]:
+def _stream_text(tokens, tokenizer, prompt_ids, stops, hidden) -> Iterator[str]:
     # A few prompt tokens give the decoder context (leading spaces, merges) for the first piece;
     # text is released when a window decodes to more than before and does not end mid-character.
     ids = list(prompt_ids[-4:])
@@ -375,7 +395,7 @@ def _stream_text(tokens, tokenizer, prompt_ids, stops, stop_ids) -> Iterator[str
     text, sent = "", 0
     for step_ids in tokens:
         token = int(step_ids[0])
-        if token == FINISHED or token in stop_ids:
+        if token == FINISHED or token in hidden:
             continue
         ids.append(token)
         before = tokenizer.decode(ids[prefix:read])
@@ -419,7 +439,7 @@ def generate_texts(
         texts = generate_texts(model, tok, "wine review :", num_samples=4, temperature=0.5, seed=1)
         best = generate_texts(model, tok, ["Why is", "How do"], num_beams=4, stop=["\\n"])
     """
-    stops, stop_ids = _text_options(tokenizer, stop, sampling)
+    stops, stop_ids, hidden = _text_options(tokenizer, stop, sampling)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     prompt_ids = [_prompt_ids(tokenizer, p) for p in prompts]
     if num_beams != 1:
@@ -432,7 +452,7 @@ def generate_texts(
             prompt_ids,
             max_new_tokens,
             stops,
-            stop_ids,
+            (stop_ids, hidden),
             num_samples,
             beams,
             sampling,
@@ -443,6 +463,6 @@ def generate_texts(
         model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
     ):
         for row, token in zip(rows, step_ids.tolist()):
-            if token != FINISHED and token not in stop_ids:
+            if token != FINISHED and token not in hidden:
                 row.append(token)
     return [_cut(tokenizer.decode(row), stops) for row in rows]

@@ -1,7 +1,8 @@
 """Loss curves from the `metrics.jsonl` of run folders: several runs on one figure, to compare.
 
-The trainer writes train rows {step, tokens, train_loss, elapsed_s, ...} and evaluation rows
-{step, tokens, val_loss, elapsed_s}; any of step, tokens or wall time can be the x axis.
+The trainer writes train rows {step, tokens, train_loss, elapsed_s, epoch, ...}, evaluation rows
+{step, tokens, val_loss, elapsed_s, epoch} and, at each epoch's end, {step, tokens, epoch,
+epoch_loss, elapsed_s}; any of step, tokens, wall time or epochs can be the x axis.
 """
 
 import json
@@ -12,7 +13,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.inspect.render import FIGURE_SUFFIXES, check_out_path, import_pyplot, save_figure
 
 METRICS_FILE = "metrics.jsonl"
-X_AXES = {"tokens": "tokens", "time": "elapsed_s", "step": "step"}  # --x choice -> row key
+X_AXES = {"tokens": "tokens", "time": "elapsed_s", "step": "step", "epoch": "epoch"}  # --x -> key
 
 
 @dataclass
@@ -23,6 +24,7 @@ class RunMetrics:
     path: Path
     train: list[dict] = field(default_factory=list)  # rows with train_loss
     val: list[dict] = field(default_factory=list)  # rows with val_loss
+    epochs: list[dict] = field(default_factory=list)  # rows with epoch_loss
 
 
 def read_metrics(run: str | Path) -> RunMetrics:
@@ -50,7 +52,9 @@ def read_metrics(run: str | Path) -> RunMetrics:
             metrics.train.append(row)
         if "val_loss" in row:
             metrics.val.append(row)
-    if not metrics.train and not metrics.val:
+        if "epoch_loss" in row:
+            metrics.epochs.append(row)
+    if not metrics.train and not metrics.val and not metrics.epochs:
         raise DataError(
             f"{path} holds no train_loss or val_loss rows yet; train longer than --log-every steps"
         )
@@ -67,14 +71,17 @@ def _time_unit(seconds: float) -> tuple[str, float]:
 
 def loss_figure(runs: list[RunMetrics], x: str = "tokens", title: str | None = None):
     """One figure: each run's train loss (solid) and validation loss (dashed, dots), one colour
-    per run, against tokens, wall time or steps (`x` = "tokens" | "time" | "step")."""
+    per run, against tokens, wall time, steps or epochs (`x` = "tokens" | "time" | "step" |
+    "epoch"); against epochs, also the mean train loss of each epoch (squares)."""
     if x not in X_AXES:
         raise ConfigError(f"unknown x axis {x!r}; use one of {', '.join(X_AXES)}")
     plt = import_pyplot()
     from matplotlib.ticker import EngFormatter
 
     key = X_AXES[x]
-    longest = max((r[key] for m in runs for r in m.train + m.val if key in r), default=0.0)
+    longest = max(
+        (r[key] for m in runs for r in m.train + m.val + m.epochs if key in r), default=0.0
+    )
     unit, scale = _time_unit(longest) if x == "time" else ("", 1.0)
     names = [m.name for m in runs]
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
@@ -83,9 +90,20 @@ def loss_figure(runs: list[RunMetrics], x: str = "tokens", title: str | None = N
         label = m.name if names.count(m.name) == 1 else str(m.path)
         train = [r for r in m.train if key in r]
         val = [r for r in m.val if key in r]
+        epochs = [r for r in m.epochs if key in r] if x == "epoch" else []
         if train:
             xs = [r[key] / scale for r in train]
             ax.plot(xs, [r["train_loss"] for r in train], color=color, label=f"{label} train")
+        if epochs:
+            ax.plot(
+                [r[key] / scale for r in epochs],
+                [r["epoch_loss"] for r in epochs],
+                color=color,
+                linestyle="none",
+                marker="s",
+                markersize=5,
+                label=f"{label} train, mean of each epoch",
+            )
         if val:
             xs = [r[key] / scale for r in val]
             ax.plot(
@@ -97,7 +115,12 @@ def loss_figure(runs: list[RunMetrics], x: str = "tokens", title: str | None = N
                 markersize=4,
                 label=f"{label} validation",
             )
-    xlabel = {"tokens": "training tokens", "time": f"wall time ({unit})", "step": "step"}[x]
+    xlabel = {
+        "tokens": "training tokens",
+        "time": f"wall time ({unit})",
+        "step": "step",
+        "epoch": "epoch",
+    }[x]
     ax.set_xlabel(xlabel)
     if x == "tokens":
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))

@@ -21,6 +21,9 @@ from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 
 # Hugging Face model_type -> our family; the family file holds HF_NAMES[model_type].
 MODEL_TYPES = {"gpt2": "gpt"}
+# Every model_type lmforge.load reads: bert folders go to models/bert.py's own loader, whose
+# table concatenates q, k and v (see presets.load_folder).
+LOADABLE = (*MODEL_TYPES, "bert")
 FORMATS = ("hf", "lmforge")
 # Causal-mask buffers that old GPT-2 checkpoints store; our attention builds its own mask.
 _BUFFERS = (".attn.bias", ".attn.masked_bias")
@@ -62,7 +65,7 @@ def read_hf_config(folder: str | Path) -> dict:
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
             f"{folder}: model_type {model_type!r} is not supported; supported: "
-            f"{', '.join(MODEL_TYPES)}"
+            f"{', '.join(LOADABLE)}"
         )
     return config
 
@@ -74,8 +77,7 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
     model_type = hf_config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
-            f"{where}: model_type {model_type!r} is not supported; supported: "
-            f"{', '.join(MODEL_TYPES)}"
+            f"{where}: model_type {model_type!r} is not supported; supported: {', '.join(LOADABLE)}"
         )
     table = _table(model_type)
     values = {**table["defaults"], **hf_config}
@@ -194,30 +196,43 @@ def to_hf_state_dict(model, model_type: str = "gpt2") -> dict[str, Tensor]:
     return theirs
 
 
-def read_hf_weights(folder: str | Path) -> dict[str, Tensor]:
-    """The tensors of a Hugging Face folder: model.safetensors (or its shards), else
-    pytorch_model.bin (or its shards) read with weights_only=True; never unpickles code."""
+def hf_weights_file(folder: str | Path) -> Path:
+    """The weights file of a Hugging Face folder, in the order read_hf_weights reads them
+    (model.safetensors, its shard index, pytorch_model.bin, its shard index); CheckpointError
+    when there is none."""
     folder = Path(folder)
-    for name, reader in (
-        ("model.safetensors", _read_safetensors),
-        ("pytorch_model.bin", _read_bin),
-    ):
+    for name in _WEIGHT_FILES:
         if (folder / name).is_file():
-            return reader(folder / name)
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, TypeError):
-                raise CheckpointError(f"{index} is unreadable: download it again") from None
-            state = {}
-            for shard in shards:
-                state.update(reader(folder / shard))
-            return state
+            return folder / name
     raise CheckpointError(
         f"{folder} has config.json but no weights (model.safetensors or pytorch_model.bin); "
         "put the weight files next to config.json"
     )
+
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def read_hf_weights(folder: str | Path) -> dict[str, Tensor]:
+    """The tensors of a Hugging Face folder: model.safetensors (or its shards), else
+    pytorch_model.bin (or its shards) read with weights_only=True; never unpickles code."""
+    path = hf_weights_file(folder)
+    reader = _read_safetensors if path.name.startswith("model.safetensors") else _read_bin
+    if not path.name.endswith(".index.json"):
+        return reader(path)
+    try:
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} is unreadable: download it again") from None
+    state = {}
+    for shard in shards:
+        state.update(reader(path.parent / shard))
+    return state
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:

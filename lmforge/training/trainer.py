@@ -159,6 +159,14 @@ class TrainConfig:
             "batches (with --batching epochs)"
         },
     )
+    disjoint_windows: bool = option(
+        default=False,
+        metadata={
+            "help": "--batching epochs: cut the text into disjoint chunks of block size + 1 "
+            "tokens, as the TensorFlow char-RNN tutorial does (default: windows share their "
+            "border token, so no target is skipped; --stateful lanes always do)"
+        },
+    )
     seed: int = option(default=1337, metadata={"help": "random seed"})
     resume: bool = option(default=False, metadata={"help": "continue the run in --out"})
 
@@ -271,6 +279,11 @@ def evaluate(
     shard: bool = True,
 ) -> dict:
     """Mean per-token loss and perplexity over `examples` (all, or an evenly spaced subset)."""
+    if len(examples) == 0:
+        raise DataError(
+            "nothing to evaluate on: the split is empty (a run trained with --val-fraction 0 "
+            "holds nothing out); pass --data with a text to evaluate on"
+        )
     was_training = task.training
     task.eval()
     dev = next(task.parameters()).device
@@ -381,17 +394,28 @@ def load_data(cfg: TrainConfig) -> PreparedData:
 
 
 def make_examples(
-    data: PreparedData, split: str, batching: str, block_size: int, task: dict | None = None
+    data: PreparedData,
+    split: str,
+    batching: str,
+    block_size: int,
+    task: dict | None = None,
+    stride: int | None = None,
 ):
+    """The examples of one split; `stride` spaces the windows of "epochs"/"windows" batching
+    (default block_size: each window's last target is the next one's first input)."""
     if task is not None:  # classify / mlm: documents packed once, [START] text [END]
         return make_task_examples(data, split, task, block_size)
     if batching == "documents":
         pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
         end = data.tokenizer.eos_id if data.tokenizer.eos_id is not None else pad
         return PaddedDocuments(data.documents(split), block_size, pad_id=pad, end_id=end)
-    if batching == "blocks":
-        return ChunkedBlocks(data.tokens(split), block_size)
-    return StrideWindows(data.tokens(split), block_size, keep_partial=(split != "train"))
+    if batching == "blocks":  # padded with end-of-text (GPT-2 has no pad token) when partial
+        tok = data.tokenizer
+        pad = tok.eos_id if tok.eos_id is not None else (tok.pad_id or 0)
+        return ChunkedBlocks(data.tokens(split), block_size, pad, keep_partial=(split != "train"))
+    return StrideWindows(
+        data.tokens(split), block_size, stride=stride, keep_partial=(split != "train")
+    )
 
 
 def task_spec(cfg: TrainConfig, family: str, data: PreparedData | None = None) -> dict | None:
@@ -581,7 +605,7 @@ def _init_from_options(options: dict) -> tuple[dict, Path | None]:
     """With init_from: the options, now naming the pretrained tokenizer, with the gpt2 preset's
     fine-tuning recipe (AdamW 2e-5, weight decay 0.01, 3 epochs of 128-token blocks) as defaults;
     and the pretrained folder. Without: the options unchanged, and None."""
-    from lmforge.presets import all_presets, find_checkpoint, tokenizer_path
+    from lmforge.presets import all_presets, check_model_folder, find_checkpoint, tokenizer_path
 
     name = options.get("init_from")
     preset = all_presets().get(str(options.get("preset")))
@@ -601,6 +625,8 @@ def _init_from_options(options: dict) -> tuple[dict, Path | None]:
             f"--init-from {name}: that preset has no pretrained weights; train it from scratch "
             f"with --preset {name}"
         )
+    if options.get("init_from"):  # a broken folder fails before the data is prepared
+        check_model_folder(folder)
     preset_name = name if str(name) in all_presets() else _default_preset(folder)
     defaults = {"preset": preset_name, "batching": "blocks"}
     return {**defaults, **options, "tokenizer": str(tokenizer_path(folder))}, folder
@@ -800,8 +826,11 @@ def _train(options: dict) -> dict:
                 },
             },
         )
+    stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks
     train_examples = (
-        None if batching == "windows" else make_examples(data, "train", batching, block_size, spec)
+        None
+        if batching == "windows" or cfg.stateful
+        else make_examples(data, "train", batching, block_size, spec, stride)
     )
     if cfg.stateful:  # lanes of consecutive windows; the task carries the state between them
         batcher = ConsecutiveBatcher(
@@ -877,6 +906,8 @@ def fit(
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * _block_tokens(batcher)
 
     step, tokens, elapsed, best_val = 0, 0, 0.0, float("inf")
+    # each finished epoch's mean training loss (what Keras prints as an epoch's "loss")
+    epoch_losses, epoch_sum, epoch_count = [], 0.0, 0
     if state is not None:
         distributed.load_optimizer_state(task, optimizer, state["optimizer"])
         batcher.load_state_dict(state["batcher"])
@@ -884,6 +915,8 @@ def fit(
         random.setstate(state["python_rng"])
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         best_val = state.get("best_val", best_val)
+        epoch_losses = state.get("epoch_losses", epoch_losses)
+        epoch_sum, epoch_count = state.get("epoch_sum", 0.0), state.get("epoch_count", 0)
         if run_dir is not None and is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", step)
         log.info("resumed from %s at step %d", resume_from, step)
@@ -926,6 +959,9 @@ def fit(
             "tokens": tokens,
             "elapsed": elapsed,
             "best_val": best_val,
+            "epoch_losses": epoch_losses,
+            "epoch_sum": epoch_sum,
+            "epoch_count": epoch_count,
             "optimizer": opt_state,
             "batcher": batcher.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -957,7 +993,11 @@ def fit(
                 if k not in ("step", "final") and isinstance(v, (int, float)):
                     board.add_scalar(k, v, row["step"])
 
-    def run_eval(final: bool) -> dict:
+    has_val = len(val_examples) > 0  # --val-fraction 0: nothing held out, no evaluation
+
+    def run_eval(final: bool) -> dict | None:
+        if not has_val:
+            return None
         limit = (
             None
             if final or cfg.eval_tokens is None
@@ -982,6 +1022,7 @@ def fit(
             "val_loss": result["loss"],
             "val_perplexity": result["perplexity"],
             "elapsed_s": elapsed,
+            "epoch": batcher.epoch,
         }
         if "bits_per_char" in result:
             row["val_bits_per_char"] = result["bits_per_char"]
@@ -1005,6 +1046,8 @@ def fit(
     interrupted = False
     prev_handler = _install_sigterm()
     t_start, elapsed_before = time.perf_counter(), elapsed
+    passes = hasattr(batcher, "batches_per_epoch")  # epochs batching: real passes, not draws
+    epochs_done = int(batcher.epoch)
     try:
         while progress_now() < 1.0:
             for group in optimizer.param_groups:
@@ -1056,6 +1099,7 @@ def fit(
             tokens += tokens_per_step
             elapsed = elapsed_before + time.perf_counter() - t_start
             recent.append(loss)
+            epoch_sum, epoch_count = epoch_sum + loss, epoch_count + 1
             tok_window += tokens_per_step
             if step % cfg.log_every == 0 or progress_now() >= 1.0:
                 now = time.perf_counter()
@@ -1076,12 +1120,28 @@ def fit(
                 )
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
+            if passes and int(batcher.epoch) > epochs_done:  # an epoch ended with this step
+                epochs_done = int(batcher.epoch)
+                epoch_losses.append(epoch_sum / max(epoch_count, 1))
+                epoch_sum, epoch_count = 0.0, 0
+                log_metrics(
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "epoch": epochs_done,
+                        "epoch_loss": epoch_losses[-1],  # the mean train loss of that epoch
+                        "elapsed_s": elapsed,
+                    }
+                )
+                if is_main:
+                    log.info("epoch %d: train loss %.4f", epochs_done, epoch_losses[-1])
             if step % cfg.eval_every == 0 and progress_now() < 1.0:
                 result = run_eval(final=False)
-                log_metrics(eval_row(result))
-                if result["loss"] < best_val:
-                    best_val = result["loss"]
-                    save_best(result["loss"])
+                if result is not None:
+                    log_metrics(eval_row(result))
+                    if result["loss"] < best_val:
+                        best_val = result["loss"]
+                        save_best(result["loss"])
                 save("periodic")
             if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer and not fsdp:
                 _print_sample(task, tokenizer)
@@ -1102,10 +1162,14 @@ def fit(
         log.info("interrupted at step %d: checkpoint saved; continue with --resume", step)
         raise KeyboardInterrupt
     result = run_eval(final=True)
-    if result["loss"] < best_val:
-        best_val = result["loss"]
-        save_best(result["loss"])
-    log_metrics({**eval_row(result), "final": True})
+    if result is None:  # nothing held out: the run ends without a validation loss
+        result = {"loss": None, "perplexity": None}
+        log_metrics({"step": step, "tokens": tokens, "elapsed_s": elapsed, "final": True})
+    else:
+        if result["loss"] < best_val:
+            best_val = result["loss"]
+            save_best(result["loss"])
+        log_metrics({**eval_row(result), "final": True})
     save("final")
     out = {
         "val_loss": result["loss"],
@@ -1121,6 +1185,8 @@ def fit(
         out["val_bits_per_char"] = result["bits_per_char"]
     if "accuracy" in result:
         out["val_accuracy"] = result["accuracy"]
+    if epoch_losses:
+        out["epoch_losses"] = epoch_losses
     return out
 
 

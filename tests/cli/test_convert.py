@@ -164,7 +164,7 @@ class _Payload:
     [
         ("no-config", "config.json"),
         ("no-weights", "no weights (model.safetensors or pytorch_model.bin)"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2"),
+        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
         ("big-vocab", "tokens but the model embeds only 300"),
         ("pickle", "needs full pickle loading"),
     ],
@@ -175,8 +175,12 @@ def test_broken_folders(folders, tmp_path, capsys, how, message):
     assert message in _error(
         capsys, ["convert", str(folder), "--to", "lmforge", str(tmp_path / "o")]
     )
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([{"answer": line} for line in TEXT.splitlines() * 8]))
+    argv = ["train", "--init-from", str(folder), "--data", str(data), "--field", "answer"]
+    assert message in _error(capsys, [*argv, "--block-size", "16", "--out", str(tmp_path / "r")])
     assert "this must never run" not in capsys.readouterr().out
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r" / "model.safetensors").exists()
 
 
 def test_unknown_names_say_where_they_looked(folders, tmp_path, capsys, monkeypatch):
@@ -194,3 +198,48 @@ def test_unknown_names_say_where_they_looked(folders, tmp_path, capsys, monkeypa
     (tmp_path / "models").mkdir()
     shutil.copytree(folders[1], tmp_path / "models" / "distilgpt2")  # now the name resolves
     assert main(["sample", "distilgpt2", "--prompt", "Why", "--max-new-tokens", "3"]) == 0
+
+
+def test_fine_tune_on_eli5_answers_in_blocks_of_128(tmp_path, capsys):
+    """The issue's recipe on the real ../shared/data ELI5 file, from a tiny random GPT-2 saved by
+    transformers: blocks of 128 (remainder dropped), the end-of-text separators kept as targets,
+    held-out records scored once per epoch with perplexity = exp(loss)."""
+    import math
+
+    import numpy as np
+
+    from lmforge.data.prepare import PreparedData
+    from lmforge.training.trainer import make_examples
+
+    transformers = pytest.importorskip("transformers")
+    hf = tmp_path / "tiny-gpt2"
+    tok = train_tokenizer("bpe", [TEXT * 20], vocab_size=300)
+    config = transformers.GPT2Config(
+        vocab_size=300, n_positions=128, n_embd=32, n_layer=2, n_head=4, eos_token_id=tok.eos_id
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf)
+    tok.tokenizer.model.save(str(hf))  # vocab.json + merges.txt
+    run = tmp_path / "run"
+    argv = ["train", "--init-from", str(hf), "--data", "eli5", "--field", "answer"]
+    argv += ["--block-size", "128", "--lr", "2e-5", "--weight-decay", "0.01", "--epochs", "3"]
+    argv += ["--max-steps", "3", "--threads", "1", "--out", str(run), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 3
+    assert result["val_perplexity"] == pytest.approx(math.exp(result["val_loss"]))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["lr"] == 2e-5 and saved["train"]["weight_decay"] == 0.01
+    assert saved["data"]["batching"] == "blocks" and saved["data"]["block_size"] == 128
+
+    data = PreparedData(saved["data"]["path"])
+    train = make_examples(data, "train", "blocks", 128)
+    assert len(train) == data.num_tokens("train") // 128  # the remainder is dropped
+    assert saved["train"]["eval_every"] == len(train) // 8  # one evaluation per epoch
+    batch = train.get(np.arange(len(train)))
+    assert batch["token_ids"].shape == (len(train), 128) and "padding_mask" not in batch
+    eos = batch["token_ids"][:, 1:] == tok.eos_id  # each record ends with end-of-text,
+    assert eos.sum() > 100 and (batch["labels"][:, :-1][eos] == tok.eos_id).all()  # a target
+    val_docs = {tuple(d) for d in data.documents("val")}  # held-out records are really held out
+    train_docs = {tuple(d) for d in data.documents("train")}
+    assert (len(val_docs), len(train_docs)) == (100, 900) and not val_docs & train_docs

@@ -76,3 +76,20 @@ def test_chunked_blocks_drop_the_remainder():
     assert batch["labels"][0].tolist() == [101, 102, 103, 104, IGNORE]
     assert not np.isin(tokens[20:], batch["token_ids"]).any()
     assert len(ChunkedBlocks(np.arange(4), 5)) == 0
+
+
+def test_chunked_blocks_pad_a_partial_block_with_eos_and_keep_real_eos_as_targets():
+    EOS = 0  # GPT-2: end-of-text separates documents and is also the padding
+    tokens = np.array([5, 6, EOS, 7, 8, 9, EOS, 4, 3, EOS, 2, 1, EOS])  # 13 = 2 x 5 + 3
+    train = ChunkedBlocks(tokens, 5, pad_id=EOS)
+    assert len(train) == 2 and "padding_mask" not in train.get([0, 1])
+    assert train.get([0])["labels"].tolist() == [[6, EOS, 7, 8, IGNORE]]  # the real eos: a target
+    held_out = ChunkedBlocks(tokens, 5, pad_id=EOS, keep_partial=True)
+    assert len(held_out) == 3
+    batch = held_out.get([2, 1])  # padded to the longest block of the batch: 5
+    assert batch["token_ids"].tolist() == [[2, 1, EOS, EOS, EOS], [9, EOS, 4, 3, EOS]]
+    assert batch["padding_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert batch["labels"].tolist() == [[1, EOS, IGNORE, IGNORE, IGNORE], [EOS, 4, 3, EOS, IGNORE]]
+    alone = held_out.get([2])  # dynamic padding: a batch of the short block alone is not padded
+    assert alone["token_ids"].tolist() == [[2, 1, EOS]] and "padding_mask" not in alone
+    assert len(ChunkedBlocks(tokens[:11], 5, keep_partial=True)) == 2  # one token: no target

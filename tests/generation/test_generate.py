@@ -225,3 +225,15 @@ def test_an_empty_prompt_starts_from_the_special_token():
     assert "".join(generate_text(model, tok, "", max_new_tokens=5, temperature=0)) == "hi"
     with pytest.raises(ConfigError, match="non-empty prompt"):
         generate_text(model, ByteTokenizer(), "", max_new_tokens=5)
+
+
+def test_text_is_decoded_without_special_tokens_even_when_they_do_not_stop():
+    from lmforge.tokenizers.base import train_tokenizer
+
+    tok = train_tokenizer("bpe", ["hello world, and more words " * 20], vocab_size=280)
+    script = tok.encode("hello") + [tok.eos_id] + tok.encode(" world")
+    model = ScriptedLM(script, prompt_len=1, vocab_size=tok.vocab_size)
+    kw = dict(max_new_tokens=len(script), temperature=0, stop_token_ids=[])
+    assert "".join(generate_text(model, tok, "x", **kw)) == "hello world"
+    assert generate_texts(model, tok, ["x", "x"], **kw) == ["hello world"] * 2
+    assert "".join(generate_text(model, tok, "x", max_new_tokens=9, temperature=0)) == "hello"

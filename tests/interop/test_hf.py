@@ -137,6 +137,16 @@ def test_gpt2_byte_level_bpe_ids_match_transformers(hf_folder):
     assert ours.decode(ids) == UNICODE == theirs.decode(ids)
 
 
+def test_tokenizer_json_written_by_transformers_gives_the_same_ids(hf_folder, tmp_path):
+    theirs = transformers.GPT2TokenizerFast.from_pretrained(hf_folder)
+    theirs.save_pretrained(tmp_path)  # tokenizer.json, as on the hub
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).unlink(missing_ok=True)
+    ours = lmforge.load_tokenizer(tmp_path)
+    assert ours.kind == "bpe" and ours.eos_id == theirs.eos_token_id == ours.pad_id
+    assert ours.encode(UNICODE) == theirs(UNICODE)["input_ids"]
+
+
 def test_export_loads_in_transformers_with_the_same_logits(hf_folder, tmp_path):
     ours = tmp_path / "ours"
     back = tmp_path / "back"
@@ -220,6 +230,30 @@ def test_name_resolves_through_models_dir_then_hf_cache(hf_folder, tmp_path, mon
     assert lmforge.load("gpt-baby").config.embed_dim == 128  # a preset without weights: random
 
 
+def test_a_name_found_nowhere_else_is_downloaded_when_online(hf_folder, tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("LMFORGE_MODELS_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    calls = []
+
+    def fake_download(repo_id, allow_patterns):  # what the hub would put in the cache
+        calls.append((repo_id, allow_patterns))
+        folder = tmp_path / "hub" / "snapshot"
+        if not folder.exists():
+            shutil.copytree(hf_folder, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+        if "pytorch_model.bin" in allow_patterns:  # an old repo: weights as .bin only
+            state = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).state_dict()
+            torch.save(state, folder / "pytorch_model.bin")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model = lmforge.load("distilgpt2")
+    assert model.config.embed_dim == 32
+    assert [repo for repo, _ in calls] == ["distilbert/distilgpt2"] * 2  # safetensors, then .bin
+    assert {"config.json", "model.safetensors", "vocab.json"} <= set(calls[0][1])
+
+
 def test_unknown_name_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -267,7 +301,7 @@ def test_pickled_code_is_refused_and_never_run(hf_folder, tmp_path):
     [
         ("no_config", "config.json"),
         ("no_weights", "no weights"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2"),
+        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
         ("big_vocab", "embeds only 300"),
         ("missing_weight", "lack"),
     ],
