@@ -243,7 +243,10 @@ def main() -> None:
         "hf_precision": results["hf"][0]["precision"] if "hf" in results else None,
         "speedup_vs_eager": med["lmforge"] / med["eager"],
         "speedup_vs_hf": med["lmforge"] / med["hf"] if "hf" in med else None,
-        "mfu_bf16": flops_tok * med["lmforge"] / peak_bf16,
+        # Without bf16 matrix units the bf16 "peak" is an emulation far below fp32's, and a
+        # utilisation against it is meaningless (it exceeds 1): null, with bf16_native false.
+        "mfu_bf16": flops_tok * med["lmforge"] / peak_bf16 if peak_bf16 > peak_fp32 else None,
+        "bf16_native": peak_bf16 > peak_fp32,
         "mfu_fp32": flops_tok * med["lmforge"] / peak_fp32,
         "matmul_peak_bf16_gflops": peak_bf16 / 1e9,
         "matmul_peak_fp32_gflops": peak_fp32 / 1e9,

@@ -130,7 +130,8 @@ def main() -> None:
 
     t = time.perf_counter()
     tuned = out / "finetuned"
-    print(f"2. fine-tuning it on ELI5 answers (3 epochs, lr {args.lr}) ...")
+    length = f"{budget['max_steps']} steps" if budget else f"{FINETUNE['epochs']} epochs"
+    print(f"2. fine-tuning it on ELI5 answers ({length}, lr {args.lr}) ...")
     result = lmforge.train(
         init_from=str(pretrained),
         **{**FINETUNE, **budget},

