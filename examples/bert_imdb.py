@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-seq-len", type=int, default=None)
     ap.add_argument("--train-reviews", type=int, default=None, help="a random share of train")
     ap.add_argument("--test-reviews", type=int, default=None, help="a random share of the test")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = ap.parse_args(argv)
     progress.enable(True)
     torch.manual_seed(0)
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_reviews or args.test_reviews:
         name = f"subset-train{args.train_reviews or 'all'}-test{args.test_reviews or 'all'}.csv"
         data = str(subset_csv(out / name, data, args.train_reviews, args.test_reviews))
-    common = dict(data=data, field="review", label_field="sentiment", eval_every=10**9)
+    common = dict(
+        data=data, field="review", label_field="sentiment", eval_every=10**9, threads=args.threads
+    )
 
     if args.stage == "subset":
         print(data)  # the CSV that `lmforge train --data` and `lmforge eval --data` can take

@@ -34,7 +34,7 @@ def _reviews(path: Path, n: int = 96) -> Path:
 def test_mlm_stage_pretrains_then_fine_tunes_both_ways(tmp_path, capsys):
     data = _reviews(tmp_path / "reviews.csv")
     out = tmp_path / "runs"
-    argv = ["mlm", "--data", str(data), "--out", str(out), "--max-seq-len", "24"]
+    argv = ["mlm", "--data", str(data), "--out", str(out), "--max-seq-len", "24", "--threads", "1"]
     _example().main([*argv, "--mlm-epochs", "1", "--train-steps", "3"])
     printed = capsys.readouterr().out
     assert "MLM: masked accuracy" in printed and "fine-tuned: pretrained" in printed
@@ -49,7 +49,7 @@ def test_mlm_stage_pretrains_then_fine_tunes_both_ways(tmp_path, capsys):
 
 def test_scratch_stage_on_a_seeded_subset(tmp_path, capsys):
     data = _reviews(tmp_path / "reviews.csv")
-    argv = ["scratch", "--data", str(data), "--out", str(tmp_path / "runs")]
+    argv = ["scratch", "--data", str(data), "--out", str(tmp_path / "runs"), "--threads", "1"]
     _example().main([*argv, "--max-seq-len", "24", "--epochs", "1", "--train-reviews", "40"])
     assert "from scratch: test accuracy" in capsys.readouterr().out
     (subset,) = (tmp_path / "runs").glob("subset-*.csv")
