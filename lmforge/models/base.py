@@ -11,6 +11,32 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from lmforge.errors import ConfigError
+
+
+def check_config(config, positive: Sequence[str], choices: dict[str, Sequence[str]]) -> None:
+    """The checks every family's config shares: sizes that must be positive integers, fields
+    limited to a set of names, and dropout in [0, 1). One `ConfigError` line names the fix."""
+    for name in positive:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is unknown; use one of {', '.join(allowed)}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"dropout={config.dropout} is out of range; use a value in [0, 1)")
+
+
+def init_normal(module: nn.Module) -> None:
+    """GPT-2's and BERT's initialisation (use with `apply`): normal(0, 0.02) weights of linear
+    and embedding layers, zero biases; LayerNorm keeps its (1, 0) default."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
 
 def _count_params(module: nn.Module, trainable_only: bool) -> int:
     # parameters() yields a tied weight once, so tied embeddings are not counted twice.

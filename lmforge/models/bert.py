@@ -21,7 +21,7 @@ from lmforge.layers.attention import attention_mask
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
-from lmforge.models.base import Backbone, Task
+from lmforge.models.base import Backbone, Task, check_config, init_normal
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +49,22 @@ class BertConfig:
     num_segments: int = 2
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "max_seq_len",
-            "embed_dim",
-            "num_heads",
-            "num_layers",
-            "ffn_dim",
-            "num_segments",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+        check_config(
+            self,
+            ("vocab_size", "max_seq_len", "embed_dim", "num_heads", "num_layers", "ffn_dim")
+            + ("num_segments",),
+            {"activation": ACTIVATIONS},
+        )
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
                 "change one of them"
             )
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"activation={self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} is out of range; use a value in [0, 1)")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps} must be > 0 (BERT: 1e-12)")
 
 
 # ---------------------------------------------------------------- blocks
-
-
-def _init_weights(module: nn.Module) -> None:
-    # BERT: normal(0, 0.02) weights (initializer_range), zero biases; LayerNorm keeps (1, 0).
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
 
 
 def _encoder_block(c: BertConfig) -> TransformerBlock:
@@ -154,7 +134,7 @@ class BertBackbone(Backbone):
         self.embed_dropout = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(_encoder_block(c) for _ in range(c.num_layers))
         self.pooler = nn.Linear(c.embed_dim, c.embed_dim)
-        self.apply(_init_weights)
+        self.apply(init_normal)
 
     def embed_tokens(self, token_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
         """(B, T) ids -> (B, T, C): token + position + segment embedding, normalised."""
@@ -331,8 +311,8 @@ class BertTextClassifier(Task):
         self.extra = nn.ModuleList(_encoder_block(c) for _ in range(extra_layers))
         self.head_dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.embed_dim, num_classes)
-        self.extra.apply(_init_weights)
-        _init_weights(self.head)
+        self.extra.apply(init_normal)
+        init_normal(self.head)
 
     def forward(
         self,
@@ -447,7 +427,7 @@ class BertMaskedLM(Task):
     ):
         super().__init__(_as_backbone(backbone), preprocessor)
         self.head = BertMaskedLMHead(self.config, self.backbone.embed.token)
-        _init_weights(self.head.dense)
+        init_normal(self.head.dense)
 
     def forward(
         self,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.models.base import Backbone, CausalLM
+from lmforge.models.base import Backbone, CausalLM, check_config
 
 # ---------------------------------------------------------------- config
 
@@ -38,14 +38,9 @@ class CharRNNConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+        check_config(self, ("vocab_size", "embed_dim", "hidden_dim", "num_layers"), {})
         if self.cell not in CELLS:
             raise ConfigError(f"cell={self.cell!r} is unknown; use --cell lstm or --cell gru")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} is out of range; use a value in [0, 1)")
 
 
 # ---------------------------------------------------------------- backbone

@@ -18,7 +18,7 @@ from lmforge.layers.attention import KVCache
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
-from lmforge.models.base import Backbone, CausalLM
+from lmforge.models.base import Backbone, CausalLM, check_config, init_normal
 
 # ---------------------------------------------------------------- config
 
@@ -51,17 +51,11 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "max_seq_len",
-            "embed_dim",
-            "num_heads",
-            "num_layers",
-            "ffn_dim",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer; set {name} >= 1")
+        check_config(
+            self,
+            ("vocab_size", "max_seq_len", "embed_dim", "num_heads", "num_layers", "ffn_dim"),
+            {"activation": ACTIVATIONS, "position": POSITIONS},
+        )
         if self.head_dim is None:
             if self.embed_dim % self.num_heads:
                 raise ConfigError(
@@ -70,33 +64,15 @@ class GPTConfig:
                 )
         elif not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ConfigError(f"head_dim={self.head_dim!r} must be a positive integer or None")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"activation={self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}"
-            )
-        if self.position not in POSITIONS:
-            raise ConfigError(
-                f"position={self.position!r} is unknown; use one of {', '.join(POSITIONS)}"
-            )
         if self.position == "rotary" and (self.head_dim or self.embed_dim // self.num_heads) % 2:
             raise ConfigError(
                 "rotary positions need an even head_dim; change embed_dim, num_heads or head_dim"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} is out of range; use a value in [0, 1)")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps} must be > 0 (GPT-2: 1e-5)")
 
 
 # ---------------------------------------------------------------- backbone
-
-
-def _init_weights(module: nn.Module) -> None:
-    # GPT-2: normal(0, 0.02) weights, zero biases; LayerNorm keeps its (1, 0) default.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
 
 
 class GPTBackbone(Backbone):
@@ -136,7 +112,7 @@ class GPTBackbone(Backbone):
             if c.norm_first
             else None
         )
-        self.apply(_init_weights)
+        self.apply(init_normal)
         # GPT-2 paper, section 2.3: scale the weights of residual layers by 1/sqrt(N), N = the
         # 2 residual additions per block.
         residual_std = 0.02 / math.sqrt(2 * c.num_layers)
