@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import median_step_s
 
 SHAPE = dict(batch=8, block=128)
 # --tiny: GPT-2's switches at a size that runs in seconds (a smoke run, not a number)
@@ -91,14 +92,7 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    s = statistics.median(times)
+    s = median_step_s(step, warmup, steps)
     return {
         "kind": kind,
         "precision": precision,

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from _timing import median_step_s
+
 SHAPES = {
     "gpt-baby": dict(batch=12, block=64, vocab=65),
     "gpt2": dict(batch=4, block=256, vocab=50257),
@@ -160,14 +162,7 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    s = statistics.median(times)
+    s = median_step_s(step, warmup, steps)
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "kind": kind,
