@@ -101,7 +101,7 @@ def full_optimizer_state(task: torch.nn.Module, optimizer: torch.optim.Optimizer
 
     return get_optimizer_state_dict(
         task,
-        optimizer,
+        getattr(optimizer, "optimizers", optimizer),  # a MultiOptimizer's parts
         options=StateDictOptions(full_state_dict=True, cpu_offload=is_distributed()),
     )
 
@@ -113,5 +113,8 @@ def load_optimizer_state(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(
-        task, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+        task,
+        getattr(optimizer, "optimizers", optimizer),
+        optim_state_dict=state,
+        options=StateDictOptions(full_state_dict=True),
     )

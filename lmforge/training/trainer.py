@@ -33,7 +33,7 @@ from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
 from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
 from lmforge.training import checkpoint as ckpt
-from lmforge.training import distributed
+from lmforge.training import distributed, optim
 from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,10 @@ class TrainConfig:
     weight_decay: float = option(
         default=0.1, metadata={"help": "AdamW decay (not on norms, biases, embeddings)"}
     )
+    optimizer: str = option(
+        default="adamw",
+        metadata={"help": "adamw, or muon (Muon for hidden matrices, AdamW for the rest)"},
+    )
     beta1: float = 0.9
     beta2: float = option(default=0.99, metadata={"help": "AdamW beta2"})
     grad_clip: float = option(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
@@ -189,6 +193,8 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
         parse_duration(self.max_time)
+        if self.optimizer not in optim.OPTIMIZERS:
+            raise ConfigError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"unknown --strategy {self.strategy!r}: use ddp or fsdp")
         if self.backend not in (None, "gloo", "nccl"):
@@ -203,27 +209,11 @@ class TrainConfig:
 # ---------------------------------------------------------------- one step
 
 
-def make_optimizer(task: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on norms, biases and embeddings; fused where supported."""
-    no_decay = set()
-    for module in task.modules():
-        if isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)):
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, other = [], []
-    for p in task.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in no_decay else other).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": other, "weight_decay": 0.0},
-    ]
-    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if any(type(p).__name__ == "DTensor" for p in decay + other):  # FSDP-sharded parameters
-        return torch.optim.AdamW(groups, foreach=True, **kw)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kw)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, foreach=True, **kw)
+def make_optimizer(task: torch.nn.Module, cfg: TrainConfig):
+    """The run's optimizer (lmforge.training.optim.make_optimizer with cfg's settings)."""
+    return optim.make_optimizer(
+        task, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), kind=cfg.optimizer
+    )
 
 
 def train_step(

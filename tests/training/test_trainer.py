@@ -71,6 +71,16 @@ def test_n_plus_n_resumed_steps_equal_2n_straight(tiny_text, tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
+def test_muon_run_learns_and_resumes_exactly(tiny_text, tmp_path):
+    kw = dict(optimizer="muon", schedule="constant", lr=1e-2)
+    _run(tiny_text, tmp_path / "straight", max_steps=16, **kw)
+    rows = [r["train_loss"] for r in _metrics(tmp_path / "straight") if "train_loss" in r]
+    assert rows[-1] < rows[0] - 0.5
+    _run(tiny_text, tmp_path / "split", max_steps=8, **kw)
+    _run(tiny_text, tmp_path / "split", max_steps=16, resume=True, **kw)
+    _assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
 def test_resume_with_another_model_config_is_refused(tiny_text, tmp_path):
     _run(tiny_text, tmp_path / "run", max_steps=2)
     with pytest.raises(CheckpointError, match="embed_dim"):

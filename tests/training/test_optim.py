@@ -1,0 +1,71 @@
+"""The optimizer: which parameters Muon and AdamW take, and how they are decayed."""
+
+import pytest
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.models.gpt import GPTCausalLM, GPTConfig
+from lmforge.training.optim import MultiOptimizer, Muon, make_optimizer
+
+
+def _gpt() -> GPTCausalLM:
+    return GPTCausalLM(
+        GPTConfig(
+            vocab_size=40, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2, ffn_dim=64
+        )
+    )
+
+
+def test_muon_takes_the_backbone_matrices_and_adamw_the_rest():
+    model = _gpt()
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, kind="muon")
+    assert isinstance(opt, MultiOptimizer)
+    muon, adamw = opt.optimizers
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
+    ids = lambda o: {id(p) for g in o.param_groups for p in g["params"]}  # noqa: E731
+    linear = {id(m.weight) for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)}
+    assert ids(muon) == linear and linear
+    assert not ids(muon) & ids(adamw)
+    assert ids(muon) | ids(adamw) == {id(p) for p in model.parameters()}
+    embed = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert embed <= ids(adamw)  # embeddings (and the tied head) stay with AdamW, undecayed
+    assert all(g["weight_decay"] == 0.0 for g in adamw.param_groups if embed & ids_of(g))
+    assert len(opt.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
+
+
+def ids_of(group: dict) -> set[int]:
+    return {id(p) for p in group["params"]}
+
+
+def test_adamw_is_one_plain_optimizer_with_undecayed_norms():
+    model = _gpt()
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1)
+    assert isinstance(opt, torch.optim.AdamW)
+    norms = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()
+    }
+    decayed = set().union(*(ids_of(g) for g in opt.param_groups if g["weight_decay"] > 0))
+    assert norms and not norms & decayed
+
+
+def test_unknown_optimizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="adamw"):
+        make_optimizer(_gpt(), lr=1e-3, kind="sgd")
+
+
+def test_muon_step_matches_torch_muon():
+    # Ours runs Newton-Schulz in float32, torch's in bfloat16: the same step up to bf16 rounding.
+    torch.manual_seed(0)
+    start = torch.randn(96, 32)
+    grads = [torch.randn(96, 32) for _ in range(3)]
+    params = []
+    for cls in (Muon, torch.optim.Muon):
+        p = torch.nn.Parameter(start.clone())
+        opt = cls([p], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        params.append(p.detach())
+    moved = (params[1] - start).abs().max()
+    assert (params[0] - params[1]).abs().max() < 0.02 * moved
+    assert opt.state[p]["momentum_buffer"].shape == start.shape
