@@ -14,7 +14,8 @@ import torch
 from lmforge.data.batching import EpochBatcher
 from lmforge.data.windows import StrideWindows
 from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
-from lmforge.training.trainer import TrainConfig, load_data, train_step
+from lmforge.training.run_data import load_data
+from lmforge.training.trainer import TrainConfig, train_step
 
 
 def train_by_hand(model, batcher, optimizer, num_steps: int) -> Iterator[float]:

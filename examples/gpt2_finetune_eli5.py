@@ -41,7 +41,8 @@ FINETUNE = dict(
 def held_out_perplexity(model_or_run, run_with_data: Path) -> float:
     """Perplexity of a model on the ELI5 validation blocks that run_with_data was scored on."""
     from lmforge.data.prepare import PreparedData
-    from lmforge.training.trainer import evaluate, make_examples
+    from lmforge.training.run_data import make_examples
+    from lmforge.training.trainer import evaluate
 
     info = json.loads((run_with_data / "config.json").read_text())["data"]
     data = PreparedData(info["path"])

@@ -41,7 +41,8 @@ def run(args) -> int:
     from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
     from lmforge.device import resolve_precision
     from lmforge.training import checkpoint as ckpt
-    from lmforge.training.trainer import evaluate, make_examples
+    from lmforge.training.run_data import make_examples
+    from lmforge.training.trainer import evaluate
 
     if args.config:
         for k, v in options.read_config_file(args.config).items():
@@ -92,7 +93,8 @@ def run(args) -> int:
 def _run_task(args, config, model) -> int:
     """Accuracy, per-class scores and confusion matrix (classify); masked accuracy (mlm)."""
     from lmforge.evaluate.metrics import classification_report, predict_labels
-    from lmforge.training.trainer import evaluate, labelled_split, make_task_examples
+    from lmforge.training.run_data import labelled_split, make_task_examples
+    from lmforge.training.trainer import evaluate
 
     spec, info = config["task"], config["data"]
     data, split, label_ids = labelled_split(

@@ -155,7 +155,10 @@ def make_optimizer(
     if kind == "adamw":
         return adamw
     if sharded:
-        raise ConfigError("--optimizer muon does not support --strategy fsdp: use --strategy ddp")
+        raise ConfigError(
+            "--optimizer muon (also the gpt-baby and gpt-shakespeare presets' choice) has no "
+            "FSDP path: pass --optimizer adamw, or use --strategy ddp"
+        )
     if not matrices:
         raise ConfigError("--optimizer muon found no hidden Linear weights to train: use adamw")
     muon = Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")

@@ -3,10 +3,10 @@
 Any task trains here through `task.loss(batch)`. Everything that decides which batch comes next
 (batcher position, RNG states, step, tokens, elapsed time) is saved in state.pt, so N steps +
 resume + N steps equals 2N straight steps bit for bit (for step- and token-based budgets).
+What a run reads is in run_data.py, pretrained starts in pretrained.py, the optimizer in optim.py.
 """
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -29,20 +29,29 @@ from lmforge.data.batching import (
     WindowBatcher,
     iterate_in_order,
 )
-from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
-from lmforge.data.windows import IGNORE, ChunkedBlocks, PaddedDocuments, StrideWindows
+from lmforge.data.windows import IGNORE
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
 from lmforge.training import checkpoint as ckpt
 from lmforge.training import distributed, optim
+from lmforge.training.pretrained import (
+    _init_from_options,
+    _pretrained_start,
+    load_pretrained,
+)
+from lmforge.training.run_data import (  # labelled_split, make_task_examples: old import path
+    SPLITS,
+    labelled_split,  # noqa: F401
+    load_data,
+    make_examples,
+    make_task_examples,  # noqa: F401
+    task_spec,
+)
 from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
 
 BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
 TASKS = ("causal-lm", "classify", "mlm")
-SPLITS = {"test": "val", "val": "val", "validation": "val", "train": "train"}  # -> prepared split
-# Masked-LM pretraining, as in the Keras tutorial: 25% of the tokens, at most 64 per sequence
-MLM_MASK_RATE, MLM_MAX_SELECTIONS = 0.25, 64
 
 
 class TrainingDiverged(LmforgeError):
@@ -360,303 +369,6 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     except TypeError as e:
         raise ConfigError(f"invalid training options: {e}") from None
     return cfg, model_over, preset
-
-
-def load_data(cfg: TrainConfig) -> PreparedData:
-    """A prepared folder as given, or raw data prepared on the fly into the cache."""
-    path = Path(cfg.data)
-    if (path / "meta.json").is_file():
-        return PreparedData(path)
-    from lmforge.data.corpus import open_source
-    from lmforge.data.datasets import cache_dir
-    from lmforge.data.prepare import cache_key
-
-    pcfg = PrepareConfig(
-        data=cfg.data,
-        tokenizer=cfg.tokenizer,
-        vocab_size=cfg.vocab_size,
-        field=cfg.field,
-        label_field=cfg.label_field,
-        val_fraction=cfg.val_fraction,
-    )
-    key = cache_key(pcfg, open_source(cfg.data, field=cfg.field, label_field=cfg.label_field))
-    return prepare(pcfg, cache_dir() / "prepared" / key[:20])
-
-
-def make_examples(
-    data: PreparedData,
-    split: str,
-    batching: str,
-    block_size: int,
-    task: dict | None = None,
-    stride: int | None = None,
-):
-    """The examples of one split; `stride` spaces the windows of "epochs"/"windows" batching
-    (default block_size: each window's last target is the next one's first input)."""
-    if task is not None:  # classify / mlm: documents packed once, [START] text [END]
-        return make_task_examples(data, split, task, block_size)
-    if batching == "documents":
-        pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
-        end = data.tokenizer.eos_id if data.tokenizer.eos_id is not None else pad
-        return PaddedDocuments(data.documents(split), block_size, pad_id=pad, end_id=end)
-    if batching == "blocks":  # padded with end-of-text (GPT-2 has no pad token) when partial
-        tok = data.tokenizer
-        pad = tok.eos_id if tok.eos_id is not None else (tok.pad_id or 0)
-        return ChunkedBlocks(data.tokens(split), block_size, pad, keep_partial=(split != "train"))
-    return StrideWindows(
-        data.tokens(split), block_size, stride=stride, keep_partial=(split != "train")
-    )
-
-
-def task_spec(cfg: TrainConfig, family: str, data: PreparedData | None = None) -> dict | None:
-    """What `--task` trains, as build_task's task dict (None: the causal LM); with `data`, the
-    labels and tokenizer are checked against it.
-
-    Example:
-        task_spec(cfg, "bert", data)  # {"kind": "classify", "num_classes": 2, ...}
-    """
-    from lmforge.presets import FAMILIES
-
-    tasks = getattr(importlib.import_module(FAMILIES[family][0]), "TASKS", {})
-    kind = cfg.task or next(iter(tasks), "causal-lm")
-    if kind != "causal-lm" and kind not in tasks:
-        raise ConfigError(
-            f"--task {kind}: the {family} family (--preset {cfg.preset}) has "
-            f"{', '.join(tasks) or 'causal-lm only'}; use a bert preset (bert-tiny) for {kind}"
-        )
-    if kind == "mlm" and cfg.tokenizer in ("char", "word", "bpe"):
-        raise ConfigError(
-            f"--task mlm needs a tokenizer with a mask token, and {cfg.tokenizer} has none; "
-            "use --tokenizer wordpiece"
-        )
-    if kind == "causal-lm":
-        return None
-    spec = {"kind": kind}
-    if data is None:
-        return spec
-    tok = data.tokenizer
-    if kind == "mlm" and tok.mask_id is None:
-        raise ConfigError(
-            f"--task mlm needs a tokenizer with a mask token ([MASK]); this {tok.kind} tokenizer "
-            "has none: use --tokenizer wordpiece"
-        )
-    if kind == "classify":
-        labels = data.label_names
-        if not labels:
-            raise DataError(
-                f"--task classify needs labelled data, and {cfg.data} has no labels: use a "
-                "pos/ neg/ folder or pass --label-field"
-            )
-        if cfg.num_classes is not None and cfg.num_classes != len(labels):
-            raise ConfigError(
-                f"--num-classes {cfg.num_classes} disagrees with the data's {len(labels)} "
-                f"classes ({', '.join(labels)}); drop --num-classes"
-            )
-        seen = set(np.unique(data.labels("train")).tolist())
-        unseen = [labels[i] for i in np.unique(data.labels("val")) if i not in seen]
-        if unseen:
-            raise DataError(
-                f"label {unseen[0]!r} appears in the evaluation split but never in training: "
-                "add training examples of it or drop them from the evaluation data"
-            )
-        spec.update(num_classes=len(labels), extra_layers=cfg.extra_layers, labels=labels)
-    return spec
-
-
-def make_task_examples(
-    data: PreparedData,
-    split: str,
-    task: dict,
-    seq_len: int,
-    labels: np.ndarray | None = None,
-    sort_by_length: bool | None = None,
-):
-    """The documents of a split packed once to `seq_len` ([START] ids [END], padded) and kept
-    in memory; classify adds their labels (or `labels`), mlm masks them afresh at every batch.
-    Rows to evaluate on (by default: split "val") are sorted by length, so that batches carry
-    little padding."""
-    from lmforge.data.masking import MaskedLMExamples, MaskedLMMaskGenerator
-    from lmforge.tokenizers.packing import PackedExamples, StartEndPacker
-
-    tok = data.tokenizer
-    pad = tok.pad_id if tok.pad_id is not None else 0
-    packer = StartEndPacker(seq_len, tok.bos_id, tok.eos_id, pad)
-    docs = data.documents(split)
-    packed = packer(docs)
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32  # 4x less memory than int64
-    packed["token_ids"] = packed["token_ids"].astype(dtype)
-    if packer.num_truncated:
-        log.info(
-            "%s of %s %s texts were longer than %d tokens and were cut (--max-seq-len %d)",
-            f"{packer.num_truncated:,}",
-            f"{len(docs):,}",
-            "test" if split == "val" else split,
-            packer.room,
-            seq_len,
-        )
-    if task["kind"] == "classify":
-        packed["labels"] = data.labels(split) if labels is None else labels
-    if split == "val" if sort_by_length is None else sort_by_length:
-        order = np.argsort(packed["padding_mask"].sum(axis=1), kind="stable")
-        packed = {k: v[order] for k, v in packed.items()}
-    if task["kind"] == "classify":
-        return PackedExamples(packed)
-    special = [i for i in (tok.bos_id, tok.eos_id, pad) if i is not None]
-    generator = MaskedLMMaskGenerator(
-        tok.vocab_size,
-        MLM_MASK_RATE,
-        tok.mask_id,
-        MLM_MAX_SELECTIONS,
-        unselectable_token_ids=sorted(set(special) | tok.special_ids()),
-    )
-    return MaskedLMExamples(PackedExamples(packed), generator)
-
-
-def labelled_split(
-    prepared: str | Path,
-    data: str | None,
-    tokenizer: str | Path,
-    field: str | None = None,
-    label_field: str | None = None,
-    split: str | None = None,
-    labels: list[str] | None = None,
-) -> tuple[PreparedData, str, np.ndarray | None]:
-    """What a classify/mlm run is evaluated on: (prepared data, its split, label ids numbered as
-    the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` prepared
-    with the run's tokenizer: its test split when it has one, else all of it."""
-    from lmforge.data.corpus import open_source
-    from lmforge.data.datasets import cache_dir
-    from lmforge.data.prepare import cache_key
-
-    if data is None:
-        if split == "all":
-            raise ConfigError("--split all applies to --data; pass --data or --split test|train")
-        found, name = PreparedData(prepared), SPLITS[split or "test"]
-    else:
-        source = open_source(data, field=field, label_field=label_field)
-        tests = ("test", "val", "valid", "validation", "dev")
-        has_test = any(d.split in tests for d in source.iter_documents())
-        split = split or ("test" if has_test else "all")
-        if split != "all" and not has_test:
-            raise DataError(f"--split {split}: {data} has no test split; use --split all")
-        pcfg = PrepareConfig(
-            data=data,
-            tokenizer=str(tokenizer),
-            field=field,
-            label_field=label_field,
-            val_fraction=0.0 if split == "all" else 0.5,  # > 0: the source's own split is used
-        )
-        found = prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])
-        name = "val" if split == "test" else "train"
-    if labels is None:  # a masked LM: no labels to check
-        return found, name, None
-    names, ids = found.label_names, found.labels(name)
-    if not names or ids is None:
-        raise DataError(f"{data or prepared} has no labels: pass --label-field")
-    if (ids < 0).any():
-        raise DataError(f"{int((ids < 0).sum())} texts of {data} have no label; label them all")
-    unseen = [names[i] for i in np.unique(ids) if names[i] not in labels]
-    if unseen:
-        raise DataError(
-            f"label {unseen[0]!r} was never seen in training (the run knows "
-            f"{', '.join(labels)}); evaluate on data with those labels only"
-        )
-    return found, name, np.array([labels.index(n) for n in names], dtype=np.int64)[ids]
-
-
-def load_pretrained(task: torch.nn.Module, state: dict) -> None:
-    """Load a pretrained state dict: all of it when it is the same task, else its backbone only
-    (a new head; a classifier's head must have as many classes as the data)."""
-    own = task.state_dict()
-    if own.keys() == state.keys():
-        wrong = [k for k in own if own[k].shape != state[k].shape]
-        if wrong and wrong[0].startswith("head"):
-            raise ConfigError(
-                f"--init-from has a head for {state[wrong[0]].shape[0]} classes, the data has "
-                f"{own[wrong[0]].shape[0]}: --num-classes must match the loaded head"
-            )
-        task.load_state_dict(state)
-        return
-    prefix = "backbone."
-    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
-    try:
-        task.backbone.load_state_dict(backbone)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"--init-from: its backbone does not fit this model ({str(e).splitlines()[-1]})"
-        ) from None
-    log.info(
-        "loaded the pretrained backbone; the %s head starts from random weights",
-        type(task).__name__,
-    )
-
-
-def _init_from_options(options: dict) -> tuple[dict, Path | None]:
-    """With init_from: the options, now naming the pretrained tokenizer, with the gpt2 preset's
-    fine-tuning recipe (AdamW 2e-5, weight decay 0.01, 3 epochs of 128-token blocks) as defaults;
-    and the pretrained folder. Without: the options unchanged, and None."""
-    from lmforge.presets import all_presets, check_model_folder, find_checkpoint, tokenizer_path
-
-    name = options.get("init_from")
-    preset = all_presets().get(str(options.get("preset")))
-    if not name and preset is not None and preset.get("package"):
-        name = options["preset"]  # a packaged pretrained preset (all-minilm-l6-v2) starts from it
-    if not name:
-        return options, None
-
-    if options.get("tokenizer") is not None:
-        raise ConfigError(
-            "--tokenizer cannot be combined with --init-from: the pretrained model's own "
-            "tokenizer is used; drop --tokenizer"
-        )
-    folder = find_checkpoint(name)
-    if folder is None:
-        raise ConfigError(
-            f"--init-from {name}: that preset has no pretrained weights; train it from scratch "
-            f"with --preset {name}"
-        )
-    if options.get("init_from"):  # a broken folder fails before the data is prepared
-        check_model_folder(folder)
-    preset_name = name if str(name) in all_presets() else _default_preset(folder)
-    defaults = {"preset": preset_name, "batching": "blocks"}
-    return {**defaults, **options, "tokenizer": str(tokenizer_path(folder))}, folder
-
-
-def _default_preset(folder: Path) -> str:
-    """The preset whose training defaults suit a pretrained folder: a run's own preset, else one
-    of its Hugging Face model_type."""
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return "gpt2"
-    return config.get("preset") or {"bert": "bert-tiny"}.get(config.get("model_type"), "gpt2")
-
-
-def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> tuple[dict, dict]:
-    """(weights, model config) of a pretrained folder; of its config only dropout may change,
-    and --max-seq-len only shortens the packed sequences (the position table stays)."""
-    from lmforge.presets import check_tokenizer_fits, load_folder
-
-    base = load_folder(folder)
-    check_tokenizer_fits(tok, base, folder)
-    model_over = {k: v for k, v in model_over.items() if k != "max_seq_len"}
-    changed = sorted(k.replace("_", "-") for k in model_over if k != "dropout")
-    if changed:
-        raise ConfigError(
-            f"--init-from keeps the pretrained model's shape: drop --{changed[0]} "
-            "(only --dropout may change)"
-        )
-    model_cfg = {**dataclasses.asdict(base.config), **model_over}
-    if block_size > model_cfg["max_seq_len"]:
-        raise ConfigError(
-            f"--block-size {block_size} is longer than the pretrained model's context "
-            f"(max_seq_len={model_cfg['max_seq_len']}); use --block-size {model_cfg['max_seq_len']}"
-            " or less"
-        )
-    state = base.state_dict()
-    if not any(k.startswith("backbone.") for k in state):  # a bare backbone (HF BertModel)
-        state = {"backbone." + k: v for k, v in state.items()}
-    return state, model_cfg
 
 
 def train(**options) -> dict:

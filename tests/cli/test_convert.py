@@ -209,7 +209,7 @@ def test_fine_tune_on_eli5_answers_in_blocks_of_128(tmp_path, capsys):
     import numpy as np
 
     from lmforge.data.prepare import PreparedData
-    from lmforge.training.trainer import make_examples
+    from lmforge.training.run_data import make_examples
 
     transformers = pytest.importorskip("transformers")
     hf = tmp_path / "tiny-gpt2"

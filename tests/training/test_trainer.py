@@ -13,6 +13,7 @@ from lmforge.training.checkpoint import list_checkpoints
 
 TINY = dict(
     preset="gpt-baby",
+    optimizer="adamw",
     num_layers=1,
     embed_dim=32,
     num_heads=2,

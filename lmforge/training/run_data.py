@@ -1,0 +1,221 @@
+"""What a run trains and evaluates on: the prepared corpus, each split's examples for the
+causal LM (windows, epochs, documents, blocks) or for --task classify|mlm (packed documents,
+labels, masking), and the labelled split an evaluation reads."""
+
+import importlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
+from lmforge.data.windows import ChunkedBlocks, PaddedDocuments, StrideWindows
+from lmforge.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"test": "val", "val": "val", "validation": "val", "train": "train"}  # -> prepared split
+# Masked-LM pretraining, as in the Keras tutorial: 25% of the tokens, at most 64 per sequence
+MLM_MASK_RATE, MLM_MAX_SELECTIONS = 0.25, 64
+
+
+def load_data(cfg) -> PreparedData:
+    """A prepared folder as given, or raw data prepared on the fly into the cache."""
+    path = Path(cfg.data)
+    if (path / "meta.json").is_file():
+        return PreparedData(path)
+    from lmforge.data.corpus import open_source
+    from lmforge.data.datasets import cache_dir
+    from lmforge.data.prepare import cache_key
+
+    pcfg = PrepareConfig(
+        data=cfg.data,
+        tokenizer=cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        field=cfg.field,
+        label_field=cfg.label_field,
+        val_fraction=cfg.val_fraction,
+    )
+    key = cache_key(pcfg, open_source(cfg.data, field=cfg.field, label_field=cfg.label_field))
+    return prepare(pcfg, cache_dir() / "prepared" / key[:20])
+
+
+def make_examples(
+    data: PreparedData,
+    split: str,
+    batching: str,
+    block_size: int,
+    task: dict | None = None,
+    stride: int | None = None,
+):
+    """The examples of one split; `stride` spaces the windows of "epochs"/"windows" batching
+    (default block_size: each window's last target is the next one's first input)."""
+    if task is not None:  # classify / mlm: documents packed once, [START] text [END]
+        return make_task_examples(data, split, task, block_size)
+    if batching == "documents":
+        pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
+        end = data.tokenizer.eos_id if data.tokenizer.eos_id is not None else pad
+        return PaddedDocuments(data.documents(split), block_size, pad_id=pad, end_id=end)
+    if batching == "blocks":  # padded with end-of-text (GPT-2 has no pad token) when partial
+        tok = data.tokenizer
+        pad = tok.eos_id if tok.eos_id is not None else (tok.pad_id or 0)
+        return ChunkedBlocks(data.tokens(split), block_size, pad, keep_partial=(split != "train"))
+    return StrideWindows(
+        data.tokens(split), block_size, stride=stride, keep_partial=(split != "train")
+    )
+
+
+def task_spec(cfg, family: str, data: PreparedData | None = None) -> dict | None:
+    """What `--task` trains, as build_task's task dict (None: the causal LM); with `data`, the
+    labels and tokenizer are checked against it.
+
+    Example:
+        task_spec(cfg, "bert", data)  # {"kind": "classify", "num_classes": 2, ...}
+    """
+    from lmforge.presets import FAMILIES
+
+    tasks = getattr(importlib.import_module(FAMILIES[family][0]), "TASKS", {})
+    kind = cfg.task or next(iter(tasks), "causal-lm")
+    if kind != "causal-lm" and kind not in tasks:
+        raise ConfigError(
+            f"--task {kind}: the {family} family (--preset {cfg.preset}) has "
+            f"{', '.join(tasks) or 'causal-lm only'}; use a bert preset (bert-tiny) for {kind}"
+        )
+    if kind == "mlm" and cfg.tokenizer in ("char", "word", "bpe"):
+        raise ConfigError(
+            f"--task mlm needs a tokenizer with a mask token, and {cfg.tokenizer} has none; "
+            "use --tokenizer wordpiece"
+        )
+    if kind == "causal-lm":
+        return None
+    spec = {"kind": kind}
+    if data is None:
+        return spec
+    tok = data.tokenizer
+    if kind == "mlm" and tok.mask_id is None:
+        raise ConfigError(
+            f"--task mlm needs a tokenizer with a mask token ([MASK]); this {tok.kind} tokenizer "
+            "has none: use --tokenizer wordpiece"
+        )
+    if kind == "classify":
+        labels = data.label_names
+        if not labels:
+            raise DataError(
+                f"--task classify needs labelled data, and {cfg.data} has no labels: use a "
+                "pos/ neg/ folder or pass --label-field"
+            )
+        if cfg.num_classes is not None and cfg.num_classes != len(labels):
+            raise ConfigError(
+                f"--num-classes {cfg.num_classes} disagrees with the data's {len(labels)} "
+                f"classes ({', '.join(labels)}); drop --num-classes"
+            )
+        seen = set(np.unique(data.labels("train")).tolist())
+        unseen = [labels[i] for i in np.unique(data.labels("val")) if i not in seen]
+        if unseen:
+            raise DataError(
+                f"label {unseen[0]!r} appears in the evaluation split but never in training: "
+                "add training examples of it or drop them from the evaluation data"
+            )
+        spec.update(num_classes=len(labels), extra_layers=cfg.extra_layers, labels=labels)
+    return spec
+
+
+def make_task_examples(
+    data: PreparedData,
+    split: str,
+    task: dict,
+    seq_len: int,
+    labels: np.ndarray | None = None,
+    sort_by_length: bool | None = None,
+):
+    """The documents of a split packed once to `seq_len` ([START] ids [END], padded) and kept
+    in memory; classify adds their labels (or `labels`), mlm masks them afresh at every batch.
+    Rows to evaluate on (by default: split "val") are sorted by length, so that batches carry
+    little padding."""
+    from lmforge.data.masking import MaskedLMExamples, MaskedLMMaskGenerator
+    from lmforge.tokenizers.packing import PackedExamples, StartEndPacker
+
+    tok = data.tokenizer
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    packer = StartEndPacker(seq_len, tok.bos_id, tok.eos_id, pad)
+    docs = data.documents(split)
+    packed = packer(docs)
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32  # 4x less memory than int64
+    packed["token_ids"] = packed["token_ids"].astype(dtype)
+    if packer.num_truncated:
+        log.info(
+            "%s of %s %s texts were longer than %d tokens and were cut (--max-seq-len %d)",
+            f"{packer.num_truncated:,}",
+            f"{len(docs):,}",
+            "test" if split == "val" else split,
+            packer.room,
+            seq_len,
+        )
+    if task["kind"] == "classify":
+        packed["labels"] = data.labels(split) if labels is None else labels
+    if split == "val" if sort_by_length is None else sort_by_length:
+        order = np.argsort(packed["padding_mask"].sum(axis=1), kind="stable")
+        packed = {k: v[order] for k, v in packed.items()}
+    if task["kind"] == "classify":
+        return PackedExamples(packed)
+    special = [i for i in (tok.bos_id, tok.eos_id, pad) if i is not None]
+    generator = MaskedLMMaskGenerator(
+        tok.vocab_size,
+        MLM_MASK_RATE,
+        tok.mask_id,
+        MLM_MAX_SELECTIONS,
+        unselectable_token_ids=sorted(set(special) | tok.special_ids()),
+    )
+    return MaskedLMExamples(PackedExamples(packed), generator)
+
+
+def labelled_split(
+    prepared: str | Path,
+    data: str | None,
+    tokenizer: str | Path,
+    field: str | None = None,
+    label_field: str | None = None,
+    split: str | None = None,
+    labels: list[str] | None = None,
+) -> tuple[PreparedData, str, np.ndarray | None]:
+    """What a classify/mlm run is evaluated on: (prepared data, its split, label ids numbered as
+    the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` prepared
+    with the run's tokenizer: its test split when it has one, else all of it."""
+    from lmforge.data.corpus import open_source
+    from lmforge.data.datasets import cache_dir
+    from lmforge.data.prepare import cache_key
+
+    if data is None:
+        if split == "all":
+            raise ConfigError("--split all applies to --data; pass --data or --split test|train")
+        found, name = PreparedData(prepared), SPLITS[split or "test"]
+    else:
+        source = open_source(data, field=field, label_field=label_field)
+        tests = ("test", "val", "valid", "validation", "dev")
+        has_test = any(d.split in tests for d in source.iter_documents())
+        split = split or ("test" if has_test else "all")
+        if split != "all" and not has_test:
+            raise DataError(f"--split {split}: {data} has no test split; use --split all")
+        pcfg = PrepareConfig(
+            data=data,
+            tokenizer=str(tokenizer),
+            field=field,
+            label_field=label_field,
+            val_fraction=0.0 if split == "all" else 0.5,  # > 0: the source's own split is used
+        )
+        found = prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])
+        name = "val" if split == "test" else "train"
+    if labels is None:  # a masked LM: no labels to check
+        return found, name, None
+    names, ids = found.label_names, found.labels(name)
+    if not names or ids is None:
+        raise DataError(f"{data or prepared} has no labels: pass --label-field")
+    if (ids < 0).any():
+        raise DataError(f"{int((ids < 0).sum())} texts of {data} have no label; label them all")
+    unseen = [names[i] for i in np.unique(ids) if names[i] not in labels]
+    if unseen:
+        raise DataError(
+            f"label {unseen[0]!r} was never seen in training (the run knows "
+            f"{', '.join(labels)}); evaluate on data with those labels only"
+        )
+    return found, name, np.array([labels.index(n) for n in names], dtype=np.int64)[ids]
