@@ -742,7 +742,12 @@ def fit(
         return row
 
     task.train()
-    bar = progress.bar(total=max_steps, desc="train", unit="step", initial=step)
+    bar = progress.bar(
+        total=_total_steps(max_steps, cfg, batcher, tokens_per_step),
+        desc="train",
+        unit="step",
+        initial=step,
+    )
     train_loss, recent = float("nan"), []
     t_window, tok_window = time.perf_counter(), 0
     interrupted = False
@@ -915,6 +920,17 @@ def _block_tokens(batcher) -> int:
         return batcher.block_size
     ex = batcher.examples
     return getattr(ex, "block_size", None) or getattr(ex, "length", 1)
+
+
+def _total_steps(max_steps, cfg: TrainConfig, batcher, tokens_per_step: int) -> int | None:
+    """Where the step-countable budgets end, for the progress bar's total and ETA: the first
+    of --max-steps, --epochs and --max-tokens (None when only --max-time bounds the run)."""
+    ends = [max_steps] if max_steps else []
+    if cfg.epochs and (isinstance(batcher, WindowBatcher) or hasattr(batcher, "batches_per_epoch")):
+        ends.append(math.ceil(cfg.epochs * _steps_per_epoch(batcher, cfg.grad_accum)))
+    if cfg.max_tokens:
+        ends.append(math.ceil(cfg.max_tokens / tokens_per_step))
+    return min(ends) if ends else None
 
 
 def _steps_per_epoch(batcher, grad_accum: int) -> int:

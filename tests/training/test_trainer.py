@@ -168,3 +168,17 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     for name, p in model.named_parameters():
         expect = p.ndim >= 2 and "emb" not in name and "norm" not in name
         assert (id(p) in decayed) == expect, name
+
+
+@pytest.mark.parametrize("budget", [{"epochs": 1, "batching": "epochs"}, {"max_tokens": 640}])
+def test_progress_bar_total_is_where_the_budget_ends(tiny_text, tmp_path, monkeypatch, budget):
+    totals, real_bar = [], trainer.progress.bar
+
+    def spy(*args, **kw):
+        if kw.get("desc") == "train":
+            totals.append(kw.get("total"))
+        return real_bar(*args, **kw)
+
+    monkeypatch.setattr(trainer.progress, "bar", spy)
+    result = _run(tiny_text, tmp_path / "run", **budget)
+    assert totals == [result["steps"]] and result["steps"] > 0
