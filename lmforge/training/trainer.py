@@ -926,7 +926,7 @@ def _total_steps(max_steps, cfg: TrainConfig, batcher, tokens_per_step: int) -> 
     """Where the step-countable budgets end, for the progress bar's total and ETA: the first
     of --max-steps, --epochs and --max-tokens (None when only --max-time bounds the run)."""
     ends = [max_steps] if max_steps else []
-    if cfg.epochs and (isinstance(batcher, WindowBatcher) or hasattr(batcher, "batches_per_epoch")):
+    if cfg.epochs:
         ends.append(math.ceil(cfg.epochs * _steps_per_epoch(batcher, cfg.grad_accum)))
     if cfg.max_tokens:
         ends.append(math.ceil(cfg.max_tokens / tokens_per_step))

@@ -16,13 +16,20 @@ def _gpt() -> GPTCausalLM:
     )
 
 
+def ids_of(group: dict) -> set[int]:
+    return {id(p) for p in group["params"]}
+
+
+def ids(opt) -> set[int]:
+    return set().union(*(ids_of(g) for g in opt.param_groups))
+
+
 def test_muon_takes_the_backbone_matrices_and_adamw_the_rest():
     model = _gpt()
     opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, kind="muon")
     assert isinstance(opt, MultiOptimizer)
     muon, adamw = opt.optimizers
     assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
-    ids = lambda o: {id(p) for g in o.param_groups for p in g["params"]}  # noqa: E731
     linear = {id(m.weight) for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)}
     assert ids(muon) == linear and linear
     assert not ids(muon) & ids(adamw)
@@ -31,10 +38,6 @@ def test_muon_takes_the_backbone_matrices_and_adamw_the_rest():
     assert embed <= ids(adamw)  # embeddings (and the tied head) stay with AdamW, undecayed
     assert all(g["weight_decay"] == 0.0 for g in adamw.param_groups if embed & ids_of(g))
     assert len(opt.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
-
-
-def ids_of(group: dict) -> set[int]:
-    return {id(p) for p in group["params"]}
 
 
 def test_adamw_is_one_plain_optimizer_with_undecayed_norms():
