@@ -59,10 +59,30 @@ def mean_across_ranks(value: float, device: torch.device) -> float:
     return float(t) / dist.get_world_size()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank (the flag itself when single-process)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def fully_shard_fn():
+    """torch's FSDP2 `fully_shard`: public since torch 2.6, private in 2.4 and 2.5.
+
+    Raises ImportError when this torch has neither.
+    """
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
 def shard(task: torch.nn.Module) -> None:
     """FSDP: shard each transformer block, then the rest of the model, across the ranks."""
-    from torch.distributed.fsdp import fully_shard
-
+    fully_shard = fully_shard_fn()
     blocks = getattr(getattr(task, "backbone", None), "blocks", None) or []
     for block in blocks:
         fully_shard(block)

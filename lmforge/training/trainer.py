@@ -416,9 +416,12 @@ def _train(options: dict) -> dict:
         cfg = dataclasses.replace(cfg, grad_accum=cfg.global_batch_size // per_step)
     if cfg.strategy == "fsdp":
         try:
-            from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: F401
+            distributed.fully_shard_fn()  # what distributed.shard() uses
         except ImportError:
-            raise ConfigError("--strategy fsdp: this torch build has no FSDP; use ddp") from None
+            raise ConfigError(
+                f"--strategy fsdp needs FSDP2 (fully_shard), which torch {torch.__version__} "
+                "lacks: upgrade torch to 2.4 or newer, or use --strategy ddp"
+            ) from None
     distributed.setup(dev, cfg.backend, cfg.dist_timeout)
     if dev.type == "cpu":
         devices.set_threads(cfg.threads)
@@ -751,12 +754,16 @@ def fit(
     train_loss, recent = float("nan"), []
     t_window, tok_window = time.perf_counter(), 0
     interrupted = False
-    prev_handler = _install_sigterm()
+    stop = []  # SIGTERM appends to it; the loop stops before the next step, never inside one
+    prev_handler = _install_sigterm(stop)
+    dev = next(task.parameters()).device
     t_start, elapsed_before = time.perf_counter(), elapsed
     passes = hasattr(batcher, "batches_per_epoch")  # epochs batching: real passes, not draws
     epochs_done = int(batcher.epoch)
     try:
         while progress_now() < 1.0:
+            if distributed.any_rank(bool(stop), dev):  # every rank stops after the same step
+                raise KeyboardInterrupt
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(
                     step, progress_now(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
@@ -801,6 +808,7 @@ def fit(
                     precision=precision,
                     grad_clip=cfg.grad_clip,
                     loss_fn=loss_fn,
+                    no_sync=no_sync,
                 )
             step += 1
             tokens += tokens_per_step
@@ -973,9 +981,13 @@ def _wrap_distributed(task):
     return ddp, ddp.no_sync
 
 
-def _install_sigterm():
+def _install_sigterm(stop: list):
+    """SIGTERM (SLURM, torchrun) asks the loop to stop at the next step boundary. Raising from
+    the handler could land after a step drew its batches but before it was counted, and the
+    saved checkpoint would then skip those batches on resume."""
+
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        stop.append(signum)
 
     try:
         return signal.signal(signal.SIGTERM, handler)

@@ -8,8 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 from safetensors.torch import load_file
+
+from lmforge.cli.main import main
+from lmforge.training import distributed
 
 TINY = [
     "--preset",
@@ -107,17 +111,26 @@ def test_stop_under_two_processes_resume_under_one(tiny_text, tmp_path):
         "8",
         "--schedule",
         "constant",
-        "--out",
-        str(tmp_path / "run"),
     ]
-    first = _torchrun(2, [*common, "--max-steps", "4"])
+    run = ["--out", str(tmp_path / "run")]
+    first = _torchrun(2, [*common, *run, "--max-steps", "4"])
     assert first.returncode == 0, _why(first)
-    second = _lmforge([*common, "--max-steps", "8", "--resume"])
+    second = _lmforge([*common, *run, "--max-steps", "8", "--resume"])
     assert second.returncode == 0, _why(second)
+    straight = _lmforge([*common, "--out", str(tmp_path / "straight"), "--max-steps", "8"])
+    assert straight.returncode == 0, _why(straight)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").open()]
-    steps = [r["step"] for r in rows if "train_loss" in r]
-    assert steps == list(range(1, 9))
-    assert [r["tokens"] for r in rows if "train_loss" in r][-1] == 8 * 8 * 16
+    rows = [r for r in rows if "train_loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["tokens"] == 8 * 8 * 16
+    # the loss curve continues where an uninterrupted one-process run would be
+    expected = [json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").open()]
+    expected = [r["train_loss"] for r in expected if "train_loss" in r]
+    diffs = [abs(r["train_loss"] - e) for r, e in zip(rows, expected, strict=True)]
+    assert max(diffs[4:]) <= 1e-5, diffs
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
 
 
 def test_a_dead_rank_makes_the_other_exit_with_an_error(tiny_text, tmp_path):
@@ -192,5 +205,44 @@ def test_bad_distributed_options(tiny_text, tmp_path):
     # torchrun's agent reports the failed worker with its own traceback; ours print none
     assert "lmforge/training" not in bad.stderr
     nccl = _lmforge([*base, "--backend", "nccl", "--device", "cpu", "--out", str(tmp_path / "b")])
-    assert nccl.returncode == 2 and "nccl needs CUDA" in nccl.stderr
+    assert nccl.returncode == 2 and "nccl needs CUDA" in _one_line_error(nccl.stderr)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _one_line_error(stderr: str) -> str:
+    err = stderr.strip()
+    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bad_global_batch_in_one_process(tiny_text, tmp_path, capsys):
+    args = ["--data", str(tiny_text), *TINY, "--max-steps", "1", "--out", str(tmp_path / "a")]
+    assert main(["train", *args, "--global-batch-size", "6"]) == 2  # TINY: --batch-size 4
+    err = _one_line_error(capsys.readouterr().err)
+    assert "--global-batch-size 6 is not divisible by --batch-size 4 x 1 processes" in err
+    assert not (tmp_path / "a").exists()
+
+
+def _torch_2_5_fsdp() -> types.ModuleType:
+    """torch.distributed.fsdp as torch 2.4 and 2.5 have it: FSDP1, but no fully_shard."""
+    module = types.ModuleType("torch.distributed.fsdp")
+    module.FullyShardedDataParallel = object
+    return module
+
+
+def test_fully_shard_falls_back_to_its_torch_2_5_location(monkeypatch):
+    from torch.distributed._composable.fsdp import fully_shard
+
+    monkeypatch.setitem(sys.modules, "torch.distributed.fsdp", _torch_2_5_fsdp())
+    assert distributed.fully_shard_fn() is fully_shard
+
+
+def test_fsdp_missing_from_torch_is_one_line(tiny_text, tmp_path, capsys, monkeypatch):
+    # FSDP1 is there, but fully_shard (what --strategy fsdp uses) is in neither place
+    monkeypatch.setitem(sys.modules, "torch.distributed.fsdp", _torch_2_5_fsdp())
+    monkeypatch.setitem(sys.modules, "torch.distributed._composable.fsdp", None)
+    args = ["--data", str(tiny_text), *TINY, "--max-steps", "1", "--out", str(tmp_path / "a")]
+    assert main(["train", *args, "--strategy", "fsdp"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert "--strategy fsdp needs FSDP2" in err and "--strategy ddp" in err
+    assert not (tmp_path / "a").exists()

@@ -1,6 +1,8 @@
 """The training loop: loss falls, exact resume, budgets, divergence and interruption."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -130,6 +132,49 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tiny_text, tmp_path, monkeypa
     result = _run(tiny_text, tmp_path / "run", max_steps=16, resume=True)
     assert result["steps"] == 16
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_sigterm_mid_step_finishes_the_step_and_resumes_exactly(tiny_text, tmp_path, monkeypatch):
+    # SIGTERM arrives after step 6 has drawn its first micro-batch (of 2): the step still
+    # completes and is counted, so the checkpoint's batcher position matches its step count.
+    calls = {"n": 0}
+    real = trainer.WindowBatcher.next_batch
+
+    def signalled(self):
+        batch = real(self)
+        calls["n"] += 1
+        if calls["n"] == 11:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    _run(tiny_text, tmp_path / "straight", max_steps=16, grad_accum=2)
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", signalled)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000006"]
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", real)
+    assert _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2, resume=True)["steps"] == 16
+    _assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_compile_failure_falls_back_with_the_same_step_options(tiny_text, tmp_path, monkeypatch):
+    # torch.compile fails at its first call; the eager retry must keep no_sync (DDP accumulation)
+    def broken(loss_fn):
+        def compiled(batch):
+            raise RuntimeError("inductor: no C++ compiler")
+
+        return compiled
+
+    calls, real = [], trainer.train_step
+
+    def spy(task, batches, optimizer, **kw):
+        calls.append({k: v for k, v in kw.items() if k != "loss_fn"})
+        return real(task, batches, optimizer, **kw)
+
+    monkeypatch.setattr(trainer, "_compiled", broken)
+    monkeypatch.setattr(trainer, "train_step", spy)
+    assert _run(tiny_text, tmp_path / "run", max_steps=2, grad_accum=2, compile=True)["steps"] == 2
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2] and "no_sync" in calls[0]
 
 
 def test_budgets(tiny_text, tmp_path):
