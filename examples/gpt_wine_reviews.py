@@ -14,6 +14,7 @@ from pathlib import Path
 import lmforge
 from lmforge import progress
 from lmforge.data.corpus import open_source
+from lmforge.device import set_threads
 from lmforge.generation.generate import generate_texts
 from lmforge.inspect import render
 from lmforge.inspect.next_token import inspect_prompt
@@ -37,6 +38,12 @@ def main() -> None:
     ap.add_argument("--figures", default=None, help="folder for the report and PNGs (default: run)")
     ap.add_argument("--num-samples", type=int, default=2, help="samples per prompt and temperature")
     ap.add_argument("--reuse", action="store_true", help="skip training: use the run in --out")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all cores; 1 on a busy machine)",
+    )
     args = ap.parse_args()
     progress.enable(True)
 
@@ -54,6 +61,7 @@ def main() -> None:
             preset="gpt-tiny-wine",
             out=args.out,
             eval_every=max(10, steps_per_epoch // 2),
+            threads=args.threads,
             **budget,
         )
     final = read_metrics(args.out).val[-1]  # the last evaluation covers the whole val split
@@ -62,6 +70,7 @@ def main() -> None:
         f"{final['val_loss']:.3f} (perplexity {math.exp(final['val_loss']):.1f})"
     )
 
+    set_threads(args.threads)  # for sampling after --reuse too
     model, tok = lmforge.load(args.out), lmforge.load_tokenizer(args.out)
     figures = Path(args.figures or args.out)
     figures.mkdir(parents=True, exist_ok=True)

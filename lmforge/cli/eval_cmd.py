@@ -17,22 +17,30 @@ def add_parser(sub):
         "per char on the run's validation split, or on all of --data.",
     )
     p.add_argument("run", help="run folder")
-    p.add_argument("--data", default=None, help="evaluate on this text instead (all of it)")
-    p.add_argument("--field", default=None, help="CSV column / JSON field of --data")
     p.add_argument(
-        "--label-field", default=None, help="classifier runs: the label column of --data"
+        "--data",
+        default=None,
+        help="evaluate on this text instead (all of it) (default: the run's own data)",
+    )
+    p.add_argument(
+        "--field", default=None, help="CSV column / JSON field of --data (default: none)"
+    )
+    p.add_argument(
+        "--label-field",
+        default=None,
+        help="classifier runs: the label column of --data (default: none)",
     )
     p.add_argument(
         "--split",
         default=None,
         choices=["test", "train", "all"],
-        help="classifier/MLM runs: test (default when the data has a split column), train, or "
-        "all of --data (default otherwise)",
+        help="classifier/MLM runs: test, train, or all of --data (default: test when the data "
+        "has a test split, else all)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
-    p.add_argument("--device", default="auto", help="(default: auto)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: 16)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
     p.add_argument("--precision", default="auto", help="auto|fp32|bf16 (default: auto)")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--json", action="store_true", help="print one JSON line (default: off)")
     return p
 
 

@@ -14,19 +14,25 @@ from lmforge.errors import ConfigError
 @dataclass
 class InspectConfig:
     prompt: list[str] | None = field(
-        default=None, metadata={"help": "text to inspect (repeat for several prompts)"}
+        default=None,
+        metadata={"help": "text to inspect (repeat for several prompts)", "required": True},
     )
     top_k: int = field(default=5, metadata={"help": "most probable next tokens to list"})
     out: str | None = field(
         default=None,
         metadata={
-            "help": "HTML report; None means RUN/inspect.html (a run folder)",
+            "help": "HTML report",
+            "default_help": "RUN/inspect.html when RUN is a folder, else ./inspect.html",
             "metavar": "FILE",
         },
     )
     png: str | None = field(
         default=None,
-        metadata={"help": "folder for heatmap PNGs, one per prompt and layer", "metavar": "DIR"},
+        metadata={
+            "help": "folder for heatmap PNGs, one per prompt and layer (created if missing)",
+            "default_help": "none: no PNGs",
+            "metavar": "DIR",
+        },
     )
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
 
@@ -56,13 +62,22 @@ def run(args) -> int:
     if not cfg.prompt:
         raise ConfigError('give at least one --prompt "text" to inspect')
     run_dir = Path(args.run)  # or a Hugging Face name such as distilgpt2
+    # every output path is checked before anything is written (and before the model loads)
     out = render.check_out_path(
         cfg.out or (run_dir if run_dir.is_dir() else Path()) / "inspect.html"
     )
-    if cfg.png is not None and not Path(cfg.png).is_dir():
-        render.check_out_path(cfg.png, "--png")
+    if cfg.png is not None:
+        png = render.check_out_dir(cfg.png, "--png")
+        if png.resolve() == out.resolve():
+            raise ConfigError(
+                f"--out {out} and --png {png} are the same path; give the report and the "
+                "heatmap folder different names"
+            )
+        render.import_pyplot()  # a missing matplotlib fails now, not after the report
     model, tok = load_for_sampling(args.run, cfg.device)
     seen = [inspect_prompt(model, tok, prompt, cfg.top_k) for prompt in cfg.prompt]
+    if cfg.png is not None:  # now that the layers are known: no file to write is a folder
+        render.check_out_dir(cfg.png, "--png", tuple(render.png_names(seen)))
     for s in seen:
         print(f"prompt: {s.prompt}  ({len(s.tokens)} tokens)")
         width = max(len(t.token) for t in s.next_tokens)

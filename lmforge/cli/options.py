@@ -1,12 +1,15 @@
 """Turns an options dataclass into argparse flags, and flags + `--config FILE` back into it.
 
 Precedence, lowest first: dataclass defaults, preset values, the config file, explicit flags.
-Each field becomes `--kebab-name`; help text comes from `field(metadata={"help": ...})`.
+Each field becomes `--kebab-name`; help text comes from `field(metadata={"help": ...})`, followed
+by "(default: X)", "(required)" (metadata "required") or what absence means (metadata
+"default_help").
 """
 
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,6 +38,29 @@ def _base_type(tp):
     return tp, False
 
 
+# "(default: x)" or "(default x)" already in a help text, or "(required)"
+_DEFAULT_SHOWN = re.compile(r"\((default\b|required\))")
+
+
+def show_default(value) -> str:
+    """A default as --help shows it: none for None, quoted when it is blank ('\\n')."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and not value.strip():
+        return repr(value)
+    return str(value)
+
+
+def _shown(f: dataclasses.Field) -> str:
+    """What a field's absence means: metadata["default_help"] ("RUN/inspect.html"), else its
+    default value."""
+    if "default_help" in f.metadata:
+        return f.metadata["default_help"]
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return show_default(f.default_factory())  # type: ignore[misc]
+    return show_default(None if f.default is dataclasses.MISSING else f.default)
+
+
 def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per field of dataclass `cls` (defaults shown in --help, not applied)."""
     hints = typing.get_type_hints(cls)
@@ -42,13 +68,11 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        # a required option is not argparse-required: it may come from --config instead
-        shown = "(required)" if f.metadata.get("required") else f"(default: {default})"
-        help_text = f"{help_text} {shown}".strip()
+        if not _DEFAULT_SHOWN.search(help_text):  # a help text may describe its own default
+            # a required option is not argparse-required: it may come from --config instead
+            shown = "(required)" if f.metadata.get("required") else f"(default: {_shown(f)})"
+            help_text = f"{help_text} {shown}".strip()
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=_UNSET, help=help_text)
         if f.metadata.get("choices"):

@@ -17,13 +17,15 @@ def add_parser(sub):
     )
     p.add_argument("run", help="run folder of a classifier")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", default=None, help="classify each line of this file too")
+    p.add_argument(
+        "--file", default=None, help="classify each line of this file too (default: none)"
+    )
     p.add_argument(
         "--max-seq-len", type=int, default=None, help="pack to this length (default: the run's)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    p.add_argument("--device", default="auto", help="(default: auto)")
-    p.add_argument("--json", action="store_true", help="one JSON line per text")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    p.add_argument("--json", action="store_true", help="one JSON line per text (default: off)")
     return p
 
 

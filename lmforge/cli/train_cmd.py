@@ -24,7 +24,9 @@ def add_parser(sub):
         cfg_cls, _ = family_classes(family)
         options.add_options(group, cfg_cls, skip=tuple(seen))
         seen |= {f.name for f in dataclasses.fields(cfg_cls)}
-    p.add_argument("--json", action="store_true", help="print one final JSON line of results")
+    p.add_argument(
+        "--json", action="store_true", help="print one final JSON line of results (default: off)"
+    )
     return p
 
 

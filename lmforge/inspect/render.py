@@ -21,18 +21,50 @@ FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def check_out_path(path: str | Path, flag: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
-    """`path` as a Path, checked to be writable as a file: its folder exists, it is no folder."""
+    """`path` as a Path, checked to be writable as a file: its folder exists and is writable, it
+    is no folder."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / 'x'}")
+    _check_parent(path, flag)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: use one of the file types {', '.join(suffixes)}")
+    return path
+
+
+def check_out_dir(path: str | Path, flag: str = "--png", names: tuple[str, ...] = ()) -> Path:
+    """`path` as a Path, checked to be usable as an output folder: a writable folder, or a new
+    one whose parent exists; none of the file `names` to write into it may be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{flag} {path}: the folder is not writable; pick another folder")
+        for name in names:
+            if (path / name).is_dir():
+                raise ConfigError(
+                    f"{flag} {path}: {path / name} is a folder but a file goes there; "
+                    "remove it or pick another folder"
+                )
+    elif path.exists():
+        raise ConfigError(
+            f"{flag} {path} is a file, not a folder; give a folder (created if missing) "
+            "or remove the file"
+        )
+    else:
+        _check_parent(path, flag)
+    return path
+
+
+def _check_parent(path: Path, flag: str) -> None:
     if not path.parent.is_dir():
         raise ConfigError(
             f"{flag} {path}: the folder {path.parent} does not exist; "
             "create it or pick another path"
         )
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path}: use one of the file types {', '.join(suffixes)}")
-    return path
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(
+            f"{flag} {path}: the folder {path.parent} is not writable; pick another path"
+        )
 
 
 def import_pyplot():
@@ -126,21 +158,30 @@ def attention_figure(seen: PromptInspection, layer: int):
     return fig
 
 
+def png_names(inspections: list[PromptInspection]) -> list[str]:
+    """The file names save_attention_pngs writes, prompt-major: `prompt<N>-layer<L>.png`."""
+    return [
+        f"prompt{n}-layer{layer + 1}.png"
+        for n, seen in enumerate(inspections, 1)
+        for layer in range(len(seen.attention))
+    ]
+
+
 def save_attention_pngs(inspections: list[PromptInspection], folder: str | Path) -> list[Path]:
     """One PNG per prompt and layer, `prompt<N>-layer<L>.png` (1-based) in `folder`.
 
     The folder is created when its parent exists. Returns the paths written, prompt-major.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        check_out_path(folder, "--png")
-        folder.mkdir()
-    paths = []
-    for n, seen in enumerate(inspections, 1):
-        for layer in range(len(seen.attention)):
-            fig = attention_figure(seen, layer)
-            paths.append(save_figure(fig, folder / f"prompt{n}-layer{layer + 1}.png"))
-    return paths
+    names = png_names(inspections)
+    folder = check_out_dir(folder, "--png", tuple(names))
+    import_pyplot()  # fails before the folder is made when matplotlib is missing
+    folder.mkdir(exist_ok=True)
+    figures = (  # drawn one at a time, in png_names' order
+        attention_figure(seen, layer)
+        for seen in inspections
+        for layer in range(len(seen.attention))
+    )
+    return [save_figure(fig, folder / name) for fig, name in zip(figures, names)]
 
 
 # ---------------------------------------------------------------- HTML report

@@ -80,6 +80,29 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, args, message):
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize(
+    ("png", "message"),
+    [
+        ("file.png", "is a file, not a folder; give a folder (created if missing)"),
+        ("maps", "prompt1-layer1.png is a folder but a file goes there"),
+        ("r.html", "are the same path"),
+    ],
+)
+def test_output_paths_are_checked_before_anything_is_written(run, tmp_path, capsys, png, message):
+    (tmp_path / "file.png").write_bytes(b"not a folder")
+    (tmp_path / "maps" / "prompt1-layer1.png").mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = ["inspect", str(run), "--prompt", "wine review", "--out", str(tmp_path / "r.html")]
+    capsys.readouterr()
+    assert main([*argv, "--png", str(tmp_path / png)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the tables: the failure comes before any output
+    err = captured.err.strip()
+    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err
+    assert message in err and f"--png {tmp_path / png}" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_a_missing_run_folder_is_named(tmp_path, capsys):
     err = _error(capsys, ["inspect", str(tmp_path / "gone"), "--prompt", "wine"])
     assert "gone" in err and "does not exist" in err

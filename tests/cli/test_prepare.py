@@ -70,6 +70,78 @@ def test_config_file_supplies_options(tmp_path, tiny_text, out, capsys):
     assert 0.49 < summary["val_tokens"] / (summary["train_tokens"] + summary["val_tokens"]) < 0.5
 
 
+# ---- --tokenizer PATH: an existing tokenizer encodes the corpus ------------------------------
+
+DOCS = [
+    "The café serves crème brûlée and naïve visitors résumé their travels.",
+    "ROMEO: But soft, what light through yonder window breaks?",
+    "Don't stop; it's 3.14 > 2 — isn't it? Привет, мир! 東京 🙂",
+    "JULIET: O Romeo, Romeo! wherefore art thou Romeo?",
+    "A crisp white, with lemon, green apple and a long mineral finish.",
+]
+
+
+def _prepared_bpe(folder):
+    """A tokenizer saved by an earlier `lmforge prepare`: the folder's tokenizer/ and the
+    tokenizer itself, loaded from there."""
+    corpus = _write(folder.with_name("corpus.txt"), "\n".join(DOCS * 30))
+    args = ["--data", corpus, "--tokenizer", "bpe", "--vocab-size", "300", "--out", str(folder)]
+    assert main(["prepare", *args]) == 0
+    return folder / "tokenizer", PreparedData(folder).tokenizer.encode
+
+
+def _gpt2_files(folder):
+    """GPT-2's layout, vocab.json + merges.txt, from a byte-level BPE trained here; the ids to
+    expect are those of the trained tokenizer itself, not of a loader."""
+    from lmforge.tokenizers.subword import train_bpe
+
+    bpe = train_bpe(DOCS * 20, vocab_size=320)
+    folder.mkdir()
+    bpe.tokenizer.model.save(str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "vocab.json"]
+    return folder, bpe.encode
+
+
+def _bert_vocab(folder):
+    """BERT's layout, one vocab.txt; the ids to expect come from the `tokenizers` library's own
+    BERT WordPiece tokenizer reading the same file."""
+    from tokenizers import BertWordPieceTokenizer
+
+    words = "the cafe serves creme brulee and naive visitors resume their travels romeo but soft"
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words.split(), "##s", "##ing"]
+    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += list(",.;:!?'>—") + list("0123456789") + ["東", "京"]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    reference = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)
+    return folder, lambda text: reference.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [(_prepared_bpe, "bpe"), (_gpt2_files, "bpe"), (_bert_vocab, "wordpiece")],
+    ids=["saved-by-prepare", "gpt2-vocab-merges", "bert-vocab-txt"],
+)
+def test_an_existing_tokenizer_folder_encodes_the_corpus(tmp_path, capsys, make, kind):
+    path, encode = make(tmp_path / "existing")
+    records = tmp_path / "docs.jsonl"
+    _write(records, "".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = tmp_path / "encoded"
+    args = ["--data", str(records), "--field", "text", "--val-fraction", "0", "--json"]
+    capsys.readouterr()
+    assert main(["prepare", *args, "--tokenizer", str(path), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    data = PreparedData(out)
+    assert summary["tokenizer"] == data.meta["tokenizer"] == kind
+    assert summary["documents"] == {"train": len(DOCS), "val": 0}
+    expected = [encode(d) for d in DOCS]
+    assert len({i for ids in expected for i in ids}) > 40  # real pieces, not all [UNK]
+    assert [doc.tolist() for doc in data.documents("train")] == expected
+    assert data.tokenizer.vocab_size == summary["vocab_size"]
+    assert [data.tokenizer.encode(d) for d in DOCS] == expected  # the copy in --out, too
+
+
 # ---- bad input: one line naming the problem and the fix, exit 2, nothing written ------------
 
 

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError, DataError
@@ -96,15 +96,28 @@ def test_decode_accepts_arrays_and_tensors(tok):
         tok.decode([-1])
 
 
-def test_save_load_round_trip(tmp_path):
-    tok = CharTokenizer.train(TEXT + "é", unknown_token="[UNK]")
-    tok.save(tmp_path)
+@pytest.mark.parametrize("unknown_token", [None, "[UNK]"])
+def test_save_load_gives_identical_ids(tmp_path, unknown_token):
+    tok = CharTokenizer.train(TEXT + "é", unknown_token=unknown_token)
+    tok.save(tmp_path)  # once; the examples below only encode
     assert not (tmp_path / "tokenizer.json").exists()
     loaded = load_tokenizer(tmp_path)
     assert isinstance(loaded, CharTokenizer)
-    text = "JULIET: é\U0001f600 Romeo?"
-    assert loaded.encode(text) == tok.encode(text)
     assert loaded.vocab == tok.vocab and loaded.unk_id == tok.unk_id
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(alphabet=[*CHARS, "é"]))  # text within the vocabulary
+    @example("JULIET: é Romeo?")
+    def same_ids(text):
+        ids = tok.encode(text)
+        assert loaded.encode(text) == ids
+        assert loaded.encode_array(text).tolist() == ids
+
+    same_ids()
+    if unknown_token:  # a character never seen maps to the unknown token, after loading too
+        text = "JULIET: é\U0001f600 Romeo?"
+        assert loaded.encode(text) == tok.encode(text)
+        assert tok.unk_id in loaded.encode(text)
 
 
 def test_pickles_for_worker_processes(tok):

@@ -4,7 +4,7 @@ import string
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError, DataError
@@ -23,6 +23,10 @@ CORPUS = [
 UNICODE_TEXT = "Café NAÏVE résumé — Привет 東京 🙂🚀 señor  Müller's <|endoftext|> don't\ttab\nline"
 
 _examples = settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# save/load round trips: the tokenizer is saved once per test, each example only encodes
+_round_trips = settings(max_examples=100, deadline=None)
+# arbitrary unicode, and text made of the corpus's own characters (so merges and pieces apply)
+ANY_TEXT = st.text() | st.text(alphabet=sorted(set("".join(CORPUS))))
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +124,24 @@ def test_unigram_specials_and_round_trip(unigram):
 @pytest.mark.parametrize("name", ["bpe", "wordpiece", "unigram"])
 def test_save_load_gives_identical_ids(name, request, tmp_path):
     tok = request.getfixturevalue(name)
-    tok.save(tmp_path)
+    tok.save(tmp_path)  # once per tokenizer; the examples below only encode
     assert (tmp_path / "lmforge_tokenizer.json").is_file() and (
         tmp_path / "tokenizer.json"
     ).is_file()
     loaded = load_tokenizer(tmp_path)
+    from_json = load_tokenizer(tmp_path / "tokenizer.json")
     assert loaded.kind == tok.kind and loaded.vocab_size == tok.vocab_size
     assert loaded.special_tokens() == tok.special_tokens()
-    for text in [UNICODE_TEXT, *CORPUS[:6]]:
-        assert loaded.encode(text) == tok.encode(text)
-    assert load_tokenizer(tmp_path / "tokenizer.json").encode(UNICODE_TEXT) == tok.encode(
-        UNICODE_TEXT
-    )
+
+    @_round_trips
+    @given(ANY_TEXT)
+    @example(UNICODE_TEXT)
+    def same_ids(text):
+        ids = tok.encode(text)
+        assert loaded.encode(text) == ids
+        assert from_json.encode(text) == ids
+
+    same_ids()
 
 
 @pytest.mark.parametrize("name", ["bpe", "wordpiece", "unigram"])

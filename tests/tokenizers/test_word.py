@@ -1,6 +1,8 @@
 """WordTokenizer: lower-cased words, punctuation split off, frequency-capped vocabulary."""
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError
 from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
@@ -57,12 +59,29 @@ def test_reserved_tokens_follow_pad_and_unk():
     assert [tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id] == [0, 1, 2, 3]
 
 
+# arbitrary text, and the reviews' words (with their case and punctuation) in any order
+_WORDS = st.sampled_from(sorted({w for r in REVIEWS for w in r.split()}))
+WORDY_TEXT = st.text() | st.lists(_WORDS | st.text(max_size=4)).map(" ".join)
+
+
 def test_save_load_gives_identical_ids(tok, tmp_path):
-    tok.save(tmp_path)
-    for loaded in (load_tokenizer(tmp_path), load_tokenizer(tmp_path / "tokenizer.json")):
+    tok.save(tmp_path)  # once; the examples below only encode
+    both = (load_tokenizer(tmp_path), load_tokenizer(tmp_path / "tokenizer.json"))
+    for loaded in both:
         assert isinstance(loaded, WordTokenizer)
-        assert loaded.encode_batch(REVIEWS) == tok.encode_batch(REVIEWS)
         assert (loaded.pad_id, loaded.unk_id) == (0, 1)
+        assert loaded.vocab_size == tok.vocab_size
+        assert loaded.encode_batch(REVIEWS) == tok.encode_batch(REVIEWS)
+
+    @settings(max_examples=100, deadline=None)
+    @given(WORDY_TEXT)
+    @example(" ".join(REVIEWS))
+    def same_ids(text):
+        ids = tok.encode(text)
+        for loaded in both:
+            assert loaded.encode(text) == ids
+
+    same_ids()
 
 
 def test_train_tokenizer_default_and_too_small():
