@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge import __version__, progress
-from lmforge.data.corpus import Source, open_source
+from lmforge.data.corpus import Document, Source, open_source
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers.base import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 
@@ -278,57 +279,38 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     """Write the tokenizer and token files into tmp; return meta.json's content, less the key
     and the source's sha256."""
     if source.is_single_text:
-        text = _TextSplit(source, config.val_fraction)
-        units, total_chars = text.units, text.total
-        train_docs = val_docs = None
+        corpus, docs = _TextSplit(source, config.val_fraction), None
     else:
-        train_docs, val_docs = _split_documents(source, config.val_fraction, config.seed)
-
-        def units() -> Iterator[tuple[str, str]]:
-            yield from (("train", d.text) for d in train_docs)
-            yield from (("val", d.text) for d in val_docs)
-
-        total_chars = sum(len(d.text) for d in train_docs + val_docs)
-
-    train_texts = (t for split, t in itertools.takewhile(lambda u: u[0] == "train", units()))
-    every_text = (t for _, t in units())
+        corpus = docs = _DocumentSplit(source, config.val_fraction, config.seed)
+    # each units() call streams the source again: its texts are never all held in memory
+    train_texts = (text for split, text in corpus.units() if split == "train")
+    every_text = (text for _, text in corpus.units())
     tokenizer = _get_tokenizer(config, train_texts, every_text)
     tokenizer.save(tmp / "tokenizer")
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    sep = tokenizer.eos_id if train_docs is not None else None
-
-    labels = None
-    if train_docs is not None and any(d.label is not None for d in train_docs + val_docs):
-        labels = sorted({d.label for d in train_docs + val_docs if d.label is not None})
-        if len(labels) < 2:
-            raise DataError(
-                f"labelled data has only the label {labels}: "
-                "a classifier needs at least two classes"
-            )
+    sep = tokenizer.eos_id if docs is not None else None
 
     encoder = _TaskEncoder(tokenizer, dtype, sep)
-    counts = _encode(encoder, units(), tmp, total_chars, config.num_proc, train_docs is not None)
+    counts = _encode(
+        encoder, corpus.units(), tmp, corpus.total_bytes, config.num_proc, docs is not None
+    )
     if counts["train"][0] == 0:
         raise DataError(
             f"{config.data}: the training split holds no tokens; "
             "use a larger corpus or a smaller --val-fraction"
         )
     splits = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        num_tokens, lengths = counts[split]
-        info = {"file": f"{split}.bin", "tokens": num_tokens}
+    for name in ("train", "val"):
+        num_tokens, lengths = counts[name]
+        info = {"file": f"{name}.bin", "tokens": num_tokens}
         if docs is not None:
-            info["documents"] = len(docs)
-            info["offsets"] = f"{split}_offsets.npy"
+            info["documents"] = len(lengths)  # one length per document
+            info["offsets"] = f"{name}_offsets.npy"
             np.save(tmp / info["offsets"], np.concatenate([[0], np.cumsum(lengths)]))
-            if labels is not None:
-                ids = {name: i for i, name in enumerate(labels)}
-                info["labels"] = f"{split}_labels.npy"
-                np.save(
-                    tmp / info["labels"],
-                    np.array([ids.get(d.label, -1) for d in docs], dtype=np.int64),
-                )
-        splits[split] = info
+            if docs.labels is not None:
+                info["labels"] = f"{name}_labels.npy"
+                np.save(tmp / info["labels"], docs.label_ids[docs.is_val == (name == "val")])
+        splits[name] = info
 
     return {
         "format": FORMAT_VERSION,
@@ -340,7 +322,7 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
         "doc_separator": sep,
-        "labels": labels,
+        "labels": docs.labels if docs is not None else None,
         "splits": splits,
         "options": {k: v for k, v in asdict(config).items() if k != "num_proc"},
     }
@@ -351,14 +333,16 @@ class _TextSplit:
 
     The cut is the first line start at or after (1 - val_fraction) of the characters, found
     while streaming; a tail without a line start is cut inside its line. Counting the
-    characters reads the file once; a text of up to _KEEP_CHARS is kept rather than read again.
+    characters (and UTF-8 bytes, for the progress bar) reads the file once; a text of up to
+    _KEEP_CHARS is kept rather than read again.
     """
 
     def __init__(self, source: Source, val_fraction: float):
         self.source = source
-        self.total, kept = 0, []
+        self.total, self.total_bytes, kept = 0, 0, []
         for chunk in source.iter_chunks(_CHUNK_CHARS):
             self.total += len(chunk)
+            self.total_bytes += _utf8_len(chunk)
             if kept is not None:
                 kept.append(chunk)
                 kept = kept if self.total <= _KEEP_CHARS else None
@@ -392,30 +376,77 @@ class _TextSplit:
             pos = end
 
 
-def _split_documents(source: Source, val_fraction: float, seed: int):
-    docs = [d for d in source.iter_documents() if d.text]
-    if not docs:
+class _DocumentSplit:
+    """Documents streamed from their source, each routed to train or val as it goes by.
+
+    A first pass keeps no text: it counts the documents with text and notes each one's label
+    and whether the source puts it in a test/validation split (a few bytes a document). Val is
+    that split when the source has one, else a seeded random val_fraction of the documents.
+    Every units() call then reads the source again. (A JSON array, unlike JSONL, is parsed
+    whole by the source each time: JSON cannot be read record by record with the standard
+    library.)
+    """
+
+    def __init__(self, source: Source, val_fraction: float, seed: int):
+        self.source = source
+        self.total_bytes = 0
+        codes: dict[str, int] = {}  # label -> code, in order of first appearance
+        label_codes, in_val_split = array("i"), bytearray()
+        for doc in self._documents():
+            self.total_bytes += _utf8_len(doc.text)
+            label_codes.append(-1 if doc.label is None else codes.setdefault(doc.label, len(codes)))
+            in_val_split.append(doc.split in _VAL_SPLITS)
+        num_docs = len(label_codes)
+        self.is_val = _choose_val(source, num_docs, in_val_split, val_fraction, seed)
+        names = sorted(codes)
+        if len(names) == 1:
+            raise DataError(
+                f"labelled data has only the label {names}: a classifier needs at least two classes"
+            )
+        self.labels: list[str] | None = names or None  # meta.json's label names
+        # each document's index into the sorted names, -1 when unlabelled (code -1: the last)
+        code_to_id = np.array([names.index(label) for label in codes] + [-1], dtype=np.int64)
+        self.label_ids = code_to_id[np.frombuffer(label_codes, dtype=np.int32)]
+
+    def _documents(self) -> Iterator[Document]:
+        return (d for d in self.source.iter_documents() if d.text)
+
+    def units(self) -> Iterator[tuple[str, str]]:
+        """("train" or "val", text) per document, in the source's order."""
+        for doc, is_val in zip(self._documents(), self.is_val):
+            yield ("val" if is_val else "train"), doc.text
+
+
+def _choose_val(
+    source: Source, num_docs: int, in_val_split: bytearray, val_fraction: float, seed: int
+) -> np.ndarray:
+    """Which documents go to val: (num_docs,) bool."""
+    if num_docs == 0:
         raise DataError(f"{source.description} holds no text: give a corpus with text in it")
+    is_val = np.frombuffer(in_val_split, dtype=bool).copy()
     if val_fraction == 0:
-        return docs, []
-    if any(d.split in _VAL_SPLITS for d in docs):  # the source's own split, e.g. IMDB's test
-        train = [d for d in docs if d.split not in _VAL_SPLITS]
-        if not train:
+        return np.zeros(num_docs, dtype=bool)
+    if is_val.any():  # the source's own split, e.g. IMDB's test
+        if is_val.all():
             raise DataError(
                 f"{source.description}: every document is in a test/validation split, so none "
                 "is left to train on; add training documents or pass --val-fraction 0"
             )
-        return train, [d for d in docs if d.split in _VAL_SPLITS]
-    if len(docs) < 2:
+        return is_val
+    if num_docs < 2:
         raise DataError(
             f"{source.description} holds a single document, too few to split into train and "
             "validation; give more documents or pass --val-fraction 0"
         )
     rng = np.random.default_rng(seed)
-    num_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
-    is_val = np.zeros(len(docs), dtype=bool)
-    is_val[rng.permutation(len(docs))[:num_val]] = True
-    return ([d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v])
+    num_val = min(num_docs - 1, max(1, round(num_docs * val_fraction)))
+    is_val[rng.permutation(num_docs)[:num_val]] = True
+    return is_val
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of text in UTF-8 (what the progress bar counts), without encoding ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _get_tokenizer(config: PrepareConfig, train_texts, every_text) -> Tokenizer:
@@ -549,28 +580,31 @@ def _run_in_worker(texts: list[str]):
 
 
 def _tasks(units: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
-    """(split, texts) groups of about _TASK_CHARS characters; a group never mixes splits."""
-    split, batch, size = None, [], 0
-    for unit_split, text in units:
-        if batch and (unit_split != split or size >= _TASK_CHARS):
+    """(split, texts) groups of about _TASK_CHARS characters, each of one split, in order."""
+    batches: dict[str, list[str]] = {"train": [], "val": []}
+    sizes = {"train": 0, "val": 0}
+    for split, text in units:
+        batches[split].append(text)
+        sizes[split] += len(text)
+        if sizes[split] >= _TASK_CHARS:
+            yield split, batches[split]
+            batches[split], sizes[split] = [], 0
+    for split, batch in batches.items():
+        if batch:
             yield split, batch
-            batch, size = [], 0
-        split = unit_split
-        batch.append(text)
-        size += len(text)
-    if batch:
-        yield split, batch
 
 
 def _encode(
     encoder: _TaskEncoder,
     units: Iterable[tuple[str, str]],
     folder: Path,
-    total_chars: int,
+    total_bytes: int,
     num_proc: int,
     keep_lengths: bool,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Encode units into folder/{train,val}.bin; per split (tokens, tokens per unit).
+
+    The progress bar counts the UTF-8 bytes of the text (total_bytes in all).
 
     With num_proc 1 each task is encoded here, the tokenizers library spreading it over its own
     threads (helper threads of ours measured slower: the GIL); with more, a pool of worker
@@ -581,7 +615,7 @@ def _encode(
     window = 2 * num_proc
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(folder / f"{s}.bin", "wb")) for s in written}
-        pbar = stack.enter_context(progress.bar(total_chars, "encode", "char", unit_scale=True))
+        pbar = stack.enter_context(progress.bar(total_bytes, "encode", "B", unit_scale=True))
         if num_proc > 1:
             # spawn, not fork: the tokenizers library's threads do not survive a fork
             pool = mp.get_context("spawn").Pool(num_proc, _init_worker, (encoder,))
@@ -596,16 +630,16 @@ def _encode(
         pending: deque = deque()
 
         def finish_one() -> None:
-            split, num_chars, result = pending.popleft()
+            split, num_bytes, result = pending.popleft()
             ids, task_lengths = result()
             files[split].write(ids.data)
             written[split] += len(ids)
             if keep_lengths:
                 lengths[split].append(task_lengths)
-            pbar.update(num_chars)
+            pbar.update(num_bytes)
 
         for split, texts in _tasks(units):
-            pending.append((split, sum(map(len, texts)), submit(texts)))
+            pending.append((split, sum(map(_utf8_len, texts)), submit(texts)))
             if len(pending) >= window:
                 finish_one()
         while pending:

@@ -5,18 +5,22 @@ import gzip
 import json
 import re
 import shutil
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmforge import progress
 from lmforge.data import prepare as prepare_module
-from lmforge.data.corpus import open_source
+from lmforge.data.corpus import Document, Source, open_source
 from lmforge.data.datasets import resolve_dataset
 from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers.base import train_tokenizer
+from tests.conftest import shared_data
 
 
 def _prepare(tmp_path, name="out", **options) -> PreparedData:
@@ -132,21 +136,136 @@ def test_eli5_bpe_answers_round_trip_exactly(tmp_path):
     assert sorted(decoded) == sorted(answers)  # byte-level BPE loses nothing
 
 
-def test_python_stdlib_files_bpe(tmp_path):
-    # The whole standard library (13 MB of code) takes over 20 s to encode with BPE on a 2-core
-    # machine, so this prepares a folder of 50 of its small modules; test_cli_prepare_python_stdlib
-    # opens the real dataset.
+def test_imdb_named_dataset_wordpiece_with_its_own_defaults(tmp_path):
+    # the whole dataset: 50,000 reviews, labels from its 'sentiment' column, val = its test split
+    csv_path = shared_data("imdb-50k.csv.gz")
+    data = _prepare(tmp_path, data="imdb", tokenizer="wordpiece", vocab_size=1000)
+    tok = data.tokenizer
+    assert data.meta["tokenizer"] == "wordpiece" and data.meta["vocab_size"] == 1000
+    assert data.meta["dtype"] == "uint16"
+    assert "column 'review' label 'sentiment'" in data.meta["source"]
+    assert data.label_names == ["negative", "positive"]
+    assert data.doc_separator == tok.token_to_id("[END]")
+    with gzip.open(csv_path, "rt", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for split, source_split in (("train", "train"), ("val", "test")):
+        expected = [r for r in rows if r["split"] == source_split]
+        assert len(expected) == data.meta["splits"][split]["documents"] == 25_000
+        labels = data.labels(split)
+        assert labels.tolist() == [int(r["sentiment"] == "positive") for r in expected]
+        assert np.bincount(labels).tolist() == [12_500, 12_500]
+        _check_offsets(data, split, 25_000)
+        docs = data.documents(split)
+        for i in (0, 1, 12_345, 24_999):
+            assert docs[i].tolist() == tok.encode(expected[i]["review"])
+
+
+def test_python_stdlib_named_dataset_bpe(tmp_path):
     stdlib = resolve_dataset("python-stdlib")
-    files = [p for p in sorted(stdlib.glob("*.py")) if p.stat().st_size < 16_000][:50]
-    folder = tmp_path / "stdlib"
-    folder.mkdir()
-    for p in files:
-        shutil.copy(p, folder / p.name)
-    data = _prepare(tmp_path, data=str(folder), tokenizer="bpe", vocab_size=1000)
-    texts = sorted(p.read_text(encoding="utf-8") for p in files if p.stat().st_size)
-    decoded = [data.tokenizer.decode(d) for s in ("train", "val") for d in data.documents(s)]
-    assert sorted(decoded) == texts
-    assert data.meta["splits"]["val"]["documents"] == 5
+    if not (stdlib / "os.py").is_file():
+        pytest.fail(f"the Python standard library is missing: no os.py in {stdlib}")
+    data = _prepare(tmp_path, data="python-stdlib", tokenizer="bpe", vocab_size=300)
+    texts = [d.text for d in open_source("python-stdlib").iter_documents() if d.text]
+    assert len(texts) > 300
+    assert data.meta["tokenizer"] == "bpe" and data.tokenizer.vocab_size == 300
+    assert data.meta["dtype"] == "uint16" and data.label_names is None
+    assert data.doc_separator == data.tokenizer.token_to_id("<|endoftext|>")
+    num_val = round(len(texts) * 0.1)
+    for split, num_docs in (("train", len(texts) - num_val), ("val", num_val)):
+        _check_offsets(data, split, num_docs)
+        size = (tmp_path / "out" / f"{split}.bin").stat().st_size
+        assert size == 2 * data.num_tokens(split) > 0
+    assert data.num_tokens("train") > 5 * data.num_tokens("val")  # ~13 MB of code, 2-3 B a token
+    known = set(texts)
+    for split in ("train", "val"):
+        for doc in data.documents(split)[::25]:
+            text = data.tokenizer.decode(doc)
+            assert text in known  # byte-level BPE gives back the exact file
+            assert data.tokenizer.encode(text) == doc.tolist()
+
+
+class _MadeUpSource(Source):
+    """A labelled corpus made up while it is read; it fails as soon as more than `max_live`
+    of its document texts are alive at once, so a reader that collects them all fails."""
+
+    def __init__(self, num_docs: int, max_live: int):
+        super().__init__("jsonl", Path("made-up"), [])
+        self.num_docs, self.max_live = num_docs, max_live
+        self.live = self.peak = 0
+
+    @property
+    def description(self) -> str:
+        return f"made-up corpus ({self.num_docs} documents)"
+
+    def fingerprint(self) -> str:
+        return "made-up"
+
+    @staticmethod
+    def text(i: int) -> str:
+        return f"document {i} of the made-up corpus: " + "lorem ipsum " * (i % 13 + 5)
+
+    def iter_documents(self):
+        for i in range(self.num_docs):
+            text = _Text(self.text(i))
+            self.live += 1
+            weakref.finalize(text, self._gone)
+            self.peak = max(self.peak, self.live)
+            if self.live > self.max_live:
+                raise AssertionError(f"{self.live} document texts are held in memory at once")
+            yield Document(text, label="odd" if i % 2 else "even")
+
+    def _gone(self) -> None:
+        self.live -= 1
+
+
+class _Text(str):
+    """A str that can be watched with weakref (a plain str cannot)."""
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_documents_stream_and_are_never_all_in_memory(tmp_path, monkeypatch, small_tasks, kind):
+    # small_tasks: a task holds ~2,000 characters (~20 documents), so a reader that streams
+    # keeps a few dozen texts alive, and one that lists the 5,000 documents fails at the 501st
+    source = _MadeUpSource(num_docs=5000, max_live=500)
+    monkeypatch.setattr(prepare_module, "open_source", lambda *args, **kw: source)
+    vocab = 300 if kind == "bpe" else None
+    data = _prepare(tmp_path, data="made-up", tokenizer=kind, vocab_size=vocab)
+    assert 0 < source.peak <= 500
+    assert source.live == 0
+    assert data.meta["splits"]["val"]["documents"] == 500  # the seeded 10%
+    assert data.label_names == ["even", "odd"]
+    seen = []
+    for split in ("train", "val"):
+        _check_offsets(data, split, 4500 if split == "train" else 500)
+        for doc, label in zip(data.documents(split), data.labels(split)):
+            i = int(data.tokenizer.decode(doc).split()[1])
+            assert data.tokenizer.decode(doc) == source.text(i)
+            assert label == i % 2
+            seen.append(i)
+    assert sorted(seen) == list(range(5000))
+
+
+def test_progress_bar_counts_utf8_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "_enabled", True)  # a disabled bar counts nothing
+    bars = []
+    real_bar = progress.bar
+
+    def recording_bar(total=None, desc="", unit="it", **kw):
+        bar = real_bar(total, desc, unit, **kw)
+        bars.append((total, unit, kw, bar))
+        return bar
+
+    monkeypatch.setattr(progress, "bar", recording_bar)
+    text = "".join(f"ligne {i}: déjà vu, naïve café — 日本語 {i}\n" for i in range(2000))
+    (tmp_path / "utf8.txt").write_text(text, encoding="utf-8")
+    with open(tmp_path / "utf8.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text"], *([line] for line in text.splitlines())])
+    for name in ("utf8.txt", "utf8.csv"):
+        _prepare(tmp_path, name + ".out", data=str(tmp_path / name), tokenizer="char")
+        total, unit, kw, bar = bars.pop()
+        expected = len(text.encode()) - (name == "utf8.csv") * 2000  # the CSV has no newlines
+        assert total == expected > len(text) and bar.n == total
+        assert unit == "B" and kw.get("unit_scale") is True
 
 
 # ---- reuse and rebuild ----------------------------------------------------------------------
