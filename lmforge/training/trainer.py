@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -754,8 +755,8 @@ def fit(
     train_loss, recent = float("nan"), []
     t_window, tok_window = time.perf_counter(), 0
     interrupted = False
-    stop = []  # SIGTERM appends to it; the loop stops before the next step, never inside one
-    prev_handler = _install_sigterm(stop)
+    stop = []  # SIGTERM / Ctrl-C append to it: the loop stops between steps, never inside one
+    prev_handlers = _install_stop_handlers(stop)
     dev = next(task.parameters()).device
     t_start, elapsed_before = time.perf_counter(), elapsed
     passes = hasattr(batcher, "batches_per_epoch")  # epochs batching: real passes, not draws
@@ -860,6 +861,9 @@ def fit(
                 save("periodic")
             if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer and not fsdp:
                 _print_sample(task, tokenizer)
+    except StopNow:
+        log.info("stopped at once: nothing saved since the last checkpoint")
+        raise
     except KeyboardInterrupt:
         interrupted = True
     except RuntimeError as e:
@@ -870,7 +874,8 @@ def fit(
         bar.close()
         if board is not None:
             board.flush()
-        signal.signal(signal.SIGTERM, prev_handler)
+        for sig, prev in prev_handlers.items():
+            signal.signal(sig, prev)
     tps_all = tokens / max(elapsed, 1e-9)
     if interrupted:
         save("interrupted")
@@ -981,18 +986,37 @@ def _wrap_distributed(task):
     return ddp, ddp.no_sync
 
 
-def _install_sigterm(stop: list):
-    """SIGTERM (SLURM, torchrun) asks the loop to stop at the next step boundary. Raising from
-    the handler could land after a step drew its batches but before it was counted, and the
-    saved checkpoint would then skip those batches on resume."""
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, without saving (the step under way may be half done)."""
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _install_stop_handlers(stop: list) -> dict:
+    """SIGTERM (SLURM, torchrun) and a first Ctrl-C ask the loop to stop at the next step
+    boundary; a second Ctrl-C raises StopNow. Raising at the first signal could land after a
+    step drew its batches but before it was counted, and the saved checkpoint would then skip
+    those batches on resume. Returns the previous handlers."""
 
     def handler(signum, frame):
+        if stop and signum == signal.SIGINT:
+            raise StopNow
+        if not stop and signum == signal.SIGINT:
+            print(
+                "\nstopping after this step (Ctrl-C again: stop now, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
         stop.append(signum)
 
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return signal.getsignal(signal.SIGTERM)
+    previous = {}
+    for sig in _STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave the signals alone
+            break
+    return previous
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

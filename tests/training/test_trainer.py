@@ -134,9 +134,13 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tiny_text, tmp_path, monkeypa
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
-def test_sigterm_mid_step_finishes_the_step_and_resumes_exactly(tiny_text, tmp_path, monkeypatch):
-    # SIGTERM arrives after step 6 has drawn its first micro-batch (of 2): the step still
-    # completes and is counted, so the checkpoint's batcher position matches its step count.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
+    tiny_text, tmp_path, monkeypatch, signum
+):
+    # SIGTERM or a first Ctrl-C arrives after step 6 has drawn its first micro-batch (of 2): the
+    # step still completes and is counted, so the checkpoint's batcher position matches its
+    # step count.
     calls = {"n": 0}
     real = trainer.WindowBatcher.next_batch
 
@@ -144,7 +148,7 @@ def test_sigterm_mid_step_finishes_the_step_and_resumes_exactly(tiny_text, tmp_p
         batch = real(self)
         calls["n"] += 1
         if calls["n"] == 11:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return batch
 
     _run(tiny_text, tmp_path / "straight", max_steps=16, grad_accum=2)
@@ -155,6 +159,25 @@ def test_sigterm_mid_step_finishes_the_step_and_resumes_exactly(tiny_text, tmp_p
     monkeypatch.setattr(trainer.WindowBatcher, "next_batch", real)
     assert _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2, resume=True)["steps"] == 16
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_text, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.WindowBatcher.next_batch
+
+    def signalled(self):
+        batch = real(self)
+        calls["n"] += 1
+        if calls["n"] == 11:
+            os.kill(os.getpid(), signal.SIGINT)  # asks for a stop after this step
+            os.kill(os.getpid(), signal.SIGINT)  # ... and then for a stop now
+        return batch
+
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", signalled)
+    with pytest.raises(trainer.StopNow):
+        _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2)
+    assert list_checkpoints(tmp_path / "run") == []  # no half-done step was saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 def test_compile_failure_falls_back_with_the_same_step_options(tiny_text, tmp_path, monkeypatch):
