@@ -134,6 +134,23 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tiny_text, tmp_path, monkeypa
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
+def _signal_at_draw(monkeypatch, n, *signums):
+    """Send this process `signums` right after the batcher's n-th draw; return the real draw."""
+    calls = {"n": 0}
+    real = trainer.WindowBatcher.next_batch
+
+    def signalled(self):
+        batch = real(self)
+        calls["n"] += 1
+        if calls["n"] == n:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+        return batch
+
+    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", signalled)
+    return real
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
     tiny_text, tmp_path, monkeypatch, signum
@@ -141,18 +158,8 @@ def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
     # SIGTERM or a first Ctrl-C arrives after step 6 has drawn its first micro-batch (of 2): the
     # step still completes and is counted, so the checkpoint's batcher position matches its
     # step count.
-    calls = {"n": 0}
-    real = trainer.WindowBatcher.next_batch
-
-    def signalled(self):
-        batch = real(self)
-        calls["n"] += 1
-        if calls["n"] == 11:
-            os.kill(os.getpid(), signum)
-        return batch
-
     _run(tiny_text, tmp_path / "straight", max_steps=16, grad_accum=2)
-    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", signalled)
+    real = _signal_at_draw(monkeypatch, 11, signum)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000006"]
@@ -162,18 +169,7 @@ def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_text, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = trainer.WindowBatcher.next_batch
-
-    def signalled(self):
-        batch = real(self)
-        calls["n"] += 1
-        if calls["n"] == 11:
-            os.kill(os.getpid(), signal.SIGINT)  # asks for a stop after this step
-            os.kill(os.getpid(), signal.SIGINT)  # ... and then for a stop now
-        return batch
-
-    monkeypatch.setattr(trainer.WindowBatcher, "next_batch", signalled)
+    _signal_at_draw(monkeypatch, 11, signal.SIGINT, signal.SIGINT)  # stop after this step; now
     with pytest.raises(trainer.StopNow):
         _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2)
     assert list_checkpoints(tmp_path / "run") == []  # no half-done step was saved
