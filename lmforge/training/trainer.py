@@ -1012,6 +1012,8 @@ def _install_stop_handlers(stop: list) -> dict:
 
     previous = {}
     for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) == signal.SIG_IGN:  # e.g. Ctrl-C in a `nohup ... &` job
+            continue
         try:
             previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: leave the signals alone

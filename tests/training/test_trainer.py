@@ -134,6 +134,14 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tiny_text, tmp_path, monkeypa
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C as in a terminal (a background job, e.g. under CI, may be started ignoring it)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _signal_at_draw(monkeypatch, n, *signums):
     """Send this process `signums` right after the batcher's n-th draw; return the real draw."""
     calls = {"n": 0}
@@ -153,7 +161,7 @@ def _signal_at_draw(monkeypatch, n, *signums):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
-    tiny_text, tmp_path, monkeypatch, signum
+    tiny_text, tmp_path, monkeypatch, ctrl_c, signum
 ):
     # SIGTERM or a first Ctrl-C arrives after step 6 has drawn its first micro-batch (of 2): the
     # step still completes and is counted, so the checkpoint's batcher position matches its
@@ -168,12 +176,30 @@ def test_a_stop_signal_mid_step_finishes_the_step_and_resumes_exactly(
     _assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
-def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_text, tmp_path, monkeypatch):
+def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_text, tmp_path, monkeypatch, ctrl_c):
     _signal_at_draw(monkeypatch, 11, signal.SIGINT, signal.SIGINT)  # stop after this step; now
     with pytest.raises(trainer.StopNow):
         _run(tiny_text, tmp_path / "run", max_steps=16, grad_accum=2)
     assert list_checkpoints(tmp_path / "run") == []  # no half-done step was saved
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tiny_text, tmp_path, monkeypatch):
+    # a `nohup lmforge train ... &` job starts with SIGINT ignored: training keeps it so
+    seen = []
+    real = trainer.WindowBatcher.next_batch
+
+    def watched(self):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(self)
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(trainer.WindowBatcher, "next_batch", watched)
+        _run(tiny_text, tmp_path / "run", max_steps=2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen and all(h == signal.SIG_IGN for h in seen)
 
 
 def test_compile_failure_falls_back_with_the_same_step_options(tiny_text, tmp_path, monkeypatch):
