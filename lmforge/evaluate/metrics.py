@@ -100,14 +100,16 @@ def predict_labels(task, examples, batch_size: int = 32) -> tuple[np.ndarray, np
     import torch
     import torch.nn.functional as F
 
+    from lmforge import progress
     from lmforge.data.batching import iterate_in_order
 
     was_training = task.training
     task.eval()
     dev = next(task.parameters()).device
     predicted, true, loss_sum = [], [], 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), progress.bar(len(examples), "eval", "ex", leave=False) as pbar:
         for batch in iterate_in_order(examples, batch_size):
+            pbar.update(len(batch["labels"]))
             batch = {k: v.to(dev) for k, v in batch.items()}
             labels = batch.pop("labels")
             logits = task(**batch).float()

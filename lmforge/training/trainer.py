@@ -297,7 +297,9 @@ def evaluate(
     subset = _Subset(examples, index)
     total, count, hits = 0.0, 0, 0
     scored = getattr(task, "loss_and_hits", None)  # classifiers and masked LMs: accuracy too
+    pbar = progress.bar(len(subset), "eval", "ex", leave=False)
     for batch in iterate_in_order(subset, batch_size):
+        pbar.update(len(batch["labels"]))
         batch = {k: v.to(dev) for k, v in batch.items()}
         n = int((batch["labels"] != IGNORE).sum())
         if n == 0:
@@ -309,6 +311,7 @@ def evaluate(
                 loss, batch_hits = scored(batch)
                 total, hits = total + float(loss) * n, hits + int(batch_hits)
         count += n
+    pbar.close()
     task.train(was_training)
     if shard:
         sums = torch.tensor([total, count, hits], dtype=torch.float64, device=dev)

@@ -109,6 +109,10 @@ def test_classify_then_eval_and_predict(reviews, tmp_path, capsys):
     assert main(["eval", str(run), *data, "--split", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip())["examples"] == 120
 
+    assert main(["eval", str(run)]) == 0  # without --json: a progress bar over the examples
+    err = capsys.readouterr().err
+    assert "eval:" in err and "/30 [" in err  # 30 test examples
+
     assert main(["predict", str(run), "great wonderful joy", "awful dull boring", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["label"] for x in lines] == ["positive", "negative"]
