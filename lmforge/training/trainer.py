@@ -297,21 +297,20 @@ def evaluate(
     subset = _Subset(examples, index)
     total, count, hits = 0.0, 0, 0
     scored = getattr(task, "loss_and_hits", None)  # classifiers and masked LMs: accuracy too
-    pbar = progress.bar(len(subset), "eval", "ex", leave=False)
-    for batch in iterate_in_order(subset, batch_size):
-        pbar.update(len(batch["labels"]))
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        n = int((batch["labels"] != IGNORE).sum())
-        if n == 0:
-            continue
-        with devices.autocast(dev, precision):
-            if scored is None:
-                total += float(task.loss(batch)) * n
-            else:
-                loss, batch_hits = scored(batch)
-                total, hits = total + float(loss) * n, hits + int(batch_hits)
-        count += n
-    pbar.close()
+    with progress.bar(len(subset), "eval", "ex", leave=False) as pbar:
+        for batch in iterate_in_order(subset, batch_size):
+            pbar.update(len(batch["labels"]))
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            n = int((batch["labels"] != IGNORE).sum())
+            if n == 0:
+                continue
+            with devices.autocast(dev, precision):
+                if scored is None:
+                    total += float(task.loss(batch)) * n
+                else:
+                    loss, batch_hits = scored(batch)
+                    total, hits = total + float(loss) * n, hits + int(batch_hits)
+            count += n
     task.train(was_training)
     if shard:
         sums = torch.tensor([total, count, hits], dtype=torch.float64, device=dev)
