@@ -291,9 +291,7 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     sep = tokenizer.eos_id if docs is not None else None
 
     encoder = _TaskEncoder(tokenizer, dtype, sep)
-    counts = _encode(
-        encoder, corpus.units(), tmp, corpus.total_bytes, config.num_proc, docs is not None
-    )
+    counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
     if counts["train"][0] == 0:
         raise DataError(
             f"{config.data}: the training split holds no tokens; "
@@ -333,20 +331,21 @@ class _TextSplit:
 
     The cut is the first line start at or after (1 - val_fraction) of the characters, found
     while streaming; a tail without a line start is cut inside its line. Counting the
-    characters (and UTF-8 bytes, for the progress bar) reads the file once; a text of up to
-    _KEEP_CHARS is kept rather than read again.
+    characters reads the file once; a text of up to _KEEP_CHARS is kept rather than read again.
+    The progress bar counts the file's bytes (total_bytes).
     """
 
     def __init__(self, source: Source, val_fraction: float):
         self.source = source
-        self.total, self.total_bytes, kept = 0, 0, []
+        self.total_bytes = sum(path.stat().st_size for path, _, _ in source.files)
+        self.total, kept = 0, []
         for chunk in source.iter_chunks(_CHUNK_CHARS):
             self.total += len(chunk)
-            self.total_bytes += _utf8_len(chunk)
             if kept is not None:
                 kept.append(chunk)
                 kept = kept if self.total <= _KEEP_CHARS else None
         self._kept = kept
+        self.total_chars = self.total
         self.target = int(self.total * (1.0 - val_fraction))
         if val_fraction > 0 and self.target == 0:
             raise DataError(
@@ -389,11 +388,12 @@ class _DocumentSplit:
 
     def __init__(self, source: Source, val_fraction: float, seed: int):
         self.source = source
-        self.total_bytes = 0
+        self.total_bytes = self.total_chars = 0  # the bytes count the text in UTF-8
         codes: dict[str, int] = {}  # label -> code, in order of first appearance
         label_codes, in_val_split = array("i"), bytearray()
         for doc in self._documents():
             self.total_bytes += _utf8_len(doc.text)
+            self.total_chars += len(doc.text)
             label_codes.append(-1 if doc.label is None else codes.setdefault(doc.label, len(codes)))
             in_val_split.append(doc.split in _VAL_SPLITS)
         num_docs = len(label_codes)
@@ -534,35 +534,44 @@ class _TaskEncoder:
     def __init__(self, tokenizer: Tokenizer, dtype, sep: int | None):
         self.tokenizer, self.dtype, self.sep = tokenizer, np.dtype(dtype), sep
         self.rule = _cut_rule(tokenizer)
+        self.uses_numpy = tokenizer.kind == "char"  # a numpy lookup, not a library call
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of the texts one after another, each followed by sep; tokens per text)."""
+    def __call__(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """(ids of the texts one after another, each followed by sep, in one or more arrays;
+        tokens per text)."""
         pieces, owners = [], []
         for i, text in enumerate(texts):
             parts = _cut(text, self.rule)
             pieces += parts
             owners += [i] * len(parts)
-        if self.tokenizer.kind == "char":  # one id per character
-            counts = [len(p) for p in pieces]
-            ids = np.empty(sum(counts), dtype=self.dtype)
-            for start, piece in zip(itertools.accumulate([0, *counts]), pieces):
-                ids[start : start + len(piece)] = self.tokenizer.encode_array(piece)
+        if self.tokenizer.kind == "char":  # one id per character, looked up in self.dtype
+            arrays = [self.tokenizer.encode_array(p, self.dtype) for p in pieces]
+            counts = [len(a) for a in arrays]
+            if self.sep is None:  # written as they are: no copy into one array
+                return arrays, _sum_by_owner(len(texts), owners, counts)
+            ids = np.concatenate(arrays) if arrays else np.zeros(0, self.dtype)
         else:
             id_lists = _encode_ids(self.tokenizer, pieces)
             counts = [len(x) for x in id_lists]
             flat = itertools.chain.from_iterable(id_lists)
             ids = np.fromiter(flat, dtype=self.dtype, count=sum(counts))
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        np.add.at(lengths, owners, counts)
+        lengths = _sum_by_owner(len(texts), owners, counts)
         if self.sep is None:
-            return ids, lengths
+            return [ids], lengths
         lengths += 1
         ends = np.cumsum(lengths) - 1  # where each separator goes
         out = np.full(int(lengths.sum()), self.sep, dtype=self.dtype)
         is_text = np.ones(len(out), dtype=bool)
         is_text[ends] = False
         out[is_text] = ids
-        return out, lengths
+        return [out], lengths
+
+
+def _sum_by_owner(num_texts: int, owners: list[int], counts: list[int]) -> np.ndarray:
+    """Tokens per text, from the token counts of its pieces."""
+    lengths = np.zeros(num_texts, dtype=np.int64)
+    np.add.at(lengths, owners, counts)
+    return lengths
 
 
 _worker_encoder: _TaskEncoder | None = None
@@ -596,50 +605,63 @@ def _tasks(units: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
 
 def _encode(
     encoder: _TaskEncoder,
-    units: Iterable[tuple[str, str]],
+    corpus: "_TextSplit | _DocumentSplit",
     folder: Path,
-    total_bytes: int,
     num_proc: int,
     keep_lengths: bool,
 ) -> dict[str, tuple[int, np.ndarray]]:
-    """Encode units into folder/{train,val}.bin; per split (tokens, tokens per unit).
+    """Encode corpus.units() into folder/{train,val}.bin; per split (tokens, tokens per unit).
 
-    The progress bar counts the UTF-8 bytes of the text (total_bytes in all).
+    The progress bar shows bytes (corpus.total_bytes in all), advanced in proportion to the
+    characters encoded: counting each text's bytes would cost as much as a char lookup.
 
-    With num_proc 1 each task is encoded here, the tokenizers library spreading it over its own
-    threads (helper threads of ours measured slower: the GIL); with more, a pool of worker
-    processes does, a few tasks in flight and in order, so the memory used stays flat.
+    With num_proc 1 a task is encoded in this process: a subword one by the tokenizers library
+    over its own threads (helper threads of ours measured slower: the GIL), char ones by a
+    thread per core (numpy's lookup runs without the GIL). With more, a pool of worker
+    processes does. Either way a few tasks are in flight, finished in order, so the memory
+    used stays flat.
     """
     written = {"train": 0, "val": 0}
     lengths: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    window = 2 * num_proc
+    threads = len(os.sched_getaffinity(0)) if num_proc == 1 and encoder.uses_numpy else 0
+    window = 2 * max(num_proc, threads)
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(folder / f"{s}.bin", "wb")) for s in written}
+        total_bytes, total_chars = corpus.total_bytes, corpus.total_chars
         pbar = stack.enter_context(progress.bar(total_bytes, "encode", "B", unit_scale=True))
         if num_proc > 1:
             # spawn, not fork: the tokenizers library's threads do not survive a fork
             pool = mp.get_context("spawn").Pool(num_proc, _init_worker, (encoder,))
             stack.callback(pool.terminate)
+        if threads > 1:
+            helpers = stack.enter_context(ThreadPoolExecutor(threads))
 
         def submit(texts: list[str]) -> Callable:
             if num_proc > 1:
                 return pool.apply_async(_run_in_worker, (texts,)).get
+            if threads > 1:
+                return helpers.submit(encoder, texts).result
             result = encoder(texts)
             return lambda: result
 
         pending: deque = deque()
 
+        done_chars = 0
+
         def finish_one() -> None:
-            split, num_bytes, result = pending.popleft()
-            ids, task_lengths = result()
-            files[split].write(ids.data)
-            written[split] += len(ids)
+            nonlocal done_chars
+            split, num_chars, result = pending.popleft()
+            arrays, task_lengths = result()
+            for ids in arrays:
+                files[split].write(ids.data)
+                written[split] += len(ids)
             if keep_lengths:
                 lengths[split].append(task_lengths)
-            pbar.update(num_bytes)
+            done_chars += num_chars
+            pbar.update(done_chars * total_bytes // max(total_chars, 1) - pbar.n)
 
-        for split, texts in _tasks(units):
-            pending.append((split, sum(map(_utf8_len, texts)), submit(texts)))
+        for split, texts in _tasks(corpus.units()):
+            pending.append((split, sum(map(len, texts)), submit(texts)))
             if len(pending) >= window:
                 finish_one()
         while pending:

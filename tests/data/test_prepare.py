@@ -3,6 +3,7 @@
 import csv
 import gzip
 import json
+import os
 import re
 import shutil
 import weakref
@@ -438,3 +439,37 @@ def test_options_are_checked_before_reading(tmp_path):
 def test_prepared_data_needs_meta(tmp_path):
     with pytest.raises(DataError, match="run `lmforge prepare"):
         PreparedData(tmp_path)
+
+
+def test_char_tasks_of_every_width_encode_in_order_on_threads_and_processes(
+    tmp_path, small_tasks, monkeypatch
+):
+    # ~150 tasks of 2,000 characters, cut in 300-character pieces of 1-, 2- and 4-byte strings,
+    # looked up on helper threads (1 process) or in worker processes (2): same files, in order
+    lines = [f"line {i} {'aé’😀'[i % 4] * (i % 50)}\n" for i in range(6000)]
+    text = "".join(lines)
+    (tmp_path / "mixed.txt").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # 3 threads here
+    for n in (1, 2):
+        data = prepare(
+            PrepareConfig(data=str(tmp_path / "mixed.txt"), tokenizer="char", num_proc=n),
+            tmp_path / f"{n}",
+        )
+        vocab = sorted(set(text))
+        cut = text.index("\n", int(len(text) * 0.9)) + 1
+        for split, part in (("train", text[:cut]), ("val", text[cut:])):
+            assert data.tokens(split).tolist() == [vocab.index(c) for c in part]
+    for name in ("train.bin", "val.bin"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+
+
+def test_char_documents_of_every_width_hold_their_ids(tmp_path, small_tasks):
+    path = tmp_path / "docs.jsonl"
+    texts = [f"doc {i}: {'aé’😀'[i % 4] * (i % 40 + 1)}" for i in range(400)]
+    path.write_text("".join(json.dumps({"t": t}) + "\n" for t in texts), encoding="utf-8")
+    data = _prepare(tmp_path, data=str(path), field="t", tokenizer="char")
+    tok = data.tokenizer
+    assert data.doc_separator is None  # a char tokenizer has no separator: offsets alone
+    _check_offsets(data, "train", 360)
+    decoded = [tok.decode(d) for s in ("train", "val") for d in data.documents(s)]
+    assert sorted(decoded) == sorted(texts)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
-from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.char import CharTokenizer, code_points
 
 TEXT = "ROMEO: But soft, what light through yonder window breaks?\nJULIET: O Romeo!\n"
 CHARS = sorted(set(TEXT))
@@ -132,3 +132,63 @@ def test_train_tokenizer_char_and_its_errors():
         train_tokenizer("char", [TEXT], vocab_size=100)
     with pytest.raises(DataError, match="non-empty"):
         CharTokenizer.train(["", ""])
+
+
+# ---- the fast paths: code points in the string's own width, lookups in narrow dtypes ----------
+
+_WIDTHS = ["a", "Z", "\n", "é", "ÿ", "\u2019", "\uffff", "\U0001f600", "\U0010ffff"]
+
+
+@_examples
+@given(st.text(alphabet=_WIDTHS) | st.text())
+@example("\ud800a")  # a lone surrogate, in a 2-byte string
+@example("\udfff\U0001f600")  # and in a 4-byte one
+@example("é" * 11 + "\u2019")  # short enough for the 1-byte guess, 2 bytes wide
+@example("a\U0001f600")  # short enough for the 2-byte guess, 4 bytes wide
+def test_code_points_are_exact_in_the_narrowest_width(text):
+    points = code_points(text)
+    assert points.tolist() == [ord(c) for c in text]
+    top = max(map(ord, text), default=0)
+    assert points.dtype == (np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
+
+
+@_examples
+@given(st.text(alphabet=_WIDTHS + ["?"]))
+def test_encode_array_in_any_integer_dtype_matches_encode(text):
+    tok = CharTokenizer.train(_WIDTHS[:-1], unknown_token="?")  # U+10FFFF maps to "?"
+    expected = [tok.token_to_id(c) if c in tok.vocab else tok.unk_id for c in text]
+    for dtype in (np.int64, np.int32, np.uint32, np.uint16, np.uint8, np.int8):
+        ids = tok.encode_array(text, dtype)
+        assert ids.dtype == dtype and ids.tolist() == expected
+
+
+def test_encode_array_dtype_edges():
+    full = CharTokenizer([chr(i) for i in range(256)])  # ids 0..255: no spare uint8 value
+    text = "".join(map(chr, range(255, -1, -1)))
+    assert full.encode_array(text, np.uint8).tolist() == list(range(255, -1, -1))
+    with pytest.raises(DataError, match="position 1"):
+        full.encode_array("a\u2019", np.uint8)
+    with pytest.raises(ValueError, match="cannot hold"):
+        CharTokenizer([chr(i) for i in range(257)]).encode_array("a", np.uint8)
+    with pytest.raises(ValueError, match="integer dtype"):
+        full.encode_array("a", np.float32)
+
+
+@_examples
+@given(st.lists(st.text(alphabet=_WIDTHS) | st.text(), min_size=1))
+@example(["\ud800", "x"])
+def test_train_finds_exactly_the_distinct_characters(texts):
+    joined = "".join(texts)
+    if not joined:
+        with pytest.raises(DataError, match="no characters"):
+            CharTokenizer.train(texts)
+        return
+    assert CharTokenizer.train(texts).vocab == sorted(set(joined))
+
+
+def test_train_across_pieces_of_every_width():
+    # longer than a training piece (65,536 characters), each piece of another width
+    text = "a" * 70_000 + "é" * 70_000 + "\u2019" * 3 + "\U0001f600" + "b" * 70_000 + "\ud800"
+    assert CharTokenizer.train(text).vocab == sorted(set(text))
+    tok = CharTokenizer.train(text)
+    assert tok.encode_array(text, np.uint16).tolist() == tok.encode(text)
