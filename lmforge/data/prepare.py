@@ -75,7 +75,10 @@ class PrepareConfig:
     )
     num_proc: int = option(
         default=1,
-        metadata={"help": "encoding processes; 1 encodes in this process on the library's threads"},
+        metadata={
+            "help": "encoding processes; 1 encodes in this process on threads (the tokenizers "
+            "library's, or one per core for char, whose fastest setting this is)"
+        },
     )
 
     def __post_init__(self):
