@@ -28,6 +28,7 @@ from lmforge import __version__, progress
 from lmforge.data.corpus import Document, Source, open_source
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers.base import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
+from lmforge.tokenizers.char import CharTokenizer, UnknownCharacterError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ class PrepareConfig:
         metadata={"help": "strict|replace|ignore: what to do with undecodable bytes"},
     )
     unknown_token: str | None = option(
-        default=None, metadata={"help": "char tokenizer: map unseen characters to this token"}
+        default=None,
+        metadata={
+            "help": "char tokenizer: map unseen characters to this token (one of its own "
+            "characters, for a saved tokenizer)"
+        },
     )
     num_proc: int = option(
         default=1,
@@ -260,6 +265,11 @@ def _hash_tree(path: Path) -> str:
 def _check_tokenizer_options(config: PrepareConfig) -> None:
     """Fail before reading the corpus on a tokenizer that does not exist or a useless option."""
     name = config.tokenizer
+    if config.unknown_token is not None and name in TOKENIZER_KINDS and name != "char":
+        raise ConfigError(
+            f"--unknown-token applies to char tokenizers; a {name} tokenizer has its own "
+            "unknown token: drop --unknown-token"
+        )
     if name in TOKENIZER_KINDS or Path(name).exists():
         if config.vocab_size is not None and (name == "char" or name not in TOKENIZER_KINDS):
             what = "a char tokenizer's is the set of characters in the text"
@@ -294,7 +304,15 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     sep = tokenizer.eos_id if docs is not None else None
 
     encoder = _TaskEncoder(tokenizer, dtype, sep)
-    counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
+    try:
+        counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
+    except UnknownCharacterError as exc:  # its position is within one piece: no use here
+        raise DataError(
+            f"{source.description} holds {exc.char!r} (U+{ord(exc.char):04X}), which the char "
+            f"tokenizer in {config.tokenizer} lacks; pass --unknown-token with one of its "
+            "characters (e.g. '?') to map unseen ones there, or --tokenizer char to train a "
+            "tokenizer on this text"
+        ) from None
     if counts["train"][0] == 0:
         raise DataError(
             f"{config.data}: the training split holds no tokens; "
@@ -455,7 +473,15 @@ def _utf8_len(text: str) -> int:
 def _get_tokenizer(config: PrepareConfig, train_texts, every_text) -> Tokenizer:
     kind = config.tokenizer
     if kind not in TOKENIZER_KINDS:
-        return load_tokenizer(kind)
+        tokenizer = load_tokenizer(kind)
+        if config.unknown_token is None:
+            return tokenizer
+        if not isinstance(tokenizer, CharTokenizer):
+            raise ConfigError(
+                f"--unknown-token applies to char tokenizers, and {kind} holds a "
+                f"{tokenizer.kind} one (with its own unknown token, if any); drop --unknown-token"
+            )
+        return tokenizer.with_unknown_token(config.unknown_token)
     if kind == "char":
         # The character set is a property of the whole corpus: an unseen validation character
         # would otherwise stop evaluation, and it leaks nothing a model could exploit.
@@ -638,6 +664,7 @@ def _encode(
             stack.callback(pool.terminate)
         if threads > 1:
             helpers = stack.enter_context(ThreadPoolExecutor(threads))
+            stack.callback(helpers.shutdown, cancel_futures=True)  # on an error: drop the queue
 
         def submit(texts: list[str]) -> Callable:
             if num_proc > 1:
@@ -663,12 +690,16 @@ def _encode(
             done_chars += num_chars
             pbar.update(done_chars * total_bytes // max(total_chars, 1) - pbar.n)
 
-        for split, texts in _tasks(corpus.units()):
-            pending.append((split, sum(map(len, texts)), submit(texts)))
-            if len(pending) >= window:
+        try:
+            for split, texts in _tasks(corpus.units()):
+                pending.append((split, sum(map(len, texts)), submit(texts)))
+                if len(pending) >= window:
+                    finish_one()
+            while pending:
                 finish_one()
-        while pending:
-            finish_one()
+        except BaseException:
+            pbar.leave = False  # the error line alone stays on the screen
+            raise
     return {
         s: (written[s], np.concatenate(lengths[s]) if lengths[s] else np.zeros(0, np.int64))
         for s in written

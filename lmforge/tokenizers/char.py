@@ -42,6 +42,20 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", _ERRORS), dtype=np.uint32)
 
 
+class UnknownCharacterError(DataError):
+    """A character the vocabulary lacks, with no unknown token to map it to."""
+
+    def __init__(self, char: str, position: int) -> None:
+        super().__init__(
+            f"character {char!r} at position {position} is not in the char tokenizer's "
+            "vocabulary; train on text that holds it or pass --unknown-token (e.g. '?')"
+        )
+        self.char, self.position = char, position
+
+    def __reduce__(self):  # rebuilt from its fields when it crosses to another process
+        return type(self), (self.char, self.position)
+
+
 class CharTokenizer(Tokenizer):
     """One id per character; vocabulary = sorted distinct characters of the training text.
 
@@ -126,6 +140,24 @@ class CharTokenizer(Tokenizer):
             raise DataError("no characters to train a char tokenizer on; pass non-empty text")
         return cls(sorted(chars), unknown_token=unknown_token)
 
+    def with_unknown_token(self, token: str) -> "CharTokenizer":
+        """This vocabulary, unseen characters mapped to `token`, which must be one of its
+        entries: the ids stay those a model trained with this tokenizer knows."""
+        if token == self.unk_token:
+            return self
+        if self.unk_token is not None:
+            raise ConfigError(
+                f"this char tokenizer already maps unseen characters to {self.unk_token!r}; "
+                "drop --unknown-token"
+            )
+        if token not in self._ids:
+            raise ConfigError(
+                f"--unknown-token {token!r} is not a character of this char tokenizer, and "
+                "adding it would change its vocabulary (and the ids its models expect); "
+                "pick one of its characters, or train a new tokenizer with --tokenizer char"
+            )
+        return CharTokenizer(self._vocab, unknown_token=token)
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "CharTokenizer":
         """Rebuild from the fields of a saved lmforge_tokenizer.json."""
@@ -159,10 +191,7 @@ class CharTokenizer(Tokenizer):
                 ids[missing] = self.unk_id
             else:
                 pos = int(missing.argmax())
-                raise DataError(
-                    f"character {text[pos]!r} at position {pos} is not in the char tokenizer's "
-                    "vocabulary; train on text that holds it or pass --unknown-token (e.g. '?')"
-                )
+                raise UnknownCharacterError(text[pos], pos)
         return ids
 
     def encode(self, text: str) -> list[int]:

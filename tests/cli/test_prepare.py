@@ -12,7 +12,8 @@ def _fails(capsys, args: list[str], out, *expected: str) -> str:
     """Run `lmforge prepare ARGS --out OUT`; check the one-line error and return it."""
     existed = out.parent.exists()
     code = main(["prepare", *args, "--out", str(out)])
-    err = capsys.readouterr().err
+    # a progress bar the error stopped is erased ("\r", blanks, "\r"): not on the screen
+    err = capsys.readouterr().err.rsplit("\r", 1)[-1]
     assert code == 2, err
     assert existed or not out.parent.exists()  # nothing written, not even the parent folder
     assert err.startswith("lmforge: error: ")
@@ -205,6 +206,33 @@ def test_unknown_dataset_lists_the_names(out, capsys):
 def test_vocab_smaller_than_the_special_tokens(tiny_text, out, capsys, kind, minimum):
     args = ["--data", str(tiny_text), "--tokenizer", kind, "--vocab-size", "1"]
     _fails(capsys, args, out, "too small", f"--vocab-size {minimum}")
+
+
+@pytest.mark.parametrize("num_proc", ["1", "2"])  # a helper thread, a worker process
+def test_character_a_saved_char_tokenizer_lacks(tmp_path, out, capsys, num_proc):
+    saved = tmp_path / "saved"
+    text = "hello world? fine.\n" * 50
+    assert main(["prepare", "--data", _write(tmp_path / "a.txt", text), "--out", str(saved)]) == 0
+    capsys.readouterr()
+    new = _write(tmp_path / "b.txt", text + "héllo\n" + text)
+    args = ["--data", new, "--tokenizer", str(saved / "tokenizer"), "--num-proc", num_proc]
+    _fails(capsys, args, out, "b.txt", "'é' (U+00E9)", "--unknown-token", "--tokenizer char")
+    # the fix it names: map unseen characters to one of the tokenizer's own; its ids stay
+    _fails(capsys, [*args, "--unknown-token", "é"], out, "would change its vocabulary")
+    assert main(["prepare", *args, "--unknown-token", "?", "--out", str(out)]) == 0
+    data, old = PreparedData(out), PreparedData(saved)
+    assert data.tokenizer.vocab == old.tokenizer.vocab and data.tokenizer.unk_token == "?"
+    decoded = "".join(data.tokenizer.decode(data.tokens(split)) for split in ("train", "val"))
+    assert decoded == text + "h?llo\n" + text
+
+
+def test_unknown_token_is_for_char_tokenizers(tiny_text, tmp_path, out, capsys):
+    args = ["--data", str(tiny_text), "--unknown-token", "?"]
+    _fails(capsys, [*args, "--tokenizer", "bpe"], out, "applies to char", "drop --unknown-token")
+    saved = tmp_path / "saved"
+    main(["prepare", "--data", str(tiny_text), "--tokenizer", "word", "--out", str(saved)])
+    capsys.readouterr()
+    _fails(capsys, [*args, "--tokenizer", str(saved / "tokenizer")], out, "holds a word one")
 
 
 def test_output_folder_holding_something_else(tiny_text, out, capsys):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
-from lmforge.tokenizers.char import CharTokenizer, code_points
+from lmforge.tokenizers.char import CharTokenizer, UnknownCharacterError, code_points
 
 TEXT = "ROMEO: But soft, what light through yonder window breaks?\nJULIET: O Romeo!\n"
 CHARS = sorted(set(TEXT))
@@ -192,3 +192,22 @@ def test_train_across_pieces_of_every_width():
     assert CharTokenizer.train(text).vocab == sorted(set(text))
     tok = CharTokenizer.train(text)
     assert tok.encode_array(text, np.uint16).tolist() == tok.encode(text)
+
+
+def test_unknown_character_error_survives_a_trip_to_another_process(tok):
+    with pytest.raises(UnknownCharacterError) as err:
+        tok.encode_array("ROMEO é")
+    copy = pickle.loads(pickle.dumps(err.value))
+    assert isinstance(copy, DataError) and (copy.char, copy.position) == ("é", 6)
+    assert str(copy) == str(err.value)
+
+
+def test_with_unknown_token_keeps_the_vocabulary(tok):
+    mapped = tok.with_unknown_token("?")
+    assert mapped.vocab == tok.vocab and mapped.unk_id == CHARS.index("?")
+    assert mapped.encode("Ré!") == [CHARS.index("R"), CHARS.index("?"), CHARS.index("!")]
+    assert mapped.with_unknown_token("?") is mapped
+    with pytest.raises(ConfigError, match="already maps unseen characters to '\\?'"):
+        mapped.with_unknown_token("!")
+    with pytest.raises(ConfigError, match="would change its vocabulary"):
+        tok.with_unknown_token("[UNK]")
