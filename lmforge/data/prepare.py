@@ -267,8 +267,8 @@ def _check_tokenizer_options(config: PrepareConfig) -> None:
     name = config.tokenizer
     if config.unknown_token is not None and name in TOKENIZER_KINDS and name != "char":
         raise ConfigError(
-            f"--unknown-token applies to char tokenizers; a {name} tokenizer has its own "
-            "unknown token: drop --unknown-token"
+            f"--unknown-token applies to char tokenizers; a {name} tokenizer handles unseen "
+            "text itself: drop --unknown-token"
         )
     if name in TOKENIZER_KINDS or Path(name).exists():
         if config.vocab_size is not None and (name == "char" or name not in TOKENIZER_KINDS):
@@ -307,11 +307,12 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     try:
         counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
     except UnknownCharacterError as exc:  # its position is within one piece: no use here
+        known = next((c for c in "? _" if tokenizer.token_to_id(c) is not None), None)
         raise DataError(
             f"{source.description} holds {exc.char!r} (U+{ord(exc.char):04X}), which the char "
             f"tokenizer in {config.tokenizer} lacks; pass --unknown-token with one of its "
-            "characters (e.g. '?') to map unseen ones there, or --tokenizer char to train a "
-            "tokenizer on this text"
+            f"characters (e.g. {known or tokenizer.id_to_token(0)!r}) to map unseen ones "
+            "there, or --tokenizer char to train a tokenizer on this text"
         ) from None
     if counts["train"][0] == 0:
         raise DataError(
@@ -479,7 +480,7 @@ def _get_tokenizer(config: PrepareConfig, train_texts, every_text) -> Tokenizer:
         if not isinstance(tokenizer, CharTokenizer):
             raise ConfigError(
                 f"--unknown-token applies to char tokenizers, and {kind} holds a "
-                f"{tokenizer.kind} one (with its own unknown token, if any); drop --unknown-token"
+                f"{tokenizer.kind} one, which handles unseen text itself: drop --unknown-token"
             )
         return tokenizer.with_unknown_token(config.unknown_token)
     if kind == "char":
