@@ -473,3 +473,22 @@ def test_char_documents_of_every_width_hold_their_ids(tmp_path, small_tasks):
     _check_offsets(data, "train", 360)
     decoded = [tok.decode(d) for s in ("train", "val") for d in data.documents(s)]
     assert sorted(decoded) == sorted(texts)
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_text_too_long_to_keep_is_read_again_with_the_same_result(tmp_path, monkeypatch, kind):
+    text = resolve_dataset("tinyshakespeare").read_text(encoding="utf-8")[:40_000] + "né 😀\n"
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    opts = dict(
+        data=str(tmp_path / "t.txt"), tokenizer=kind, vocab_size=None if kind == "char" else 300
+    )
+    kept = _prepare(tmp_path, "kept", **opts)
+    monkeypatch.setattr(prepare_module, "_CHUNK_CHARS", 1000)  # read in 1,000-character chunks
+    monkeypatch.setattr(prepare_module, "_KEEP_CHARS", 2500)  # ... and stream them each pass
+    streamed = _prepare(tmp_path, "streamed", **opts)
+    for name in ("train.bin", "val.bin"):
+        assert (tmp_path / "kept" / name).read_bytes() == (
+            tmp_path / "streamed" / name
+        ).read_bytes()
+    assert streamed.tokenizer.decode(streamed.tokens("val")).endswith("né 😀\n")
+    assert kept.num_tokens("train") > 0
