@@ -6,11 +6,11 @@ AMX/AVX512-BF16); on other CPUs bf16 matmuls are emulated and ~100x slower than 
 
 import contextlib
 import logging
-import os
 
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,6 @@ def autocast(device: torch.device, precision: str):
 
 def set_threads(num_threads: int | None = None) -> int:
     """Use `num_threads` intra-op threads (default: the cores this process may run on)."""
-    n = num_threads or len(os.sched_getaffinity(0))
+    n = num_threads or usable_cpus()
     torch.set_num_threads(n)
     return n

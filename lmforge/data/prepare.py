@@ -27,6 +27,7 @@ import numpy as np
 from lmforge import __version__, progress
 from lmforge.data.corpus import Document, Source, open_source
 from lmforge.errors import ConfigError, DataError
+from lmforge.system import usable_cpus
 from lmforge.tokenizers.base import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from lmforge.tokenizers.char import CharTokenizer, UnknownCharacterError
 
@@ -653,7 +654,7 @@ def _encode(
     """
     written = {"train": 0, "val": 0}
     lengths: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    threads = len(os.sched_getaffinity(0)) if num_proc == 1 and encoder.uses_numpy else 0
+    threads = usable_cpus() if num_proc == 1 and encoder.uses_numpy else 0
     window = 2 * max(num_proc, threads)
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(folder / f"{s}.bin", "wb")) for s in written}

@@ -3,7 +3,6 @@
 import csv
 import gzip
 import json
-import os
 import re
 import shutil
 import weakref
@@ -449,7 +448,7 @@ def test_char_tasks_of_every_width_encode_in_order_on_threads_and_processes(
     lines = [f"line {i} {'aé’😀'[i % 4] * (i % 50)}\n" for i in range(6000)]
     text = "".join(lines)
     (tmp_path / "mixed.txt").write_text(text, encoding="utf-8")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # 3 threads here
+    monkeypatch.setattr(prepare_module, "usable_cpus", lambda: 3)  # 3 threads here
     for n in (1, 2):
         data = prepare(
             PrepareConfig(data=str(tmp_path / "mixed.txt"), tokenizer="char", num_proc=n),
