@@ -14,9 +14,19 @@ def enable(on: bool = True) -> None:
     _enabled = on
 
 
+class _Bar(tqdm):
+    """A tqdm bar that, closed by an error leaving its `with` block, erases itself: the error
+    line alone stays on the screen."""
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        if exc_type is not None:
+            self.leave = False
+        return super().__exit__(exc_type, exc_value, traceback)
+
+
 def bar(total: float | None = None, desc: str = "", unit: str = "it", **kw) -> tqdm:
-    """A tqdm bar that only draws when progress is enabled."""
-    return tqdm(
+    """A tqdm bar that only draws when progress is enabled (erased if an error ends its `with`)."""
+    return _Bar(
         total=total,
         desc=desc,
         unit=unit,

@@ -692,16 +692,12 @@ def _encode(
             done_chars += num_chars
             pbar.update(done_chars * total_bytes // max(total_chars, 1) - pbar.n)
 
-        try:
-            for split, texts in _tasks(corpus.units()):
-                pending.append((split, sum(map(len, texts)), submit(texts)))
-                if len(pending) >= window:
-                    finish_one()
-            while pending:
+        for split, texts in _tasks(corpus.units()):
+            pending.append((split, sum(map(len, texts)), submit(texts)))
+            if len(pending) >= window:
                 finish_one()
-        except BaseException:
-            pbar.leave = False  # the error line alone stays on the screen
-            raise
+        while pending:
+            finish_one()
     return {
         s: (written[s], np.concatenate(lengths[s]) if lengths[s] else np.zeros(0, np.int64))
         for s in written
