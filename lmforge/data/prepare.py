@@ -361,19 +361,18 @@ class _TextSplit:
     def __init__(self, source: Source, val_fraction: float):
         self.source = source
         self.total_bytes = sum(path.stat().st_size for path, _, _ in source.files)
-        self.total, kept = 0, []
+        self.total_chars, kept = 0, []
         for chunk in source.iter_chunks(_CHUNK_CHARS):
-            self.total += len(chunk)
+            self.total_chars += len(chunk)
             if kept is not None:
                 kept.append(chunk)
-                kept = kept if self.total <= _KEEP_CHARS else None
+                kept = kept if self.total_chars <= _KEEP_CHARS else None
         self._kept = kept
-        self.total_chars = self.total
-        self.target = int(self.total * (1.0 - val_fraction))
+        self.target = int(self.total_chars * (1.0 - val_fraction))
         if val_fraction > 0 and self.target == 0:
             raise DataError(
                 f"{source.description} is too short to split into train and validation "
-                f"({self.total} characters); give a longer corpus or pass --val-fraction 0"
+                f"({self.total_chars} characters); give a longer corpus or pass --val-fraction 0"
             )
 
     def units(self) -> Iterator[tuple[str, str]]:
@@ -385,7 +384,7 @@ class _TextSplit:
             if cut is None and end > self.target:
                 at = chunk.find("\n", self.target - pos)
                 cut = end if at < 0 else pos + at + 1
-                if cut == self.total:
+                if cut == self.total_chars:
                     cut = self.target
             if cut is None or end <= cut:
                 yield "train", chunk
