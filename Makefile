@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test test-portable venv lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,8 +19,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# The first line names the machine (CPU, features, torch's kernels, threads), so a red CI run can
+# be attributed to a CPU.
 test: $(STAMP)
+	@$(BIN)/python -m lmforge.device
 	LMFORGE_DATA_DIR=$${LMFORGE_DATA_DIR:-$(CURDIR)/../shared/data} $(BIN)/python -m pytest tests
+
+# Every code path torch can take on this machine: native kernels, AVX2 and plain (no AVX)
+# ATen kernels, and oneDNN held to AVX2 (no AVX-512, no bf16/AMX matmuls).
+test-portable: $(STAMP)
+	@$(MAKE) --no-print-directory test
+	@ATEN_CPU_CAPABILITY=avx2 $(MAKE) --no-print-directory test
+	@ATEN_CPU_CAPABILITY=default $(MAKE) --no-print-directory test
+	@ONEDNN_MAX_CPU_ISA=AVX2 $(MAKE) --no-print-directory test
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmforge tests bench examples

@@ -6,6 +6,8 @@ AMX/AVX512-BF16); on other CPUs bf16 matmuls are emulated and ~100x slower than 
 
 import contextlib
 import logging
+import os
+import platform
 
 import torch
 
@@ -32,14 +34,78 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+# oneDNN ISA names (ONEDNN_MAX_CPU_ISA) with bf16 dot products; below them bf16 is emulated.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10_1_512", "DEFAULT", "ALL")
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA that `ONEDNN_MAX_CPU_ISA` limits oneDNN to, upper-cased, or None when unset."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap else None
+
+
 def cpu_has_bf16_matmul() -> bool:
-    """True when this CPU multiplies bf16 matrices in hardware (AMX tiles or AVX512-BF16)."""
+    """True when bf16 matrices are multiplied in hardware here (AMX tiles or AVX512-BF16).
+
+    Honours `ONEDNN_MAX_CPU_ISA`: with oneDNN held to e.g. AVX2, bf16 matmuls are emulated even
+    on a CPU that has the units, so `auto` must not pick bf16.
+    """
+    cap = onednn_isa_cap()
+    if cap is not None and not cap.startswith(_ONEDNN_BF16_ISAS):
+        return False
     cpu = torch.cpu
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         fn = getattr(cpu, probe, None)
         if fn is not None and fn():
             return True
     return False
+
+
+def cpu_features() -> list[str]:
+    """The vector / matrix features of this CPU that decide which kernels torch runs."""
+    probes = [
+        ("avx2", "_is_avx2_supported"),
+        ("avx512", "_is_avx512_supported"),
+        ("avx512_bf16", "_is_avx512_bf16_supported"),
+        ("amx", "_is_amx_tile_supported"),
+    ]
+    return [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> dict:
+    """What a failure or a benchmark figure must be attributed to: CPU, kernels, threads."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": onednn_isa_cap(),
+        "threads": torch.get_num_threads(),
+        "auto_precision": "bf16" if cpu_has_bf16_matmul() else "fp32",
+        "torch": torch.__version__,
+    }
+
+
+def machine_line() -> str:
+    """machine_summary() as one line, e.g. for the first line of the test output."""
+    m = machine_summary()
+    isa = f", oneDNN <= {m['onednn_max_isa']}" if m["onednn_max_isa"] else ""
+    return (
+        f"{m['cpu']} [{' '.join(m['cpu_features']) or 'no AVX2'}] | torch {m['torch']}, "
+        f"CPU capability {m['cpu_capability']}{isa} | {m['threads']} threads | "
+        f"--precision auto -> {m['auto_precision']}"
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -65,3 +131,8 @@ def set_threads(num_threads: int | None = None) -> int:
     n = num_threads or usable_cpus()
     torch.set_num_threads(n)
     return n
+
+
+if __name__ == "__main__":  # `python -m lmforge.device`: the machine line `make test` opens with
+    set_threads()
+    print(machine_line())

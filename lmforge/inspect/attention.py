@@ -1,7 +1,8 @@
 """capture_attention(): the attention probabilities of every layer, gathered during a forward pass.
 
 Works on any model built from `layers.attention.MultiHeadAttention` (GPT now, BERT later); the
-model's outputs are bit-identical inside and outside the context (SDPA still makes them).
+model's outputs are computed the same way inside and outside the context (SDPA still makes them;
+the probabilities are computed on the side).
 """
 
 from collections.abc import Iterator

@@ -1,7 +1,7 @@
 """Multi-head self-attention on torch's scaled_dot_product_attention, and the per-layer KV cache.
 
 Outputs always come from SDPA. With `capture_probs = True` the softmax is also computed by hand,
-on the side, to keep the (B, H, T, S) probabilities for inspection, so outputs stay bit-identical.
+on the side, to keep the (B, H, T, S) probabilities for inspection; outputs are made the same way.
 Change the masking or scaling of one, change both, and keep the tests that compare them passing.
 """
 

@@ -748,8 +748,14 @@ def fit(
         return row
 
     task.train()
+    total_steps = _total_steps(max_steps, cfg, batcher, tokens_per_step)
+
+    def schedule_progress() -> float:
+        """The budget spent once the coming step is done, so the last step runs at --min-lr."""
+        return max(progress_now(), (step + 1) / total_steps if total_steps else 0.0)
+
     bar = progress.bar(
-        total=_total_steps(max_steps, cfg, batcher, tokens_per_step),
+        total=total_steps,
         desc="train",
         unit="step",
         initial=step,
@@ -769,7 +775,7 @@ def fit(
                 raise KeyboardInterrupt
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(
-                    step, progress_now(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
+                    step, schedule_progress(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
                 )
             micro = [batcher.next_batch() for _ in range(cfg.grad_accum)]
             try:
@@ -901,6 +907,7 @@ def fit(
         "tokens": tokens,
         "tokens_per_s": tps_all,
         "elapsed_s": elapsed,
+        "precision": precision,
         "run": str(run_dir) if run_dir else None,
     }
     if "bits_per_char" in result:

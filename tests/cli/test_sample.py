@@ -89,3 +89,26 @@ def test_bad_beam_options_are_one_line_errors(hf_folder, capsys):
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("lmforge: error:") and message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("flags", [["--top-k", "1"], ["--top-p", "1e-9"]])
+def test_top_k_1_and_a_tiny_top_p_reach_the_sampler_and_give_the_greedy_text(
+    hf_folder, capsys, flags
+):
+    argv = ["sample", str(hf_folder), "--prompt", "Why is", "--max-new-tokens", "12"]
+    greedy = _out(capsys, [*argv, "--temperature", "0"])
+    # temperature 1.0 and several seeds: only the flag under test can make these greedy
+    seeded = {_out(capsys, [*argv, *flags, "--temperature", "1", "--seed", s]) for s in "123"}
+    assert seeded == {greedy}
+    assert {_out(capsys, [*argv, "--temperature", "1", "--seed", s]) for s in "123"} != {greedy}
+
+
+@pytest.mark.parametrize("option", [{"top_k": 1}, {"top_p": 1e-9}])
+def test_top_k_and_top_p_reach_the_sampler_from_python(hf_folder, option):
+    kw = dict(max_new_tokens=12, temperature=1.0)
+    greedy = lmforge.generate_text(hf_folder, "Why is", max_new_tokens=12, temperature=0)
+    assert {
+        lmforge.generate_text(hf_folder, "Why is", seed=s, **kw, **option) for s in (1, 2, 3)
+    } == {greedy}
+    unfiltered = {lmforge.generate_text(hf_folder, "Why is", seed=s, **kw) for s in (1, 2, 3)}
+    assert unfiltered != {greedy}

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lmforge.cli.main import main
+from lmforge.device import cpu_has_bf16_matmul
 
 TINY = [
     "--preset",
@@ -52,6 +53,8 @@ def run(tiny_text, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"val_loss", "train_loss", "steps", "tokens", "tokens_per_s"} <= result.keys()
     assert result["steps"] == 20
+    # `--precision auto` (the default): bf16 exactly where this CPU multiplies bf16 in hardware
+    assert result["precision"] == ("bf16" if cpu_has_bf16_matmul() else "fp32")
     return out
 
 

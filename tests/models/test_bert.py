@@ -7,7 +7,7 @@ import torch
 
 import lmforge
 from lmforge.errors import ConfigError
-from lmforge.inspect.attention import capture_attention
+from lmforge.inspect.attention import attention_modules, capture_attention
 from lmforge.models.bert import (
     BertBackbone,
     BertConfig,
@@ -80,8 +80,11 @@ def test_capture_attention_sees_every_layer_of_a_classifier():
     assert len(maps) == 3 and maps[0].shape == (3, 4, 12, 12)
     assert torch.allclose(maps[0].sum(-1), torch.ones(3, 4, 12))
     assert (maps[0][2, :, :4, 4:] == 0).all()  # real queries never look at padding
-    assert torch.equal(plain, captured)  # bit for bit: SDPA still makes the outputs
-    assert torch.equal(model(ids, mask), plain)  # and the capture is gone afterwards
+    # SDPA still makes the outputs; fp32 kernels (MKL, oneDNN) may round the same sum differently
+    # from call to call on some CPUs (buffer alignment), so: fp32 tolerance, not bit equality
+    torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(ids, mask), plain, rtol=1e-5, atol=1e-6)
+    assert all(not m.capture_probs and m.last_probs is None for m in attention_modules(model))
 
 
 def test_frozen_backbone_with_extra_layers_trains_only_the_new_parts():

@@ -72,3 +72,29 @@ def test_muon_step_matches_torch_muon():
     moved = (params[1] - start).abs().max()
     assert (params[0] - params[1]).abs().max() < 0.02 * moved
     assert opt.state[p]["momentum_buffer"].shape == start.shape
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_zero_gradient_shrinks_decayed_weights_and_leaves_the_rest(kind):
+    model = _gpt()
+    with torch.no_grad():  # LayerNorm starts at exactly 1 and 0: make every tensor generic
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    lr, wd = 0.1, 0.5
+    opt = make_optimizer(model, lr=lr, weight_decay=wd, kind=kind)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    decayed_kinds = (torch.nn.Linear,)
+    decayed = {
+        f"{prefix}.weight"
+        for prefix, m in model.named_modules()
+        if isinstance(m, decayed_kinds) and m.weight is not model.backbone.embed.token.weight
+    }
+    assert decayed
+    for name, p in model.named_parameters():
+        if name in decayed:  # only the decay moves it: p <- p * (1 - lr * wd)
+            torch.testing.assert_close(p.detach(), before[name] * (1 - lr * wd), msg=name)
+        else:  # norms, biases, embeddings (and the tied head): not decayed, zero step
+            assert torch.equal(p.detach(), before[name]), name

@@ -272,3 +272,22 @@ def test_progress_bar_total_is_where_the_budget_ends(tiny_text, tmp_path, monkey
     monkeypatch.setattr(trainer.progress, "bar", spy)
     result = _run(tiny_text, tmp_path / "run", **budget)
     assert totals == [result["steps"]] and result["steps"] > 0
+
+
+def test_warmup_then_cosine_ends_exactly_at_min_lr(tiny_text, tmp_path):
+    _run(tiny_text, tmp_path / "run", max_steps=12, warmup_steps=4, lr=1e-2, min_lr=1e-4)
+    lrs = [r["lr"] for r in _metrics(tmp_path / "run") if "train_loss" in r]
+    assert len(lrs) == 12
+    assert lrs[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])  # linear warm-up to the peak
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:]))  # then a strictly falling cosine
+    assert lrs[-1] == pytest.approx(1e-4, abs=1e-12)  # the last step runs at --min-lr
+
+
+def test_keep_last_keeps_exactly_the_newest_checkpoints(tiny_text, tmp_path):
+    # a checkpoint after each evaluation (every 5 steps) and at the end: 5, 10, ..., 25
+    _run(tiny_text, tmp_path / "run", max_steps=25, eval_every=5, keep_last=2)
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["step-00000020", "step-00000025"]
+    _run(tiny_text, tmp_path / "run", max_steps=30, eval_every=5, keep_last=3, resume=True)
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["step-00000020", "step-00000025", "step-00000030"]

@@ -1,0 +1,39 @@
+"""Precision `auto` against what the CPU offers, and the machine line `make test` opens with."""
+
+import torch
+
+from lmforge import device
+
+
+def _has_bf16_units() -> bool:
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def test_auto_picks_bf16_exactly_where_the_cpu_has_bf16_units(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    want = "bf16" if _has_bf16_units() else "fp32"
+    assert device.resolve_precision("auto", torch.device("cpu")) == want
+    assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # explicit wins
+    assert device.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_onednn_held_below_bf16_makes_auto_fp32(monkeypatch):
+    for isa in ("AVX2", "avx512_core", "AVX512_CORE_VNNI", "SSE41"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        assert device.resolve_precision("auto", torch.device("cpu")) == "fp32", isa
+    for isa in ("AVX512_CORE_BF16", "avx512_core_amx", "ALL"):  # caps that keep bf16 units
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        want = "bf16" if _has_bf16_units() else "fp32"
+        assert device.resolve_precision("auto", torch.device("cpu")) == want, isa
+
+
+def test_machine_line_names_cpu_kernels_and_threads():
+    summary = device.machine_summary()
+    assert summary["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert summary["threads"] == torch.get_num_threads()
+    assert ("amx" in summary["cpu_features"]) == torch.cpu._is_amx_tile_supported()
+    assert ("avx2" in summary["cpu_features"]) == torch.cpu._is_avx2_supported()
+    line = device.machine_line()
+    assert summary["cpu"] in line and f"CPU capability {summary['cpu_capability']}" in line
+    assert f"{summary['threads']} threads" in line and "\n" not in line
