@@ -1,4 +1,5 @@
-"""What the benchmarks share: the median wall time of a step after untimed warm-up steps."""
+"""What the benchmarks share: the median wall time of a step after untimed warm-up steps, and
+the machine fields every JSON line carries (CPU, torch's kernels, threads, torch version)."""
 
 import statistics
 import time
@@ -15,3 +16,25 @@ def median_step_s(step: Callable[[], object], warmup: int, steps: int) -> float:
         step()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def machine_fields() -> dict:
+    """`cpu`, `cpu_features`, `cpu_capability`, `threads`, `torch` (and oneDNN's ISA cap) of this
+    process, so every figure names the machine and kernels it came from."""
+    from lmforge.device import machine_summary
+
+    m = machine_summary()
+    return {k: m[k] for k in ("cpu", "cpu_features", "cpu_capability", "onednn_max_isa")} | {
+        "threads": m["threads"],
+        "torch_version": m["torch"],
+    }
+
+
+def use_all_cpus() -> int:
+    """Set torch's intra-op threads to the cores this process may use; returns the count."""
+    import torch
+
+    from lmforge.system import usable_cpus
+
+    torch.set_num_threads(usable_cpus())
+    return torch.get_num_threads()

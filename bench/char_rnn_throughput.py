@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _timing import machine_fields
 
 from lmforge import device as devices
 from lmforge.generation.generate import generate
@@ -191,6 +192,7 @@ def main() -> None:
         "generate_chars_per_s": gen_cps,
         "speedup_vs_recompute": gen_cps["carried_state"] / gen_cps["recompute"],
         "rounds": args.rounds,
+        **machine_fields(),
     }
     if args.json:
         print(json.dumps(row))

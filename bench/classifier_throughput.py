@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import machine_fields, use_all_cpus
 
 
 def build_models(layers: int, seed: int = 0):
@@ -101,6 +102,8 @@ def main(argv=None) -> dict:
         args.layers, args.batch_size, args.seq_len, args.steps, args.rounds = 1, 4, 32, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    else:
+        use_all_cpus()
     ours, theirs = build_models(args.layers)
     B, T = args.batch_size, args.seq_len
     token_ids = torch.randint(1000, 30000, (B, T))
@@ -157,7 +160,6 @@ def main(argv=None) -> dict:
         results[mode] = best
     out = {
         "shape": f"batch {B} x {T} tokens, {args.layers} x 384 MiniLM",
-        "threads": torch.get_num_threads(),
         "hf_attention": theirs.config._attn_implementation,
         "max_logit_diff": diff,
         "train_samples_per_s": {k: round(v[0], 3) for k, v in results["train"].items()},
@@ -169,6 +171,7 @@ def main(argv=None) -> dict:
         "infer_speedup_vs_hf": round(
             results["infer"]["lmforge"][0] / results["infer"]["transformers"][0], 3
         ),
+        **machine_fields(),
     }
     if args.json:
         print(json.dumps(out))

@@ -13,8 +13,11 @@ import subprocess
 import sys
 import tempfile
 
+from _timing import machine_fields
 
-def run(nproc: int, data: str, out: str, steps: int, preset: str) -> float:
+
+def run(nproc: int, data: str, out: str, steps: int, preset: str) -> tuple[float, str]:
+    """Median steady-state tokens/s of one torchrun, and the precision the run trained in."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -51,8 +54,8 @@ def run(nproc: int, data: str, out: str, steps: int, preset: str) -> float:
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     # steady state: skip the first logged interval (start-up, first allocations)
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
-    del done
-    return statistics.median(rates)
+    precision = json.loads(done.stdout.strip().splitlines()[-1])["precision"]
+    return statistics.median(rates), precision
 
 
 def main() -> None:
@@ -63,11 +66,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    one, two = [], []
+    one, two, precisions = [], [], set()
     with tempfile.TemporaryDirectory() as tmp:
         for t in range(args.trials):
-            one.append(run(1, args.data, f"{tmp}/one{t}", args.steps, args.preset))
-            two.append(run(2, args.data, f"{tmp}/two{t}", args.steps, args.preset))
+            for runs, nproc, name in ((one, 1, "one"), (two, 2, "two")):
+                rate, precision = run(nproc, args.data, f"{tmp}/{name}{t}", args.steps, args.preset)
+                runs.append(rate)
+                precisions.add(precision)
     row = {
         "preset": args.preset,
         "global_batch": 24,
@@ -76,6 +81,8 @@ def main() -> None:
     }
     row["speedup_vs_1proc"] = row["tokens_per_s_2proc"] / row["tokens_per_s_1proc"]
     row["scaling_efficiency"] = row["speedup_vs_1proc"] / 2
+    row.update(machine_fields(), threads=1)  # per process: `--threads 1` in each
+    row["precision"] = "/".join(sorted(precisions))
     print(json.dumps(row) if args.json else "\n".join(f"{k}: {v}" for k, v in row.items()))
 
 

@@ -14,7 +14,6 @@ warm-up steps (the first step allocates the optimizer state). Run by hand:
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _timing import median_step_s
+from _timing import machine_fields, median_step_s, use_all_cpus
 
 SHAPE = dict(batch=8, block=128)
 # --tiny: GPT-2's switches at a size that runs in seconds (a smoke run, not a number)
@@ -58,7 +57,7 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
     from lmforge import device as devices
     from lmforge.training.trainer import TrainConfig, make_optimizer, train_step
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    use_all_cpus()
     torch.manual_seed(0)
     B, T = SHAPE["batch"], SHAPE["block"]
     vocab_size = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
@@ -142,6 +141,7 @@ def main() -> None:
                 ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    use_all_cpus()  # as each contender's process did: machine_fields() reports it
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     row = {
@@ -151,6 +151,7 @@ def main() -> None:
         "batch": SHAPE["batch"],
         "block": SHAPE["block"],
         "precision": results["lmforge"][0]["precision"],
+        "hf_precision": results["hf"][0]["precision"],
         "tokens_per_s": med["lmforge"],
         "hf_tokens_per_s": med["hf"],
         "speedup_vs_hf": med["lmforge"] / med["hf"],
@@ -161,6 +162,7 @@ def main() -> None:
         },
         "trials": args.trials,
         "steps": args.steps,
+        **machine_fields(),
     }
     if args.json:
         print(json.dumps(row))

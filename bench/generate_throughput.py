@@ -2,11 +2,11 @@
 beam search (4 beams) and a batch of prompts of mixed lengths, beside transformers.
 
 Same random weights for all (copied into the HF model, and checked by comparing logits), same
-prompts, same number of new tokens (transformers is kept from stopping early with
-min_new_tokens). Decoding at batch 1 is bound by memory bandwidth, so we also report weight bytes
-read per second as a fraction of a copy bandwidth measured in the same run. Every contender runs
-once untimed first; contenders of a comparison then alternate within each trial and medians are
-reported (this machine's speed drifts). Run by hand:
+prompts, same number of new tokens for every contender, the no-cache loop included (transformers
+is kept from stopping early with min_new_tokens). Decoding at batch 1 is bound by memory
+bandwidth, so we also report weight bytes read per second as a fraction of a copy bandwidth
+measured in the same run. Every contender runs once untimed first; contenders of a comparison
+then alternate within each trial; medians are reported (this machine's speed drifts). Run by hand:
 
     .venv/bin/python bench/generate_throughput.py --preset gpt2 --batch 1 --json
     .venv/bin/python bench/generate_throughput.py --tiny --json   # a seconds-long smoke run
@@ -14,11 +14,11 @@ reported (this machine's speed drifts). Run by hand:
 
 import argparse
 import json
-import os
 import statistics
 import time
 
 import torch
+from _timing import machine_fields, use_all_cpus
 
 from lmforge.generation.generate import generate
 from lmforge.presets import build_task, get_preset
@@ -70,15 +70,6 @@ def _hf_from_ours(model, cfg):
     if diff > 1e-3:
         raise RuntimeError(f"the transformers copy differs from our model (logits off by {diff})")
     return hf
-
-
-def _time(fn, trials: int) -> float:
-    times = []
-    for _ in range(trials):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _alternate(fns: dict, trials: int) -> dict:
@@ -168,12 +159,6 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument(
-        "--no-cache-tokens",
-        type=int,
-        default=None,
-        help="new tokens for the (slow) no-cache run (default: new-tokens // 4)",
-    )
     ap.add_argument("--beams", type=int, default=4, help="beam width of the beam-search rows")
     ap.add_argument(
         "--tiny",
@@ -182,7 +167,7 @@ def main() -> None:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    use_all_cpus()
     torch.manual_seed(0)
     cfg = dict(get_preset(args.preset)["config"])
     if args.tiny:
@@ -197,15 +182,12 @@ def main() -> None:
             pass
 
     @torch.inference_mode()
-    def no_cache(n):
+    def no_cache():  # the same N tokens as ours, each by a full forward over the sequence so far
         ids = prompt
-        for _ in range(n):
+        for _ in range(N):
             nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
 
-    n_nc = args.no_cache_tokens or max(4, N // 4)
-    no_cache(n_nc)  # warm-up, as every other contender gets
-    t_nc = _time(lambda: no_cache(n_nc), max(1, args.trials - 1))
     try:
         hf = _hf_from_ours(model, cfg)
     except ImportError:
@@ -222,7 +204,8 @@ def main() -> None:
             pad_token_id=0,
         )
 
-    t = _alternate({"ours": ours, **({"hf": run_hf} if hf is not None else {})}, args.trials)
+    fns = {"ours": ours, "no_cache": no_cache, **({"hf": run_hf} if hf is not None else {})}
+    t = _alternate(fns, args.trials)
     t_ours = t["ours"]
     hf_tps = B * N / t["hf"] if hf is not None else None
     tps = B * N / t_ours
@@ -234,14 +217,16 @@ def main() -> None:
         "new_tokens": N,
         "prompt_len": args.prompt_len,
         "tokens_per_s": tps,
-        "no_cache_tokens_per_s": B * n_nc / t_nc,
+        "no_cache_tokens_per_s": B * N / t["no_cache"],
         "hf_tokens_per_s": hf_tps,
-        "speedup_vs_no_cache": tps / (B * n_nc / t_nc),
+        "speedup_vs_no_cache": t["no_cache"] / t_ours,
         "speedup_vs_hf": tps / hf_tps if hf_tps else None,
         # each decoding step reads every weight once, whatever the batch
         "bandwidth_fraction": weight_bytes * (tps / B) / bw,
         "copy_bandwidth_gb_s": bw / 1e9,
+        "precision": "fp32",  # every contender decodes the fp32 weights
         **_beams_and_mixed(model, hf, cfg, args),
+        **machine_fields(),
     }
     if args.json:
         print(json.dumps(row))

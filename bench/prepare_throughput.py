@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import machine_fields
 
 from lmforge.data.corpus import open_source
 from lmforge.data.prepare import _PIECE_CHARS, PrepareConfig, prepare
+from lmforge.system import usable_cpus
 from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -127,7 +129,7 @@ def main() -> None:
     result = {
         "corpus_mb": round(num_mb, 1),
         "repeats": args.repeats,
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         "char_mb_per_s_1proc": rate["char_1proc"],
         "char_mb_per_s_2proc": rate["char_2proc"],
         "char_direct_mb_per_s": rate["char_direct"],
@@ -144,6 +146,7 @@ def main() -> None:
         / rate["bpe_direct_fast"],
     }
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    result.update(machine_fields())
     if args.json:
         print(json.dumps(result))
         return

@@ -1,5 +1,11 @@
-"""Training throughput: lmforge's defaults vs plain eager fp32 PyTorch vs Hugging Face GPT-2.
+"""Training throughput: lmforge exactly as `lmforge train --preset NAME` runs it, vs plain eager
+fp32 PyTorch (the same model, nanoGPT style) vs Hugging Face GPT-2.
 
+lmforge's row uses the preset's own recipe (optimizer, e.g. Muon for gpt-baby; weight decay;
+grad clip; batch and block; `--precision auto`); a second row, `lmforge_adamw`, is the same with
+the contenders' AdamW, to separate the optimizer's cost from the rest. The eager contender builds
+the same architecture (biases or not, activation, tied head: the parameter count is checked
+equal); transformers' GPT-2 always has biases, so its parameter count is reported beside ours.
 Each contender runs in its own fresh process, alternated A B C A B C ..., and the medians are
 compared (this machine's speed drifts by tens of percent between runs). Run by hand:
 
@@ -9,14 +15,13 @@ compared (this machine's speed drifts by tens of percent between runs). Run by h
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from _timing import median_step_s
+from _timing import machine_fields, median_step_s, use_all_cpus
 
 SHAPES = {
     "gpt-baby": dict(batch=12, block=64, vocab=65),
@@ -44,11 +49,14 @@ def _matmul_peak(dtype_name: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def _lmforge_model(preset: str, vocab: int):
-    from lmforge.presets import build_task, get_preset
+def _lmforge_recipe(preset: str, vocab: int):
+    """(model, TrainConfig) as `lmforge train --preset NAME` builds them (preset < defaults)."""
+    from lmforge.presets import build_task
+    from lmforge.training.trainer import resolve_options
 
-    cfg = dict(get_preset(preset)["config"], vocab_size=vocab, dropout=0.0)
-    return build_task("gpt", cfg)
+    cfg, model_over, spec = resolve_options({"preset": preset})
+    model = build_task(spec["family"], {**spec["config"], **model_over, "vocab_size": vocab})
+    return model, cfg
 
 
 def _plain_model(preset: str, vocab: int):
@@ -61,13 +69,19 @@ def _plain_model(preset: str, vocab: int):
 
     c = get_preset(preset)["config"]
     E, H, L, T = c["embed_dim"], c["num_heads"], c["num_layers"], c["max_seq_len"]
+    bias = c.get("use_bias", True)
+    act = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+    act = act[c.get("activation", "gelu")]
+    if not c.get("norm_first", True) or c.get("position", "learned") != "learned":
+        raise SystemExit(f"{preset}: the eager contender is a pre-norm GPT with learned positions")
 
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(E), nn.LayerNorm(E)
-            self.qkv, self.proj = nn.Linear(E, 3 * E), nn.Linear(E, E)
-            self.fc, self.out = nn.Linear(E, c["ffn_dim"]), nn.Linear(c["ffn_dim"], E)
+            self.ln1, self.ln2 = nn.LayerNorm(E, bias=bias), nn.LayerNorm(E, bias=bias)
+            self.qkv, self.proj = nn.Linear(E, 3 * E, bias=bias), nn.Linear(E, E, bias=bias)
+            self.fc = nn.Linear(E, c["ffn_dim"], bias=bias)
+            self.out = nn.Linear(c["ffn_dim"], E, bias=bias)
 
         def forward(self, x):
             B, S, _ = x.shape
@@ -75,14 +89,14 @@ def _plain_model(preset: str, vocab: int):
             q, k, v = (t.view(B, S, H, E // H).transpose(1, 2) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.proj(y.transpose(1, 2).reshape(B, S, E))
-            return x + self.out(F.gelu(self.fc(self.ln2(x))))
+            return x + self.out(act(self.fc(self.ln2(x))))
 
     class GPT(nn.Module):
         def __init__(self):
             super().__init__()
             self.tok, self.pos = nn.Embedding(vocab, E), nn.Embedding(T, E)
             self.blocks = nn.ModuleList(Block() for _ in range(L))
-            self.ln, self.head = nn.LayerNorm(E), nn.Linear(E, vocab, bias=False)
+            self.ln, self.head = nn.LayerNorm(E, bias=bias), nn.Linear(E, vocab, bias=False)
             self.head.weight = self.tok.weight
 
         def forward(self, idx, targets):
@@ -119,23 +133,30 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps of one contender in this process."""
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    use_all_cpus()
     torch.manual_seed(0)
     shape = SHAPES[preset]
     B, T, V = shape["batch"], shape["block"], shape["vocab"]
     x = torch.randint(0, V, (B, T))
     y = torch.randint(0, V, (B, T))
-    if kind == "lmforge":
-        from lmforge import device as devices
-        from lmforge.training.trainer import TrainConfig, make_optimizer, train_step
+    optimizer = "adamw"
+    if kind in ("lmforge", "lmforge_adamw"):
+        import dataclasses
 
-        model = _lmforge_model(preset, V).train()
-        precision = devices.resolve_precision("auto", torch.device("cpu"))
-        opt = make_optimizer(model, TrainConfig())
+        from lmforge import device as devices
+        from lmforge.training.trainer import make_optimizer, train_step
+
+        model, cfg = _lmforge_recipe(preset, V)
+        model.train()
+        if kind == "lmforge_adamw":
+            cfg = dataclasses.replace(cfg, optimizer="adamw")
+        optimizer = cfg.optimizer
+        precision = devices.resolve_precision(cfg.precision, torch.device("cpu"))
+        opt = make_optimizer(model, cfg)
         batch = {"token_ids": x, "labels": y}
 
         def step():
-            train_step(model, batch, opt, precision=precision, grad_clip=1.0)
+            train_step(model, batch, opt, precision=precision, grad_clip=cfg.grad_clip)
     elif kind == "eager":
         model = _plain_model(preset, V).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -167,6 +188,7 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
     return {
         "kind": kind,
         "precision": precision,
+        "optimizer": optimizer,
         "s_per_step": s,
         "tokens_per_s": B * T / s,
         "peak_rss_mb": _peak_rss_mb(),
@@ -191,9 +213,9 @@ def main() -> None:
     try:
         import transformers  # noqa: F401
 
-        kinds = ["lmforge", "eager", "hf"]
+        kinds = ["lmforge", "lmforge_adamw", "eager", "hf"]
     except ImportError:
-        kinds = ["lmforge", "eager"]
+        kinds = ["lmforge", "lmforge_adamw", "eager"]
     results = {k: [] for k in kinds}
     for _ in range(args.trials):
         for kind in kinds:
@@ -214,12 +236,15 @@ def main() -> None:
             )
             results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    import torch
-
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    use_all_cpus()
     peak_bf16, peak_fp32 = _matmul_peak("bfloat16"), _matmul_peak("float32")
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     ours = results["lmforge"][0]
+    if results["eager"][0]["params"] != ours["params"]:
+        raise SystemExit(
+            f"the eager model differs from lmforge's: {results['eager'][0]['params']}"
+            f" vs {ours['params']} parameters"
+        )
     shape = SHAPES[args.preset]
     # Model FLOPs per token: 6 * params (matmuls, fwd + bwd) + attention (6 * L * T * C, causal).
     from lmforge.presets import get_preset
@@ -231,13 +256,21 @@ def main() -> None:
         "batch": shape["batch"],
         "block": shape["block"],
         "precision": ours["precision"],
+        "optimizer": ours["optimizer"],
+        "params": ours["params"],
         "tokens_per_s": med["lmforge"],
         "ms_per_step": 1000 * shape["batch"] * shape["block"] / med["lmforge"],
+        # lmforge's recipe with the contenders' optimizer (AdamW): separates the optimizer's cost
+        "lmforge_adamw_tokens_per_s": med["lmforge_adamw"],
         "eager_fp32_tokens_per_s": med["eager"],
+        "eager_precision": results["eager"][0]["precision"],
+        "eager_params": results["eager"][0]["params"],
         "hf_tokens_per_s": med.get("hf"),
         "hf_precision": results["hf"][0]["precision"] if "hf" in results else None,
+        "hf_params": results["hf"][0]["params"] if "hf" in results else None,
         "speedup_vs_eager": med["lmforge"] / med["eager"],
         "speedup_vs_hf": med["lmforge"] / med["hf"] if "hf" in med else None,
+        "adamw_speedup_vs_eager": med["lmforge_adamw"] / med["eager"],
         # Without bf16 matrix units the bf16 "peak" is an emulation far below fp32's, and a
         # utilisation against it is meaningless (it exceeds 1): null, with bf16_native false.
         "mfu_bf16": flops_tok * med["lmforge"] / peak_bf16 if peak_bf16 > peak_fp32 else None,
@@ -248,6 +281,7 @@ def main() -> None:
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["lmforge"]),
         "eager_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["eager"]),
         "trials": args.trials,
+        **machine_fields(),
     }
     if args.json:
         print(json.dumps(row))
