@@ -48,10 +48,13 @@ def cpu_has_bf16_matmul() -> bool:
     """True when bf16 matrices are multiplied in hardware here (AMX tiles or AVX512-BF16).
 
     Honours `ONEDNN_MAX_CPU_ISA`: with oneDNN held to e.g. AVX2, bf16 matmuls are emulated even
-    on a CPU that has the units, so `auto` must not pick bf16.
+    on a CPU that has the units, so `auto` must not pick bf16. Likewise `ATEN_CPU_CAPABILITY`
+    below AVX-512 (see aten_held_below_avx512).
     """
     cap = onednn_isa_cap()
     if cap is not None and not cap.startswith(_ONEDNN_BF16_ISAS):
+        return False
+    if aten_held_below_avx512():
         return False
     cpu = torch.cpu
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
@@ -59,6 +62,14 @@ def cpu_has_bf16_matmul() -> bool:
         if fn is not None and fn():
             return True
     return False
+
+
+def aten_held_below_avx512() -> bool:
+    """True when torch's own (ATen) kernels run below AVX-512 on an x86 CPU with AMX, e.g. with
+    `ATEN_CPU_CAPABILITY=avx2`: torch 2.13's bf16 attention then packs its inputs for AMX but
+    refuses to ("pack_vnni2 is only supported when avx512 is supported"), so bf16 is unusable."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability in ("DEFAULT", "AVX2") and bool(torch.cpu._is_amx_tile_supported())
 
 
 def cpu_features() -> list[str]:
@@ -112,6 +123,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """Turn `auto|fp32|bf16` into the precision actually used on `device`."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu" and aten_held_below_avx512():
+        raise ConfigError(
+            "--precision bf16 fails here: ATEN_CPU_CAPABILITY holds torch's kernels below "
+            "AVX-512 on this AMX CPU, where its bf16 attention cannot run; use --precision fp32 "
+            "or unset ATEN_CPU_CAPABILITY"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":

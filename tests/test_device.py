@@ -1,12 +1,17 @@
 """Precision `auto` against what the CPU offers, and the machine line `make test` opens with."""
 
+import pytest
 import torch
 
 from lmforge import device
+from lmforge.errors import ConfigError
 
 
 def _has_bf16_units() -> bool:
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    """bf16 matrix units that torch's kernels, as held by ATEN_CPU_CAPABILITY, can use."""
+    units = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    held = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
+    return bool(units) and not (held and torch.cpu._is_amx_tile_supported())
 
 
 def test_auto_picks_bf16_exactly_where_the_cpu_has_bf16_units(monkeypatch):
@@ -15,7 +20,15 @@ def test_auto_picks_bf16_exactly_where_the_cpu_has_bf16_units(monkeypatch):
     want = "bf16" if _has_bf16_units() else "fp32"
     assert device.resolve_precision("auto", torch.device("cpu")) == want
     assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # explicit wins
-    assert device.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    if not device.aten_held_below_avx512():
+        assert device.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_explicit_bf16_where_torch_cannot_run_it_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(device, "aten_held_below_avx512", lambda: True)
+    with pytest.raises(ConfigError, match="--precision fp32"):
+        device.resolve_precision("bf16", torch.device("cpu"))
+    assert device.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_onednn_held_below_bf16_makes_auto_fp32(monkeypatch):
