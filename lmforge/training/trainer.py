@@ -106,7 +106,13 @@ class TrainConfig:
             "fraction) or train"
         },
     )
-    out: str = option(default="runs/latest", metadata={"help": "run folder"})
+    out: str = option(
+        default="runs/latest",
+        metadata={
+            "help": "run folder",
+            "default_help": "a new runs/PRESET-TIMESTAMP each run; with --resume, runs/latest",
+        },
+    )
     batching: str = option(
         default="auto",
         metadata={
