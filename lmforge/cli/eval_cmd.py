@@ -113,6 +113,7 @@ def _run_task(args, config, model) -> int:
         args.label_field,
         args.split,
         spec.get("labels"),
+        config.get("train", {}).get("normalize_labels", False),
     )
     examples = make_task_examples(data, split, spec, info["block_size"], label_ids, True)
     if spec["kind"] == "mlm":

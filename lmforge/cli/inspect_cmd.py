@@ -66,6 +66,11 @@ def run(args) -> int:
     out = render.check_out_path(
         cfg.out or (run_dir if run_dir.is_dir() else Path()) / "inspect.html"
     )
+    if out.exists() and out.suffix.lower() not in (".html", ".htm"):  # a user's own file
+        raise ConfigError(
+            f"--out {out} exists and is not an .html file, so it stays as it is; give the "
+            f"report an .html name (e.g. --out {out.with_suffix('.html')})"
+        )
     if cfg.png is not None:
         png = render.check_out_dir(cfg.png, "--png")
         if png.resolve() == out.resolve():

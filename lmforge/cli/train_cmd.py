@@ -4,6 +4,8 @@ import argparse
 import dataclasses
 import json
 import os
+import time
+from pathlib import Path
 
 from lmforge.cli import options
 from lmforge.presets import FAMILIES, family_classes
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     flags = options.explicit_flags(args)
     for k in ("json", "config", "debug", "command", "_run"):
         flags.pop(k, None)
+    if not {"out", "resume"} & {k for k, v in {**file_opts, **flags}.items() if v}:
+        flags["out"] = fresh_out({**file_opts, **flags})
     result = train(**{**file_opts, **flags})
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports for everyone
         return 0
@@ -51,3 +55,18 @@ def run(args: argparse.Namespace) -> int:
             line += f" ({result['val_bits_per_char']:.3f} bits/char)"
         print(f"{line}, {result['tokens_per_s']:,.0f} tokens/s; run saved in {result['run']}")
     return 0
+
+
+def fresh_out(opts: dict) -> str:
+    """The default --out: runs/<preset>-<timestamp>, a new folder for each run (under torchrun,
+    named after the job's run id, which every rank shares); --resume keeps runs/latest."""
+    name = Path(opts["init_from"]).name if opts.get("init_from") else opts.get("preset")
+    name = name or TrainConfig.preset
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"runs/{name}-{os.environ.get('TORCHELASTIC_RUN_ID', 'ddp')}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out, n = f"runs/{name}-{stamp}", 1
+    while Path(out).exists():  # two runs started in the same second
+        n += 1
+        out = f"runs/{name}-{stamp}-{n}"
+    return out

@@ -60,6 +60,12 @@ class PrepareConfig:
         default=None, metadata={"help": "CSV column, dotted JSON path or '{a} : {b}' template"}
     )
     label_field: str | None = option(default=None, metadata={"help": "column/field with labels"})
+    normalize_labels: bool = option(
+        default=False,
+        metadata={
+            "help": "strip and lower-case labels, so 'Positive ' and 'positive' are one class"
+        },
+    )
     val_fraction: float = option(
         default=0.1,
         metadata={
@@ -295,7 +301,9 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     if source.is_single_text:
         corpus, docs = _TextSplit(source, config.val_fraction), None
     else:
-        corpus = docs = _DocumentSplit(source, config.val_fraction, config.seed)
+        corpus = docs = _DocumentSplit(
+            source, config.val_fraction, config.seed, config.normalize_labels
+        )
     # each units() call streams the source again: its texts are never all held in memory
     train_texts = (text for split, text in corpus.units() if split == "train")
     every_text = (text for _, text in corpus.units())
@@ -408,35 +416,81 @@ class _DocumentSplit:
     library.)
     """
 
-    def __init__(self, source: Source, val_fraction: float, seed: int):
+    def __init__(
+        self, source: Source, val_fraction: float, seed: int, normalize_labels: bool = False
+    ):
         self.source = source
+        self.normalize_labels = normalize_labels
         self.total_bytes = self.total_chars = 0  # the bytes count the text in UTF-8
         codes: dict[str, int] = {}  # label -> code, in order of first appearance
         label_codes, in_val_split = array("i"), bytearray()
-        for doc in self._documents():
+        num_unlabelled = 0
+        for doc, label in self._documents():
+            if label == "":
+                num_unlabelled += 1
+                continue
             self.total_bytes += _utf8_len(doc.text)
             self.total_chars += len(doc.text)
-            label_codes.append(-1 if doc.label is None else codes.setdefault(doc.label, len(codes)))
+            label_codes.append(-1 if label is None else codes.setdefault(label, len(codes)))
             in_val_split.append(doc.split in _VAL_SPLITS)
         num_docs = len(label_codes)
+        if num_unlabelled:
+            log.warning(
+                "%s of %s labelled texts in %s have an empty label and were left out; give "
+                "them a label to use them",
+                f"{num_unlabelled:,}",
+                f"{num_docs + num_unlabelled:,}",
+                source.description,
+            )
         self.is_val = _choose_val(source, num_docs, in_val_split, val_fraction, seed)
         names = sorted(codes)
-        if len(names) == 1:
-            raise DataError(
-                f"labelled data has only the label {names}: a classifier needs at least two classes"
-            )
         self.labels: list[str] | None = names or None  # meta.json's label names
         # each document's index into the sorted names, -1 when unlabelled (code -1: the last)
         code_to_id = np.array([names.index(label) for label in codes] + [-1], dtype=np.int64)
         self.label_ids = code_to_id[np.frombuffer(label_codes, dtype=np.int32)]
+        if names:
+            counts = np.bincount(self.label_ids[self.label_ids >= 0], minlength=len(names))
+            _warn_near_duplicate_labels(names, counts)
+        if len(names) == 1:
+            raise DataError(
+                f"labelled data has only the label {names}: a classifier needs at least two classes"
+            )
 
-    def _documents(self) -> Iterator[Document]:
-        return (d for d in self.source.iter_documents() if d.text)
+    def _documents(self) -> Iterator[tuple[Document, str | None]]:
+        """(document, its label) of the documents with text; the label is None for unlabelled
+        data, "" where a labelled row left it empty (or blank), stripped and lower-cased with
+        normalize_labels."""
+        labelled = bool(self.source.label_field)  # its empty labels come as None
+        for doc in self.source.iter_documents():
+            if not doc.text:
+                continue
+            label = doc.label if doc.label is not None or not labelled else ""
+            if label is not None and self.normalize_labels:
+                label = label.strip().lower()
+            yield doc, (label if label is None or label.strip() else "")
 
     def units(self) -> Iterator[tuple[str, str]]:
-        """("train" or "val", text) per document, in the source's order."""
-        for doc, is_val in zip(self._documents(), self.is_val):
+        """("train" or "val", text) per document kept, in the source's order."""
+        kept = (doc for doc, label in self._documents() if label != "")
+        for doc, is_val in zip(kept, self.is_val):
             yield ("val" if is_val else "train"), doc.text
+
+
+def _warn_near_duplicate_labels(names: list[str], counts: np.ndarray) -> None:
+    """Warn (with row counts) about labels that differ only in case or surrounding spaces:
+    each is a class of its own unless --normalize-labels merges them."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.strip().lower(), []).append(name)
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            seen = ", ".join(f"{n!r} ({counts[names.index(n)]:,} rows)" for n in spellings)
+            log.warning(
+                "labels %s differ only in case or spaces and are %d separate classes; pass "
+                "--normalize-labels to strip and lower-case labels",
+                seen,
+                len(spellings),
+            )
 
 
 def _choose_val(

@@ -104,20 +104,42 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
         raise CheckpointError(f"{where}: {e}") from None
 
 
-def hf_config_from(config, model_type: str = "gpt2", tokenizer=None) -> dict:
-    """The Hugging Face config.json dict of one of our configs; ConfigError when a switch has
-    no counterpart there (e.g. rotary positions or untied heads for gpt2)."""
+def export_problems(config, model_type: str = "gpt2") -> list[str]:
+    """Why a model of `config` cannot be written in `model_type`'s layout exactly: one reason
+    per switch that layout cannot hold (empty when it exports)."""
     table = _table(model_type)
-    fixed = {**table["fixed"], "head_dim": None}
-    for key, needed in fixed.items():
+    problems = []
+    for key, needed in {**table["fixed"], "head_dim": None}.items():
         value = getattr(config, key)
-        if key == "head_dim" and value == config.embed_dim // config.num_heads:
+        if key == "head_dim" and value in (None, config.embed_dim // config.num_heads):
             continue
-        if value != needed:
-            raise ConfigError(
-                f"{key}={value!r} has no {model_type} counterpart ({model_type} needs "
-                f"{needed!r}); only models with {model_type}'s switches export to Hugging Face"
-            )
+        if value != needed and table["exports_too"].get(key, needed) != value:
+            problems.append(f"{key}={value!r}, but {table['why'][key]}")
+    return problems
+
+
+# Per family: how to train a model that exports, for the end of a refusal.
+_FITS = {
+    "gpt": "train one with GPT-2's switches (e.g. --preset gpt-baby)",
+    "bert": "train the classifier with --extra-layers 0",
+}
+
+
+def _refuse(what: str, problems: list[str], family: str = "gpt") -> ConfigError:
+    fits = _FITS.get(family, "train a gpt preset (e.g. --preset gpt-baby)")
+    return ConfigError(
+        f"{what} cannot be exported to Hugging Face: {'; '.join(problems)}; {fits}, or keep it "
+        "in lmforge's format (--to lmforge)"
+    )
+
+
+def hf_config_from(config, model_type: str = "gpt2", tokenizer=None) -> dict:
+    """The Hugging Face config.json dict of one of our configs; ConfigError listing every switch
+    that has no counterpart there (e.g. rotary positions or untied heads for gpt2)."""
+    table = _table(model_type)
+    problems = export_problems(config, model_type)
+    if problems:
+        raise _refuse(f"this gpt model ({model_type} layout)", problems)
     activations = {}
     for theirs, ours in table["activations"].items():
         activations.setdefault(ours, theirs)  # the first name listed is the canonical one
@@ -189,11 +211,25 @@ def to_hf_state_dict(model, model_type: str = "gpt2") -> dict[str, Tensor]:
     theirs = {}
     for key, their in table["weights"].items():
         for i in _layers(key, model.config.num_layers):
-            tensor = mine[key.format(i=i)].detach()
+            tensor = mine.get(key.format(i=i))
+            if tensor is None:
+                tensor = _stand_in(model, mine, key.format(i=i))
+            tensor = tensor.detach()
             theirs[their.format(i=i)] = (
                 tensor.t().contiguous() if key in table["transpose"] else tensor
             )
     return theirs
+
+
+def _stand_in(model, mine: dict[str, Tensor], key: str) -> Tensor:
+    """What a weight we do not store holds, exactly (export_problems allows only these): a bias
+    of a model without biases is zeros; a sinusoidal model's position table is its sinusoids."""
+    if key.endswith(".bias"):
+        weight = mine[key.removesuffix(".bias") + ".weight"]
+        return torch.zeros(weight.shape[0], dtype=weight.dtype)
+    if key == "backbone.embed.position.weight":
+        return model.backbone.embed.sinusoid.clone()
+    raise KeyError(key)
 
 
 def hf_weights_file(folder: str | Path) -> Path:
@@ -291,42 +327,90 @@ def load_hf_model(folder: str | Path):
 
 
 def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
-    """Write config.json, generation_config.json, model.safetensors and the tokenizer files that
-    transformers' from_pretrained and pipeline() read."""
-    from safetensors.torch import save_file
+    """Write config.json, generation_config.json (decoders), model.safetensors and the tokenizer
+    files that transformers' from_pretrained and pipeline() read.
 
-    types = {family: model_type for model_type, family in MODEL_TYPES.items()}
-    model_type = types.get(model.family)
-    if model_type is None:
-        raise ConfigError(
-            f"a {model.family} model has no Hugging Face export yet; families that export: "
-            f"{', '.join(types)}"
+    GPT models go to GPT-2's layout (GPT2LMHeadModel), BERT ones to BertModel,
+    BertForMaskedLM or BertForSequenceClassification. ConfigError lists every reason the model
+    or tokenizer cannot be written exactly, before anything is written.
+    """
+    from lmforge.training.checkpoint import save_tensors
+
+    problems = _model_problems(model)
+    hf_tokenizer = _hf_tokenizer(tokenizer)
+    if hf_tokenizer is None:
+        problems.append(
+            f"a {tokenizer.kind} tokenizer has no Hugging Face form (train with --tokenizer char, "
+            "bpe, wordpiece, unigram or word)"
         )
+    if problems:
+        raise _refuse(f"this {model.family} model ({type(model).__name__})", problems, model.family)
+    if model.family == "bert":
+        from lmforge.models import bert
+
+        config, state = bert.hf_config_from(model, tokenizer), bert.to_hf_state_dict(model)
+        hf_tokenizer = _with_packing(hf_tokenizer, tokenizer)
+    else:
+        config = hf_config_from(model.config, "gpt2", tokenizer)
+        state = to_hf_state_dict(model, "gpt2")
+        if model.config.tie_embeddings:  # transformers re-ties it; safetensors refuses sharing
+            state.pop(_table("gpt2")["weights"]["head.weight"])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = hf_config_from(model.config, model_type, tokenizer)
-    state = to_hf_state_dict(model, model_type)
-    if model.config.tie_embeddings:  # transformers re-ties it; safetensors refuses shared storage
-        state.pop(_table(model_type)["weights"]["head.weight"])
     state = {k: v.contiguous().cpu() for k, v in state.items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     _write_json(folder / "config.json", config)
-    generation = {
-        k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None
-    }
-    _write_json(folder / "generation_config.json", generation)
-    _write_hf_tokenizer(tokenizer, folder, model.config.max_seq_len)
+    if model.family == "gpt":
+        generation = {
+            k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None
+        }
+        _write_json(folder / "generation_config.json", generation)
+    _write_hf_tokenizer(tokenizer, hf_tokenizer, folder, model.config.max_seq_len)
 
 
-def _write_hf_tokenizer(tokenizer, folder: Path, max_len: int) -> None:
-    library = getattr(tokenizer, "tokenizer", None)  # the `tokenizers.Tokenizer` of library kinds
-    if library is None:
-        raise ConfigError(
-            f"a {tokenizer.kind} tokenizer has no Hugging Face form; train the run with "
-            "--tokenizer bpe (or wordpiece, unigram, word) to export it"
-        )
+def _model_problems(model) -> list[str]:
+    if model.family == "gpt":
+        return export_problems(model.config, "gpt2")
+    if model.family == "bert":
+        from lmforge.models import bert
+
+        return bert.hf_export_problems(model)
+    return [
+        f"a {model.family} model has no Hugging Face architecture (families that export: gpt "
+        "as GPT-2, bert as BERT)"
+    ]
+
+
+def _hf_tokenizer(tokenizer):
+    """The `tokenizers.Tokenizer` that is tokenizer.json for our tokenizer, or None."""
+    if tokenizer.kind == "char":
+        return tokenizer.to_hf_tokenizer()
+    return getattr(tokenizer, "tokenizer", None)  # the library kinds hold one
+
+
+def _with_packing(library, tokenizer):
+    """A copy of `library` that adds BERT's `[CLS] a [SEP]` (`[CLS] a [SEP] b [SEP]`) itself, as
+    a BERT tokenizer on the hub does; our packer adds them in lmforge."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    if bos is None or eos is None:
+        return library
+    library = Tokenizer.from_str(library.to_str())
+    library.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, tokenizer.bos_id), (eos, tokenizer.eos_id)],
+    )
+    return library
+
+
+def _write_hf_tokenizer(tokenizer, library, folder: Path, max_len: int) -> None:
     library.save(str(folder / "tokenizer.json"))
     special = {f"{role}_token": t for role, t in tokenizer.special_tokens().items() if t}
+    if tokenizer.kind == "char":  # a one-character unknown token is text there, not special
+        special = {k: t for k, t in special.items() if len(t) > 1}
     settings = {
         "tokenizer_class": "GPT2Tokenizer"
         if tokenizer.kind == "bpe"
@@ -348,12 +432,29 @@ def write_lmforge_folder(model, tokenizer, folder: str | Path, source: str = "")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt.write_config(
-        folder,
-        {"family": model.family, "model": dataclasses.asdict(model.config), "source": source},
-    )
+    config = {"family": model.family, "model": dataclasses.asdict(model.config), "source": source}
+    task = _task_spec(model)
+    if task is not None:  # a BERT classifier or masked LM stays one (presets.build_task)
+        config["task"] = task
+    ckpt.write_config(folder, config)
     ckpt.save_weights(model, folder / "model.safetensors")
     tokenizer.save(folder / "tokenizer")
+
+
+def _task_spec(model) -> dict | None:
+    """The run config's "task" entry (as training writes it) of a non-default task, or None."""
+    from lmforge.models.bert import BertMaskedLM, BertTextClassifier
+
+    if isinstance(model, BertTextClassifier):
+        return {
+            "kind": "classify",
+            "num_classes": model.num_classes,
+            "extra_layers": model.extra_layers,
+            "labels": list(model.labels),
+        }
+    if isinstance(model, BertMaskedLM):
+        return {"kind": "mlm"}
+    return None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -372,6 +473,7 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
     """
     from lmforge.api import load_tokenizer
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
+    from lmforge.training import checkpoint as ckpt
 
     if to not in FORMATS:
         raise ConfigError(f"unknown format --to {to!r}; use one of {', '.join(FORMATS)}")
@@ -396,7 +498,7 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
             write_hf_folder(model, tokenizer, tmp)
         else:
             write_lmforge_folder(model, tokenizer, tmp, source=str(folder))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        ckpt.make_public(tmp)  # mkdtemp makes it private
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(trash)

@@ -696,6 +696,73 @@ def from_hf_state_dict(
     return ours
 
 
+def _hf_architecture(model) -> str | None:
+    if isinstance(model, BertBackbone):
+        return "BertModel"
+    if isinstance(model, BertMaskedLM):
+        return "BertForMaskedLM"
+    if isinstance(model, BertTextClassifier) and not model.extra_layers:
+        return "BertForSequenceClassification"
+    return None
+
+
+def hf_export_problems(model) -> list[str]:
+    """Why `model` has no exact Hugging Face BERT form (empty when it exports)."""
+    if _hf_architecture(model) is not None:
+        return []
+    if isinstance(model, BertTextClassifier):
+        return [
+            f"extra_layers={model.extra_layers} (BertForSequenceClassification reads the pooled "
+            "output of the backbone; the classifier's extra encoder blocks have no place there)"
+        ]
+    return [f"a {type(model).__name__} has no Hugging Face BERT architecture"]
+
+
+def hf_config_from(model, tokenizer=None) -> dict:
+    """The Hugging Face config.json dict of a BERT backbone or task (see _hf_architecture)."""
+    table = HF_NAMES["bert"]
+    c = model.config
+    activations = {}
+    for theirs, ours in table["activations"].items():
+        activations.setdefault(ours, theirs)  # the first name listed is the canonical one
+    out = {"architectures": [_hf_architecture(model)], "model_type": "bert"}
+    for mine, theirs in table["config"].items():
+        value = getattr(c, mine)
+        out[theirs] = activations[value] if mine == "activation" else value
+    out["attention_probs_dropout_prob"] = c.dropout  # one dropout everywhere, as ours
+    out.update(table["requires"])
+    out["pad_token_id"] = getattr(tokenizer, "pad_id", None) or 0
+    if isinstance(model, BertTextClassifier):
+        out["id2label"] = dict(enumerate(model.labels))
+        out["label2id"] = {label: i for i, label in enumerate(model.labels)}
+    return out
+
+
+def to_hf_state_dict(model) -> dict[str, Tensor]:
+    """Our weights under their names through HF_NAMES (our qkv split into query, key, value).
+
+    The masked-LM decoder's weight is the token embedding (transformers re-ties it), so it is
+    left out, as is the pooler BertForMaskedLM does not have.
+    """
+    table = HF_NAMES["bert"]
+    architecture = _hf_architecture(model)
+    mine = model.state_dict()
+    if isinstance(model, BertBackbone):
+        mine = {f"backbone.{k}": v for k, v in mine.items()}
+    names = {**table["weights"], **table["heads"].get(architecture, {})}
+    theirs = {}
+    for key, their in names.items():
+        if architecture == "BertForMaskedLM" and key in table["optional"]:
+            continue
+        for i in range(model.config.num_layers) if "{i}" in key else range(1):
+            keys = [t.format(i=i) for t in (their if isinstance(their, tuple) else (their,))]
+            parts = mine[key.format(i=i)].detach().chunk(len(keys), dim=0)
+            theirs.update(zip(keys, parts))
+    if architecture == "BertModel":  # saved from the bare BertModel: no "bert." prefix
+        theirs = {k.removeprefix(table["base_prefix"]): v for k, v in theirs.items()}
+    return theirs
+
+
 def load_hf_folder(folder: str | Path) -> Backbone | Task:
     """A Hugging Face BERT folder as our model: BertForSequenceClassification ->
     BertTextClassifier, BertForMaskedLM / BertForPreTraining -> BertMaskedLM, anything else

@@ -444,6 +444,17 @@ HF_NAMES = {
             "relu": "relu",
         },
         fixed=dict(norm_first=True, position="learned", tie_embeddings=True, use_bias=True),
+        # Other values of those switches that still export exactly: no biases are zero biases,
+        # and a fixed sinusoidal table is a learned table that holds the sinusoids.
+        exports_too=dict(use_bias=False, position="sinusoidal"),
+        # What GPT-2's layout needs instead, per switch: one refusal lists every reason.
+        why=dict(
+            norm_first="GPT-2's blocks are pre-norm",
+            position="GPT-2 adds a learned position table (rotary decoders will export to a "
+            "modern-decoder, Llama-style layout: a later issue)",
+            tie_embeddings="GPT-2's LM head is the token embedding, with no bias",
+            head_dim="GPT-2's heads split embed_dim (head_dim=None)",
+        ),
         # GPT2Config's defaults, for a config.json that leaves a field out
         defaults=dict(
             vocab_size=50257,

@@ -229,6 +229,23 @@ class CharTokenizer(Tokenizer):
     def _kind_state(self, directory: Path) -> dict[str, Any]:
         return {"vocab": self._vocab}
 
+    # ---- Hugging Face form
+
+    def to_hf_tokenizer(self):
+        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds): every
+        character its own token with this vocabulary's ids; decoding joins them without
+        spaces. transformers' AutoTokenizer loads it as a PreTrainedTokenizerFast."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = dict(self._ids)
+        # WordLevel needs an unknown token; with none, a spare name that no character encodes to
+        unk = self.unk_token if self.unk_token is not None else "<unk-not-in-vocab>"
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+        # one piece per code point, newlines included, as encode() does
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
+
     # ---- pickling: the lookup table is rebuilt rather than sent to worker processes
 
     def __getstate__(self) -> dict[str, Any]:

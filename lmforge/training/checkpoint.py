@@ -2,7 +2,9 @@
 
 RUN/ holds config.json, model.safetensors (latest weights), tokenizer/, metrics.jsonl and
 state.pt; RUN/checkpoints/step-N/ holds complete (weights, state) pairs, each written under a
-temporary name and renamed, so a crash at any moment leaves the last complete one intact.
+temporary name and renamed, so a crash at any moment leaves the last complete one intact. RUN's
+own copies are hard links to the newest checkpoint's files where the filesystem allows: never
+write into a run file in place, only replace it (a link shares its bytes with the checkpoint).
 """
 
 import json
@@ -20,17 +22,29 @@ from lmforge.errors import CheckpointError
 CHECKPOINTS = "checkpoints"
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: str | Path) -> None:
+    """Give a file made by tempfile.mkstemp (0600) or a folder made by mkdtemp (0700) the mode
+    that open() or mkdir() would have given it: 0666 or 0777, less the umask."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _atomic_save(path, write)
 
 
 def _atomic_save(path: Path, write) -> None:
@@ -38,9 +52,26 @@ def _atomic_save(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put src's bytes at dst atomically: a hard link where the filesystem allows, else a copy."""
+    tmp = dst.with_name(f".{dst.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here (another filesystem, FAT, some network mounts)
+        _atomic_save(dst, lambda t: shutil.copyfile(src, t))
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -56,6 +87,40 @@ def _write_weights(model: torch.nn.Module, path, weights: dict | None) -> None:
         save_model(model, str(path), metadata={"format": "pt"})
     else:
         save_file(weights, str(path), metadata={"format": "pt"})
+    sort_safetensors_header(path)
+    make_public(path)  # safetensors creates its files 0600, whatever the umask
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors.save_file, atomically and byte-for-byte reproducible (see below)."""
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        sort_safetensors_header(tmp)
+
+    _atomic_save(Path(path), write)
+
+
+def sort_safetensors_header(path) -> None:
+    """Rewrite a safetensors file's header with its metadata in sorted order, in place.
+
+    safetensors writes the metadata from a hash map whose order changes from process to
+    process (the names of tied weights that save_model drops), so identical tensors could give
+    different bytes; sorted, they give the same bytes and a checksum can prove a reproduction.
+    The header keeps its length (the same keys and values in another order), so the tensor data
+    and its offsets stay where they are.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+        ordered.update(header)  # the tensors' entries stay in safetensors' own (fixed) order
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # another JSON spelling than safetensors': keep its own header
+            return
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -114,6 +179,7 @@ def save_checkpoint(
     final = ckpt_root / f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
     try:
+        make_public(tmp)
         _write_weights(model, tmp / "model.safetensors", weights)
         torch.save(state, tmp / "state.pt")
         if final.exists():
@@ -122,9 +188,8 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for name in ("model.safetensors", "state.pt"):
-        src = final / name
-        _atomic_save(run_dir / name, lambda t, src=src: shutil.copyfile(src, t))
+    for name in ("model.safetensors", "state.pt"):  # RUN's copies share the checkpoint's bytes
+        _link_or_copy(final / name, run_dir / name)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

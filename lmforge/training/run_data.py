@@ -34,6 +34,7 @@ def load_data(cfg) -> PreparedData:
         vocab_size=cfg.vocab_size,
         field=cfg.field,
         label_field=cfg.label_field,
+        normalize_labels=cfg.normalize_labels,
         val_fraction=cfg.val_fraction,
     )
     key = cache_key(pcfg, open_source(cfg.data, field=cfg.field, label_field=cfg.label_field))
@@ -177,6 +178,7 @@ def labelled_split(
     label_field: str | None = None,
     split: str | None = None,
     labels: list[str] | None = None,
+    normalize_labels: bool = False,
 ) -> tuple[PreparedData, str, np.ndarray | None]:
     """What a classify/mlm run is evaluated on: (prepared data, its split, label ids numbered as
     the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` prepared
@@ -201,6 +203,7 @@ def labelled_split(
             tokenizer=str(tokenizer),
             field=field,
             label_field=label_field,
+            normalize_labels=normalize_labels,  # as the run was trained
             val_fraction=0.0 if split == "all" else 0.5,  # > 0: the source's own split is used
         )
         found = prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])

@@ -90,6 +90,12 @@ class TrainConfig:
     label_field: str | None = option(
         default=None, metadata={"help": "CSV column / JSON field with the class labels"}
     )
+    normalize_labels: bool = option(
+        default=False,
+        metadata={
+            "help": "strip and lower-case labels, so 'Positive ' and 'positive' are one class"
+        },
+    )
     num_classes: int | None = option(
         default=None, metadata={"help": "classify: number of classes (must match the data)"}
     )
@@ -106,7 +112,13 @@ class TrainConfig:
             "fraction) or train"
         },
     )
-    out: str = option(default="runs/latest", metadata={"help": "run folder"})
+    out: str = option(
+        default="runs/latest",
+        metadata={
+            "help": "run folder",
+            "default_help": "a new runs/PRESET-TIMESTAMP each run; with --resume, runs/latest",
+        },
+    )
     batching: str = option(
         default="auto",
         metadata={

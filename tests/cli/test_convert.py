@@ -86,9 +86,9 @@ def test_convert_refuses_a_non_empty_out_and_unexportable_runs(folders, tmp_path
     char_run = tmp_path / "char"
     tok = train_tokenizer("char", [TEXT])
     write_lmforge_folder(GPTCausalLM(GPTConfig(vocab_size=tok.vocab_size)), tok, char_run)
-    assert "char tokenizer" in _error(
-        capsys, ["convert", str(char_run), "--to", "hf", str(tmp_path / "a")]
-    )
+    # a char tokenizer exports now (#15): a tokenizer.json of one token per character
+    assert main(["convert", str(char_run), "--to", "hf", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
     rotary = tmp_path / "rotary"
     bpe = lmforge.load_tokenizer(run)
     model = GPTCausalLM(GPTConfig(vocab_size=bpe.vocab_size, position="rotary"))
@@ -96,7 +96,7 @@ def test_convert_refuses_a_non_empty_out_and_unexportable_runs(folders, tmp_path
     assert "position='rotary'" in _error(
         capsys, ["convert", str(rotary), "--to", "hf", str(tmp_path / "b")]
     )
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "b").exists()
 
 
 def test_train_init_from_a_hugging_face_folder(folders, tmp_path, capsys):
@@ -243,3 +243,18 @@ def test_fine_tune_on_eli5_answers_in_blocks_of_128(tmp_path, capsys):
     val_docs = {tuple(d) for d in data.documents("val")}  # held-out records are really held out
     train_docs = {tuple(d) for d in data.documents("train")}
     assert (len(val_docs), len(train_docs)) == (100, 900) and not val_docs & train_docs
+
+
+def test_convert_refusal_lists_every_reason_on_one_line(tmp_path, capsys):
+    """A post-norm GPT with an untied head (gpt-tiny-wine's switches): exit 2, one line with
+    both reasons, a flag that exists, and no output folder."""
+    tok = train_tokenizer("char", TEXT)
+    config = GPTConfig(
+        vocab_size=tok.vocab_size, embed_dim=16, num_heads=2, num_layers=1, ffn_dim=16,
+        norm_first=False, tie_embeddings=False,
+    )  # fmt: skip
+    write_lmforge_folder(GPTCausalLM(config), tok, tmp_path / "run")
+    line = _error(capsys, ["convert", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")])
+    assert "norm_first=False" in line and "tie_embeddings=False" in line and "--to lmforge" in line
+    assert not (tmp_path / "hf").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "run"]  # no temporary folder left behind

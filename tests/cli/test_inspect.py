@@ -103,6 +103,20 @@ def test_output_paths_are_checked_before_anything_is_written(run, tmp_path, caps
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_an_existing_file_that_is_not_html_is_never_overwritten(run, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my own notes\n")
+    err = _error(capsys, ["inspect", str(run), "--prompt", "wine", "--out", str(notes)])
+    assert "notes.txt exists and is not an .html file" in err and "--out" in err
+    assert notes.read_text() == "my own notes\n"
+    # the suggested name works, and a new non-.html name is still allowed
+    assert (
+        main(["inspect", str(run), "--prompt", "wine", "--out", str(tmp_path / "notes.html")]) == 0
+    )
+    assert main(["inspect", str(run), "--prompt", "wine", "--out", str(tmp_path / "new.txt")]) == 0
+    assert "<html" in (tmp_path / "new.txt").read_text(encoding="utf-8").lower()
+
+
 def test_a_missing_run_folder_is_named(tmp_path, capsys):
     err = _error(capsys, ["inspect", str(tmp_path / "gone"), "--prompt", "wine"])
     assert "gone" in err and "does not exist" in err

@@ -179,3 +179,17 @@ def test_bad_input(run, tiny_text, tmp_path, capsys):
     assert "bad.yaml" in _error(capsys, ["sample", str(run), "--config", str(bad)])
     assert "--resume" in _error(capsys, [*base, *TINY, "--out", str(run)])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_default_out_is_a_new_folder_for_each_run(tiny_text, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", str(tiny_text), "--tokenizer", "char", *TINY, "--max-steps", "2"]
+    said = []
+    for _ in range(2):  # runs/latest worked once: the second run was refused
+        capsys.readouterr()
+        assert main(argv) == 0
+        said.append(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(p.name.startswith("gpt-baby-") for p in runs)
+    assert all((p / "model.safetensors").is_file() for p in runs)
+    assert {line.rsplit("run saved in ", 1)[1] for line in said} == {f"runs/{p.name}" for p in runs}

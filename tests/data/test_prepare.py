@@ -491,3 +491,44 @@ def test_a_text_too_long_to_keep_is_read_again_with_the_same_result(tmp_path, mo
         ).read_bytes()
     assert streamed.tokenizer.decode(streamed.tokens("val")).endswith("né 😀\n")
     assert kept.num_tokens("train") > 0
+
+
+def _labelled_csv(path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["text", "label"])
+        for i in range(20):
+            rows.writerow([f"review number {i} is fine", "positive" if i % 2 else "negative"])
+        rows.writerow(["a late review, typed by hand", "Positive "])
+        rows.writerow(["another one", "Positive "])
+        rows.writerow(["a review nobody labelled", ""])
+        rows.writerow(["a blank label", "   "])
+    return path
+
+
+def test_labels_that_differ_in_case_or_spaces_and_empty_labels_are_warned(tmp_path, caplog):
+    source = _labelled_csv(tmp_path / "reviews.csv")
+    config = PrepareConfig(data=str(source), tokenizer="char", label_field="label")
+    with caplog.at_level("WARNING", logger="lmforge.data.prepare"):
+        data = prepare(config, tmp_path / "raw")
+    assert data.label_names == ["Positive ", "negative", "positive"]  # as written: 3 classes
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 of 24 labelled texts" in said and "empty label" in said
+    assert "'Positive ' (2 rows), 'positive' (10 rows)" in said and "--normalize-labels" in said
+    # the rows with no label are left out of the prepared data, not given label -1
+    ids = np.concatenate([data.labels("train"), data.labels("val")])
+    assert len(ids) == 22 and ids.min() >= 0
+
+
+def test_normalize_labels_strips_and_lower_cases_them(tmp_path, caplog):
+    source = _labelled_csv(tmp_path / "reviews.csv")
+    config = PrepareConfig(
+        data=str(source), tokenizer="char", label_field="label", normalize_labels=True
+    )
+    with caplog.at_level("WARNING", logger="lmforge.data.prepare"):
+        data = prepare(config, tmp_path / "normalized")
+    assert data.label_names == ["negative", "positive"]
+    ids = np.concatenate([data.labels("train"), data.labels("val")])
+    assert np.bincount(ids).tolist() == [10, 12]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "differ only in case" not in said and "2 of 24 labelled texts" in said

@@ -19,7 +19,10 @@ from lmforge.interop.hf import (
     load_hf_model,
     read_hf_weights,
     to_hf_state_dict,
+    write_hf_folder,
+    write_lmforge_folder,
 )
+from lmforge.models.bert import BertConfig, BertMaskedLM, BertTextClassifier
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 from lmforge.tokenizers.base import train_tokenizer
 
@@ -329,3 +332,105 @@ def test_broken_folders_raise_one_line(hf_folder, tmp_path, damage, message):
     with pytest.raises((CheckpointError, ConfigError), match=message) as err:
         lmforge.generate_text(folder, "The", max_new_tokens=2)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- export of what we train
+
+SPEECH = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\tSpeak, speak.\n"
+
+
+def _vary_norms_and_biases(model):
+    """LayerNorm weights near 1 and biases away from 0, so a lost one changes the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1).add_(1.0 if name.endswith("weight") else 0.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_gpt_without_biases_and_char_tokenizer_export(tmp_path, position):
+    """gpt-baby's switches (no biases, char tokenizer) in GPT-2's layout: zero biases, and a
+    sinusoidal table stored as the learned one; transformers gives our logits and our ids."""
+    char = train_tokenizer("char", SPEECH)
+    config = GPTConfig(
+        vocab_size=char.vocab_size, max_seq_len=48, embed_dim=32, num_heads=4, num_layers=2,
+        ffn_dim=64, use_bias=False, position=position,
+    )  # fmt: skip
+    model = _vary_norms_and_biases(GPTCausalLM(config))
+    write_lmforge_folder(model, char, tmp_path / "run")
+    convert(tmp_path / "run", "hf", tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tokenizer(SPEECH[:40])["input_ids"]
+    assert ids == char.encode(SPEECH[:40]) and tokenizer.decode(ids) == SPEECH[:40]
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        assert (model(x) - theirs(x).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("task", ["mlm", "classify"])
+def test_bert_tasks_export_to_their_bert_classes(tmp_path, task):
+    """A BERT masked LM -> BertForMaskedLM, a classifier -> BertForSequenceClassification (with
+    its label names); their tokenizer adds our [START] a [END] packing; lmforge reads it back."""
+    wordpiece = train_tokenizer("wordpiece", [SPEECH] * 5, vocab_size=120)
+    config = BertConfig(
+        vocab_size=wordpiece.vocab_size, max_seq_len=32, embed_dim=32, num_heads=2,
+        num_layers=2, ffn_dim=64, dropout=0.0,
+    )  # fmt: skip
+    if task == "mlm":
+        model, auto = BertMaskedLM(config), transformers.AutoModelForMaskedLM
+    else:
+        model = BertTextClassifier(config, 3, labels=["bad", "meh", "good"])
+        auto = transformers.AutoModelForSequenceClassification
+    _vary_norms_and_biases(model)
+    write_lmforge_folder(model, wordpiece, tmp_path / "run")
+    convert(tmp_path / "run", "hf", tmp_path / "hf")
+    theirs = auto.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = ["before we proceed any further", "hear me speak"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    packed = [wordpiece.bos_id, *wordpiece.encode(texts[1]), wordpiece.eos_id]
+    assert batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist() == packed
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["attention_mask"].bool())
+        logits = theirs(**batch).logits
+        if task == "mlm":  # outputs at padded positions mean nothing
+            real = batch["attention_mask"].bool()
+            ours, logits = ours[real], logits[real]
+        assert (ours - logits).abs().max().item() <= 1e-4
+        back = lmforge.load(tmp_path / "hf")
+        assert type(back) is type(model)
+        assert (back(batch["input_ids"][:1]) - model(batch["input_ids"][:1])).abs().max() <= 1e-5
+    if task == "classify":
+        assert theirs.config.id2label == {0: "bad", 1: "meh", 2: "good"}
+        assert back.labels == ["bad", "meh", "good"]
+
+
+def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
+    """gpt-tiny-wine's post-norm block, untied biased head and wide heads all at once; rotary,
+    char-RNN and a classifier's extra layers each name their reason; nothing is written."""
+    from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
+    from lmforge.models.gpt import PRESETS
+
+    char = train_tokenizer("char", SPEECH)
+    wine = {**PRESETS["gpt-tiny-wine"]["config"], "vocab_size": char.vocab_size}
+    wine.update(embed_dim=16, head_dim=16, ffn_dim=16)
+    shakespeare = {**PRESETS["gpt-shakespeare"]["config"], "vocab_size": char.vocab_size}
+    classifier = BertTextClassifier(BertConfig(vocab_size=char.vocab_size), extra_layers=1)
+    cases = [
+        (
+            GPTCausalLM(GPTConfig(**wine)),
+            ["norm_first=False", "tie_embeddings=False", "head_dim=16"],
+        ),
+        (GPTCausalLM(GPTConfig(**shakespeare)), ["position='rotary'", "modern-decoder"]),
+        (CharRNNCausalLM(CharRNNConfig(vocab_size=char.vocab_size)), ["char_rnn", "architecture"]),
+        (classifier, ["extra_layers=1"]),
+    ]
+    for model, reasons in cases:
+        with pytest.raises(ConfigError) as err:
+            write_hf_folder(model, char, tmp_path / "out")
+        message = str(err.value)
+        assert "\n" not in message and "--to lmforge" in message
+        assert all(reason in message for reason in reasons), message
+        assert not (tmp_path / "out").exists()
