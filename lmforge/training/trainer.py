@@ -51,6 +51,7 @@ from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
 
+BUDGETS = ("max_steps", "epochs", "max_tokens", "max_time")  # the first one spent ends a run
 BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
 TASKS = ("causal-lm", "classify", "mlm")
 
@@ -202,6 +203,13 @@ class TrainConfig:
             raise ConfigError("--block-size must be positive")
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
+        for name in BUDGETS[:3]:  # 0 is no budget at all, not "until stopped"
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {value} is not a budget: give a positive number, "
+                    "or drop the flag for the default budget"
+                )
         parse_duration(self.max_time)
         if self.optimizer not in optim.OPTIMIZERS:
             raise ConfigError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
@@ -349,10 +357,9 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     model_over, train_opts = {}, {}
     if preset.get("tokenizer"):
         train_opts["tokenizer"] = {"byte-bpe": "bpe"}.get(preset["tokenizer"], preset["tokenizer"])
-    budgets = ("max_steps", "epochs", "max_tokens", "max_time")
-    user_budget = any(options.get(k) is not None for k in budgets)
+    user_budget = any(options.get(k) is not None for k in BUDGETS)
     for k, v in preset.get("train", {}).items():  # the preset's suggestions, lowest precedence
-        if not (user_budget and k in budgets):  # a budget the user names replaces the preset's
+        if not (user_budget and k in BUDGETS):  # a budget the user names replaces the preset's
             (train_opts if k in train_names else model_over)[k] = v
     for k, v in options.items():
         if v is None and k not in train_names:

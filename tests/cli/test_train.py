@@ -176,3 +176,14 @@ def test_bad_input(run, tiny_text, tmp_path, capsys):
     assert "bad.yaml" in _error(capsys, ["sample", str(run), "--config", str(bad)])
     assert "--resume" in _error(capsys, [*base, *TINY, "--out", str(run)])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [["--epochs", "0"], ["--max-steps", "0"], ["--max-tokens", "-5"], ["--max-time", "0s"]],
+)
+def test_a_budget_of_zero_or_less_is_refused(tiny_text, tmp_path, capsys, budget):
+    out = tmp_path / "run"
+    err = _error(capsys, ["train", "--data", str(tiny_text), *TINY, *budget, "--out", str(out)])
+    assert budget[0] in err or "duration" in err
+    assert "positive" in err and not out.exists()

@@ -272,3 +272,10 @@ def test_progress_bar_total_is_where_the_budget_ends(tiny_text, tmp_path, monkey
     monkeypatch.setattr(trainer.progress, "bar", spy)
     result = _run(tiny_text, tmp_path / "run", **budget)
     assert totals == [result["steps"]] and result["steps"] > 0
+
+
+@pytest.mark.parametrize("budget", ["max_steps", "epochs", "max_tokens"])
+def test_a_zero_budget_raises_a_config_error(tiny_text, tmp_path, budget):
+    with pytest.raises(ConfigError, match=f"--{budget.replace('_', '-')} 0 is not a budget"):
+        _run(tiny_text, tmp_path / "run", **{budget: 0})
+    assert not (tmp_path / "run").exists()
