@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -390,7 +390,8 @@ def train(**options) -> dict:
         print(result["val_loss"])
     """
     try:
-        return _train(options)
+        with ExitStack() as held:  # the run folder's write lock, once _train takes it
+            return _train(options, held)
     except RuntimeError as e:
         if distributed.world()[1] == 1:
             raise
@@ -399,7 +400,7 @@ def train(**options) -> dict:
         distributed.teardown()
 
 
-def _train(options: dict) -> dict:
+def _train(options: dict, held: ExitStack) -> dict:
     options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
     from lmforge.presets import family_classes
@@ -439,8 +440,10 @@ def _train(options: dict) -> dict:
     run_dir = Path(cfg.out)
 
     task_spec(cfg, preset["family"])  # a --task the family lacks fails before preparing data
+    if rank == 0:  # one writer per run folder; sample and eval read it without the lock
+        held.enter_context(ckpt.run_lock(run_dir))
     # Every rank checks --out before the barrier below, after which rank 0 starts writing it.
-    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if not cfg.resume and run_dir.is_dir() and any(p.name != ckpt.LOCK for p in run_dir.iterdir()):
         if not (run_dir / "config.json").is_file():
             raise ConfigError(
                 f"--out {run_dir} exists and is not an lmforge run: choose another folder"

@@ -1,6 +1,8 @@
 """`lmforge train`, `sample`, `eval` and `presets` from the command line, bad input included."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -187,3 +189,36 @@ def test_a_budget_of_zero_or_less_is_refused(tiny_text, tmp_path, capsys, budget
     err = _error(capsys, ["train", "--data", str(tiny_text), *TINY, *budget, "--out", str(out)])
     assert budget[0] in err or "duration" in err
     assert "positive" in err and not out.exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from lmforge.training.checkpoint import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_being_trained_refuses_a_second_writer_not_readers(run, tiny_text, capsys):
+    resume = ["train", "--data", str(tiny_text), *TINY, "--max-steps", "24", "--out", str(run)]
+    resume += ["--resume", "--json"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        err = _error(capsys, resume)
+        assert f"pid {holder.pid}" in err and "--out" in err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+        assert main(["sample", str(run), "--max-new-tokens", "5", "--seed", "1"]) == 0
+        assert main(["eval", str(run), "--json"]) == 0
+        capsys.readouterr()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, the lock file stays behind ...
+        holder.wait()
+    assert (run / ".lock").is_file()
+    assert main(resume) == 0  # ... and the lock of a dead process does not block
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 24
+    assert not (run / ".lock").exists()
