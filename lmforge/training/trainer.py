@@ -381,6 +381,87 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     return cfg, model_over, preset
 
 
+# What a resumed run may change: its budget (the new total), where it runs and what it reports.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        *BUDGETS,
+        "out",
+        "resume",
+        "device",
+        "threads",
+        "precision",
+        "compile",
+        "strategy",
+        "backend",
+        "dist_timeout",
+        "eval_every",
+        "eval_tokens",
+        "log_every",
+        "sample_every",
+        "keep_last",
+        "save_every_epoch",
+        "split",
+    }
+)
+
+
+def resume_options(options: dict) -> tuple[dict, dict]:
+    """--resume: the run's saved options with the given ones on top, and the run's config.json
+    with what the given ones change added to its "resumes" list. A change of recipe (model, data,
+    optimizer, schedule, batch) is a CheckpointError; a budget given replaces the saved ones."""
+    from lmforge.presets import family_classes
+
+    out = Path(options.get("out") or TrainConfig.out)
+    last = ckpt.latest_checkpoint(out)
+    if last is None:
+        raise CheckpointError(
+            f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run"
+        )
+    saved = ckpt.read_config(out)
+    cfg_cls, _ = family_classes(saved["family"])
+    model = dataclasses.asdict(cfg_cls(**saved["model"]))
+    known = {**model, **saved["train"], "preset": saved.get("preset")}
+    changed = {}
+    for k, v in options.items():
+        if k in known and k not in ("out", "resume") and not _same_option(known[k], v):
+            changed[k] = [known[k], v]
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        k, (old, new) = refused[0], changed[refused[0]]
+        more = f" (and {', '.join(refused[1:])})" if refused[1:] else ""
+        raise CheckpointError(
+            f"--resume continues {out} with its own settings, and {k} would change from {old!r} "
+            f"to {new!r}{more}: drop --{k.replace('_', '-')}, or train a new run with another "
+            "--out"
+        )
+    base = {k: v for k, v in saved["train"].items() if k not in ("out", "resume")}
+    if any(options.get(k) is not None for k in BUDGETS):  # the budget given is the new total
+        base = {k: v for k, v in base.items() if k not in BUDGETS}
+    base["block_size"] = saved["data"]["block_size"]
+    if base.get("init_from"):  # shape and tokenizer come from the pretrained folder again
+        base.pop("tokenizer", None)
+        base["dropout"] = saved["model"].get("dropout")
+    else:
+        base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
+    step = int(last.name.split("-")[-1])
+    history = list(saved.get("resumes", []))
+    if changed:
+        history.append({"step": step, "changed": changed})
+    return {**base, **options}, {**saved, "resumes": history}
+
+
+def _same_option(saved, given) -> bool:
+    """Whether a saved option (read back from JSON) and a given one are the same setting."""
+    if isinstance(given, (tuple, list)):
+        given = list(given)
+    if saved == given:
+        return True
+    if isinstance(saved, str) and isinstance(given, (str, Path)):  # one path, spelled two ways
+        a, b = Path(saved), Path(given)
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
 def train(**options) -> dict:
     """Train a model from options (the same names as `lmforge train`'s flags); returns results.
 
@@ -401,6 +482,9 @@ def train(**options) -> dict:
 
 
 def _train(options: dict, held: ExitStack) -> dict:
+    resumed = None  # with --resume: the run's config.json, its "resumes" list brought up to date
+    if options.get("resume"):
+        options, resumed = resume_options(options)
     options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
     from lmforge.presets import family_classes
@@ -490,15 +574,10 @@ def _train(options: dict, held: ExitStack) -> dict:
     from lmforge.presets import build_task
 
     ckpt_path = None
-    if cfg.resume:
-        ckpt_path = ckpt.latest_checkpoint(run_dir)
-        if ckpt_path is None:
-            raise CheckpointError(
-                f"--resume: {run_dir} has no checkpoint to resume from; "
-                "drop --resume to start a new run"
-            )
-        saved = ckpt.read_config(run_dir)
-        if saved["model"] != model_cfg:
+    if resumed is not None:
+        ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
+        saved = resumed
+        if saved["model"] != model_cfg:  # e.g. the data now makes another vocabulary
             diff = sorted(
                 k
                 for k in set(saved["model"]) | set(model_cfg)
@@ -542,6 +621,7 @@ def _train(options: dict, held: ExitStack) -> dict:
                     "batching": batching,
                     "block_size": block_size,
                 },
+                **({"resumes": resumed["resumes"]} if resumed and resumed["resumes"] else {}),
             },
         )
     stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks

@@ -86,6 +86,18 @@ def test_resume_continues_to_the_total_step_count(run, tiny_text, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 30
 
 
+def test_resume_with_out_alone_keeps_the_runs_data_and_refuses_a_new_lr(run, capsys):
+    config = json.loads((run / "config.json").read_text())
+    err = _error(capsys, ["train", "--out", str(run), "--resume", "--lr", "0.5"])
+    assert "lr would change" in err and "drop --lr" in err
+    assert json.loads((run / "config.json").read_text()) == config
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 25
+    after = json.loads((run / "config.json").read_text())
+    assert after["train"]["data"] == config["train"]["data"] and after["model"] == config["model"]
+    assert after["resumes"] == [{"step": 20, "changed": {"max_steps": [20, 25]}}]
+
+
 def test_sample_and_eval(run, capsys):
     assert (
         main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1"])

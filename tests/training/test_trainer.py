@@ -74,6 +74,27 @@ def test_n_plus_n_resumed_steps_equal_2n_straight(tiny_text, tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
+def test_resume_needs_only_the_run_folder_and_the_new_budget(tiny_text, tmp_path):
+    # the run's own data, tokenizer, model overrides and recipe come from its config.json
+    _run(tiny_text, tmp_path / "straight", max_steps=16, schedule="constant")
+    _run(tiny_text, tmp_path / "split", max_steps=8, schedule="constant")
+    result = lmforge.train(out=str(tmp_path / "split"), resume=True, max_steps=16)
+    assert result["steps"] == 16
+    _assert_same_run(tmp_path / "straight", tmp_path / "split")
+    saved = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert saved["train"]["data"] == str(tiny_text) and saved["model"]["embed_dim"] == 32
+    assert saved["resumes"] == [{"step": 8, "changed": {"max_steps": [8, 16]}}]
+
+
+def test_resume_refuses_a_change_of_recipe(tiny_text, tmp_path):
+    _run(tiny_text, tmp_path / "run", max_steps=2)
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(CheckpointError, match=r"lr would change from 0.003 to 0.1.*drop --lr"):
+        lmforge.train(out=str(tmp_path / "run"), resume=True, max_steps=4, lr=0.1)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step-00000002"
+
+
 def test_muon_run_learns_and_resumes_exactly(tiny_text, tmp_path):
     kw = dict(optimizer="muon", schedule="constant", lr=1e-2)
     _run(tiny_text, tmp_path / "straight", max_steps=16, **kw)
