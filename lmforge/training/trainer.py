@@ -32,6 +32,7 @@ from lmforge.data.batching import (
 )
 from lmforge.data.windows import IGNORE
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
+from lmforge.evaluate.metrics import constant_predictions
 from lmforge.training import checkpoint as ckpt
 from lmforge.training import distributed, optim
 from lmforge.training.pretrained import (
@@ -47,7 +48,7 @@ from lmforge.training.run_data import (  # labelled_split, make_task_examples: o
     make_task_examples,  # noqa: F401
     task_spec,
 )
-from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
+from lmforge.training.schedules import SCHEDULES, WARMUP_SHARE, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,8 @@ def evaluate(
     subset = _Subset(examples, index)
     total, count, hits = 0.0, 0, 0
     scored = getattr(task, "loss_and_hits", None)  # classifiers and masked LMs: accuracy too
+    predict = getattr(task, "loss_and_predictions", None)  # classifiers: which classes come out
+    counts = torch.zeros(getattr(task, "num_classes", 0), dtype=torch.float64, device=dev)
     with progress.bar(len(subset), "eval", "ex", leave=False) as pbar:
         for batch in iterate_in_order(subset, batch_size):
             pbar.update(len(batch["labels"]))
@@ -313,21 +316,29 @@ def evaluate(
             if n == 0:
                 continue
             with devices.autocast(dev, precision):
-                if scored is None:
-                    total += float(task.loss(batch)) * n
-                else:
+                if predict is not None:
+                    loss, predicted = predict(batch)
+                    counts += torch.bincount(predicted, minlength=len(counts))
+                    batch_hits = (predicted == batch["labels"]).sum()
+                elif scored is not None:
                     loss, batch_hits = scored(batch)
-                    total, hits = total + float(loss) * n, hits + int(batch_hits)
-            count += n
+                else:
+                    loss, batch_hits = task.loss(batch), 0
+            total, hits, count = total + float(loss) * n, hits + int(batch_hits), count + n
     task.train(was_training)
     if shard:
-        sums = torch.tensor([total, count, hits], dtype=torch.float64, device=dev)
+        sums = torch.cat(
+            [torch.tensor([total, count, hits], dtype=torch.float64, device=dev), counts]
+        )
         torch.distributed.all_reduce(sums)
         total, count, hits = float(sums[0]), int(sums[1]), int(sums[2])
+        counts = sums[3:]
     loss = total / max(count, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
     if scored is not None:
         result["accuracy"] = hits / max(count, 1)
+    if predict is not None:
+        result["predicted_classes"] = [int(c) for c in counts.tolist()]
     return result
 
 
@@ -665,6 +676,7 @@ def _train(options: dict, held: ExitStack) -> dict:
             resume_from=ckpt_path,
             char_level=tok.kind == "char",
             tokenizer=tok,
+            label_names=(spec or {}).get("labels"),
         )
     finally:
         distributed.teardown()
@@ -680,6 +692,7 @@ def fit(
     resume_from: Path | None = None,
     char_level: bool = False,
     tokenizer=None,
+    label_names: list[str] | None = None,
 ) -> dict:
     """Train `task` on `batcher` until a budget runs out; evaluate, checkpoint, log metrics.
 
@@ -846,7 +859,7 @@ def fit(
     )
     train_loss, recent = float("nan"), []
     t_window, tok_window = time.perf_counter(), 0
-    interrupted = False
+    interrupted, warmup_cut = False, False
     stop = []  # SIGTERM / Ctrl-C append to it: the loop stops between steps, never inside one
     prev_handlers = _install_stop_handlers(stop)
     dev = next(task.parameters()).device
@@ -861,6 +874,16 @@ def fit(
                 group["lr"] = lr_at(
                     step, progress_now(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
                 )
+            if not warmup_cut and 0 < step < cfg.warmup_steps and progress_now() >= WARMUP_SHARE:
+                warmup_cut = True
+                if is_main:
+                    log.warning(
+                        "warm-up ends at step %d, not %d: it takes at most %d%% of the budget "
+                        "(a longer budget or a lower --warmup-steps keeps this from happening)",
+                        step,
+                        cfg.warmup_steps,
+                        round(100 * WARMUP_SHARE),
+                    )
             micro = [batcher.next_batch() for _ in range(cfg.grad_accum)]
             try:
                 loss = train_step(
@@ -982,6 +1005,9 @@ def fit(
             best_val = result["loss"]
             save_best(result["loss"])
         log_metrics({**eval_row(result), "final": True})
+        warning = constant_predictions(result.get("predicted_classes", []), label_names)
+        if warning and is_main:
+            log.warning("%s", warning)
     save("final")
     out = {
         "val_loss": result["loss"],

@@ -300,3 +300,12 @@ def test_a_zero_budget_raises_a_config_error(tiny_text, tmp_path, budget):
     with pytest.raises(ConfigError, match=f"--{budget.replace('_', '-')} 0 is not a budget"):
         _run(tiny_text, tmp_path / "run", **{budget: 0})
     assert not (tmp_path / "run").exists()
+
+
+def test_a_short_budget_cuts_the_warmup_and_says_so(tiny_text, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="lmforge"):
+        _run(tiny_text, tmp_path / "run", max_steps=20, warmup_steps=100, schedule="constant")
+    lrs = [r["lr"] for r in _metrics(tmp_path / "run") if "lr" in r]
+    assert lrs[:2] == pytest.approx([3e-3 / 100, 3e-3 / 2])
+    assert lrs[2:] == pytest.approx([3e-3] * 18)  # the peak from a tenth of the budget on
+    assert "warm-up ends at step 2, not 100" in caplog.text
