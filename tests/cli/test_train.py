@@ -153,6 +153,17 @@ def test_config_file_with_flags_overriding(tiny_text, tmp_path, capsys):
     assert saved["train"]["max_steps"] == 5 and saved["model"]["embed_dim"] == 32
 
 
+def test_help_shows_the_default_presets_values_not_the_dataclass_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # unwrapped
+    for flag, value in [("lr", "0.008"), ("optimizer", "muon"), ("embed-dim", "128")]:
+        assert f"--{flag} " in text
+        assert f"(default: the preset's; gpt-baby: {value})" in text, flag
+    for dataclass_default in ("(default: 0.001)", "(default: adamw)", "(default: 64)"):
+        assert dataclass_default not in text
+    assert "(default: the preset's)" in text  # a bert field the default preset does not set
+
+
 def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
