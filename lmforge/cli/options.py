@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -61,6 +62,14 @@ def _shown(f: dataclasses.Field) -> str:
     return show_default(None if f.default is dataclasses.MISSING else f.default)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, without breaking lines inside hyphenated names (gpt-baby)."""
+
+    def _split_lines(self, text, width):
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 def add_options(
     parser: argparse.ArgumentParser,
     cls,
@@ -79,8 +88,9 @@ def add_options(
             continue
         tp, is_list = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
-        # a help text may describe its own default, unless `shown` overrides it
-        if f.name in shown or not _DEFAULT_SHOWN.search(help_text):
+        if f.name in shown:  # replaces the default the help text describes, if any
+            help_text = re.sub(r"\s*\(default\b[^)]*\)", "", help_text)
+        if not _DEFAULT_SHOWN.search(help_text):  # a help text may describe its own default
             # a required option is not argparse-required: it may come from --config instead
             absent = shown.get(f.name) or _shown(f)
             absent = "(required)" if f.metadata.get("required") else f"(default: {absent})"

@@ -14,6 +14,7 @@ def add_parser(sub):
     p = sub.add_parser(
         "train",
         help="train a model",
+        formatter_class=options.HelpFormatter,
         description="Train a model from a preset on a corpus; any model config field can be "
         f'overridden as a flag. A default marked "the preset\'s" comes from --preset '
         f"({TrainConfig.preset} unless given; `lmforge presets` lists them).",
