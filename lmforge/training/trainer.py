@@ -476,6 +476,10 @@ def _same_option(saved, given) -> bool:
 def train(**options) -> dict:
     """Train a model from options (the same names as `lmforge train`'s flags); returns results.
 
+    A progress bar shows on stderr when it is a terminal (`lmforge.progress.enable(False)`
+    hides it, `enable(True)` forces it); evaluations, epochs and warnings are `logging` records
+    of the "lmforge" logger: `logging.basicConfig(level=logging.INFO)` prints them.
+
     Example:
         result = lmforge.train(data="tinyshakespeare", tokenizer="char", preset="gpt-baby",
                                out="runs/shakes", max_time="90s")
@@ -851,8 +855,9 @@ def fit(
         return row
 
     task.train()
+    countable = _total_steps(max_steps, cfg, batcher, tokens_per_step)
     bar = progress.bar(
-        total=_total_steps(max_steps, cfg, batcher, tokens_per_step),
+        total=countable,
         desc="train",
         unit="step",
         initial=step,
@@ -950,6 +955,9 @@ def fit(
                     }
                 )
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            if max_time:  # the steps a time budget allows at this pace: a total and an ETA
+                timed = max(step, math.ceil(step * max_time / max(elapsed, 1e-9)))
+                bar.total = timed if countable is None else min(countable, timed)
             bar.update(1)
             if passes and int(batcher.epoch) > epochs_done:  # an epoch ended with this step
                 epochs_done = int(batcher.epoch)
@@ -996,6 +1004,13 @@ def fit(
         save("interrupted")
         log.info("interrupted at step %d: checkpoint saved; continue with --resume", step)
         raise KeyboardInterrupt
+    if has_val and is_main:
+        log.info(
+            "step %d: budget spent; final evaluation on all %d validation examples (not counted "
+            "in the budget)",
+            step,
+            len(val_examples),
+        )
     result = run_eval(final=True)
     if result is None:  # nothing held out: the run ends without a validation loss
         result = {"loss": None, "perplexity": None}

@@ -309,3 +309,21 @@ def test_a_short_budget_cuts_the_warmup_and_says_so(tiny_text, tmp_path, caplog)
     assert lrs[:2] == pytest.approx([3e-3 / 100, 3e-3 / 2])
     assert lrs[2:] == pytest.approx([3e-3] * 18)  # the peak from a tenth of the budget on
     assert "warm-up ends at step 2, not 100" in caplog.text
+
+
+def test_a_time_budget_gives_the_bar_a_total_and_the_final_evaluation_is_announced(
+    tiny_text, tmp_path, monkeypatch, caplog
+):
+    bars, real_bar = [], trainer.progress.bar
+
+    def spy(*args, **kw):
+        bars.append((kw.get("desc"), real_bar(*args, **kw)))
+        return bars[-1][1]
+
+    monkeypatch.setattr(trainer.progress, "bar", spy)
+    with caplog.at_level("INFO", logger="lmforge"):
+        result = _run(tiny_text, tmp_path / "run", max_time="1s", eval_every=1000)
+    train_bar = next(b for desc, b in bars if desc == "train")
+    assert train_bar.total == result["steps"] > 0  # the estimate ends where time ran out
+    assert f"step {result['steps']}: budget spent; final evaluation on all" in caplog.text
+    assert "not counted in the budget" in caplog.text
