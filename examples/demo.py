@@ -5,6 +5,7 @@ two minutes (characters), then print samples. Runs offline on any machine with P
 """
 
 import argparse
+import logging
 import time
 
 import lmforge
@@ -18,6 +19,7 @@ def main() -> None:
     args = ap.parse_args()
 
     progress.enable(True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # evaluations, warnings
     print(f"training gpt-baby on the python-stdlib corpus for {args.max_time} -> {args.out}")
     result = lmforge.train(
         data="python-stdlib",

@@ -1,17 +1,26 @@
 """The one progress-bar helper. Library code asks for a bar; the CLI decides whether it shows.
 
-Bars go to stderr (tqdm), with rate and ETA, and are silent unless `enable(True)` was called.
+Bars go to stderr (tqdm), with rate and ETA. They show when stderr is a terminal, unless
+`enable(False)` was called (`enable(True)`: always, e.g. into a log file).
 """
+
+import sys
 
 from tqdm.auto import tqdm
 
-_enabled = False
+_enabled: bool | None = None  # None: when stderr is a terminal
 
 
-def enable(on: bool = True) -> None:
-    """Switch progress bars on (the CLI does this) or off (the default for library use)."""
+def enable(on: bool | None = True) -> None:
+    """Switch progress bars on or off (the CLI decides per verb); None: on in a terminal."""
     global _enabled
     _enabled = on
+
+
+def _is_on() -> bool:
+    if _enabled is None:
+        return sys.stderr is not None and sys.stderr.isatty()
+    return _enabled
 
 
 class _Bar(tqdm):
@@ -30,7 +39,7 @@ def bar(total: float | None = None, desc: str = "", unit: str = "it", **kw) -> t
         total=total,
         desc=desc,
         unit=unit,
-        disable=not _enabled,
+        disable=not _is_on(),
         dynamic_ncols=True,
         leave=kw.pop("leave", True),
         **kw,

@@ -32,3 +32,18 @@ def test_bars_are_silent_unless_enabled(monkeypatch):
     with progress.bar(10, "work", file=out) as bar:
         bar.update(10)
     assert out.getvalue() == ""
+
+
+def test_by_default_bars_show_in_a_terminal_only(monkeypatch):
+    monkeypatch.setattr(progress, "_enabled", None)  # lmforge.train() from Python, untouched
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stderr, shows in [(Terminal(), True), (io.StringIO(), False)]:
+        monkeypatch.setattr(progress.sys, "stderr", stderr)
+        out = io.StringIO()
+        with progress.bar(10, "work", file=out) as bar:
+            bar.update(10)
+        assert ("work: 100%" in out.getvalue()) is shows

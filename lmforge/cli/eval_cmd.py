@@ -3,6 +3,7 @@ or on another text; accuracy, per-class precision/recall/F1 and the confusion ma
 classifier run, masked accuracy of a masked-LM run."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -100,7 +101,11 @@ def run(args) -> int:
 
 def _run_task(args, config, model) -> int:
     """Accuracy, per-class scores and confusion matrix (classify); masked accuracy (mlm)."""
-    from lmforge.evaluate.metrics import classification_report, predict_labels
+    from lmforge.evaluate.metrics import (
+        classification_report,
+        constant_predictions,
+        predict_labels,
+    )
     from lmforge.training.run_data import labelled_split, make_task_examples
     from lmforge.training.trainer import evaluate
 
@@ -127,6 +132,10 @@ def _run_task(args, config, model) -> int:
     else:
         predicted, true, loss = predict_labels(model, examples, args.batch_size)
         out = {"loss": loss, **classification_report(predicted, true, spec["labels"])}
+        per_class = [sum(column) for column in zip(*out["confusion_matrix"])]  # predictions
+        warning = constant_predictions(per_class, out["labels"])
+        if warning:
+            logging.getLogger(__name__).warning("%s", warning)
     if args.json:
         print(json.dumps(out))
         return 0

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -61,18 +62,39 @@ def _shown(f: dataclasses.Field) -> str:
     return show_default(None if f.default is dataclasses.MISSING else f.default)
 
 
-def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of dataclass `cls` (defaults shown in --help, not applied)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, without breaking lines inside hyphenated names (gpt-baby)."""
+
+    def _split_lines(self, text, width):
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls,
+    skip: tuple[str, ...] = (),
+    shown: dict[str, str] | None = None,
+) -> None:
+    """Add one flag per field of dataclass `cls` (defaults shown in --help, not applied).
+
+    Args:
+        shown: what --help says a field's absence means, where not its dataclass default
+            (`lmforge train`: "the preset's; gpt-baby: 0.008")."""
     hints = typing.get_type_hints(cls)
+    shown = shown or {}
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         tp, is_list = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
+        if f.name in shown:  # replaces the default the help text describes, if any
+            help_text = re.sub(r"\s*\(default\b[^)]*\)", "", help_text)
         if not _DEFAULT_SHOWN.search(help_text):  # a help text may describe its own default
             # a required option is not argparse-required: it may come from --config instead
-            shown = "(required)" if f.metadata.get("required") else f"(default: {_shown(f)})"
-            help_text = f"{help_text} {shown}".strip()
+            absent = shown.get(f.name) or _shown(f)
+            absent = "(required)" if f.metadata.get("required") else f"(default: {absent})"
+            help_text = f"{help_text} {absent}".strip()
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=_UNSET, help=help_text)
         if f.metadata.get("choices"):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from lmforge.cli import options
-from lmforge.presets import FAMILIES, family_classes
+from lmforge.presets import FAMILIES, family_classes, get_preset
 from lmforge.training.trainer import TrainConfig, train
 
 
@@ -16,20 +16,34 @@ def add_parser(sub):
     p = sub.add_parser(
         "train",
         help="train a model",
-        description="Train a model from a preset "
-        "on a corpus; any model config field can be overridden as a flag.",
+        formatter_class=options.HelpFormatter,
+        description="Train a model from a preset on a corpus; any model config field can be "
+        f'overridden as a flag. A default marked "the preset\'s" comes from --preset '
+        f"({TrainConfig.preset} unless given; `lmforge presets` lists them).",
     )
-    options.add_options(p, TrainConfig)
+    shown = _preset_defaults(TrainConfig.preset)
+    options.add_options(p, TrainConfig, shown=shown)
     seen = {f.name for f in dataclasses.fields(TrainConfig)} | {"vocab_size"}
     group = p.add_argument_group("model config overrides")
     for family in FAMILIES:
         cfg_cls, _ = family_classes(family)
-        options.add_options(group, cfg_cls, skip=tuple(seen))
+        model_shown = {f.name: "the preset's" for f in dataclasses.fields(cfg_cls)}
+        options.add_options(group, cfg_cls, skip=tuple(seen), shown={**model_shown, **shown})
         seen |= {f.name for f in dataclasses.fields(cfg_cls)}
     p.add_argument(
         "--json", action="store_true", help="print one final JSON line of results (default: off)"
     )
     return p
+
+
+def _preset_defaults(name: str) -> dict[str, str]:
+    """--help's default of each option that preset `name` sets: "the preset's; NAME: VALUE"."""
+    preset = get_preset(name)
+    values = {**preset["config"], **preset.get("train", {})}
+    if preset.get("tokenizer"):
+        values["tokenizer"] = preset["tokenizer"]
+    values.pop("vocab_size", None)  # the tokenizer's
+    return {k: f"the preset's; {name}: {options.show_default(v)}" for k, v in values.items()}
 
 
 def run(args: argparse.Namespace) -> int:

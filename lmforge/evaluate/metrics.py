@@ -78,6 +78,20 @@ def classification_report(
     }
 
 
+def constant_predictions(counts, label_names: list[str] | None = None) -> str | None:
+    """A one-line warning when a classifier predicted the same class for every example (counts:
+    predictions per class), else None."""
+    counts = _numpy(counts)
+    used = np.flatnonzero(counts)
+    if len(used) != 1 or counts.sum() < 2 or len(counts) < 2:
+        return None
+    name = label_names[used[0]] if label_names else str(used[0])
+    return (
+        f"the classifier predicts class {name!r} for all {int(counts.sum())} examples: it has "
+        "not learned to tell the classes apart (train longer, or check --lr and --warmup-steps)"
+    )
+
+
 def masked_accuracy(logits, targets, weights) -> float:
     """Weighted share of argmax(logits) == targets: the masked-LM accuracy of KerasHub.
 

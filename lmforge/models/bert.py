@@ -339,11 +339,15 @@ class BertTextClassifier(Task):
         "padding_mask" and "segment_ids" (B, T)."""
         return F.cross_entropy(self._logits(batch).float(), batch["labels"])
 
+    def loss_and_predictions(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(mean loss, predicted class ids (B,)) in one forward pass (evaluation)."""
+        logits = self._logits(batch).float()
+        return F.cross_entropy(logits, batch["labels"]), logits.argmax(-1)
+
     def loss_and_hits(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(mean loss, number of correct predictions) in one forward pass (evaluation)."""
-        logits = self._logits(batch).float()
-        hits = (logits.argmax(-1) == batch["labels"]).sum()
-        return F.cross_entropy(logits, batch["labels"]), hits
+        loss, predicted = self.loss_and_predictions(batch)
+        return loss, (predicted == batch["labels"]).sum()
 
     @torch.inference_mode()
     def predict(self, texts: str | list[str], batch_size: int = 32) -> Tensor:

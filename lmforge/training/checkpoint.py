@@ -5,12 +5,15 @@ state.pt; RUN/checkpoints/step-N/ holds complete (weights, state) pairs, each wr
 temporary name and renamed, so a crash at any moment leaves the last complete one intact. RUN's
 own copies are hard links to the newest checkpoint's files where the filesystem allows: never
 write into a run file in place, only replace it (a link shares its bytes with the checkpoint).
+A training process holds RUN/.lock (an OS lock, with its pid) while it writes; readers ignore it.
 """
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +23,12 @@ from lmforge import __version__
 from lmforge.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt byte-range locks instead
+    fcntl = None
 
 
 def umask() -> int:
@@ -211,3 +220,74 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_state(checkpoint: Path) -> dict:
     """The training state of a checkpoint (ours: plain tensors, numbers and numpy RNG state)."""
     return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's write lock (creating the folder) for the `with` block; a second
+    writer gets a CheckpointError. The OS drops the lock when its process dies, so a stale lock
+    file never blocks. A folder made here and left empty is removed again."""
+    run_dir = Path(run_dir)
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = _acquire(path)
+    try:
+        yield
+    finally:
+        if fcntl is not None:  # unlinked while held: a process that opened it re-checks
+            path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+        if fcntl is None:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        if made:
+            try:
+                run_dir.rmdir()  # only if the run failed before writing anything
+            except OSError:
+                pass
+
+
+def _acquire(path: Path) -> int:
+    """An open, locked descriptor of the lock file `path`, with this process's pid in it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"{path.parent} is being written by another training process (pid {holder}): "
+                "wait for it to finish or stop it, or train into another --out"
+            )
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # its holder finished and removed that file meanwhile: lock the new one
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+_WINDOWS_LOCK_AT = 1 << 20  # a byte past the pid, so that others can still read the pid
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            import msvcrt
+
+            os.lseek(fd, _WINDOWS_LOCK_AT, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        return False
+    return True

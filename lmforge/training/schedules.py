@@ -9,6 +9,7 @@ import math
 from lmforge.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
+WARMUP_SHARE = 0.1  # warm-up ends by this share of the budget, however many steps it asked for
 
 
 def lr_at(
@@ -19,12 +20,17 @@ def lr_at(
     min_lr: float = 0.0,
     schedule: str = "cosine",
 ) -> float:
-    """Linear warmup over `warmup_steps`, then decay from base_lr to min_lr as progress -> 1."""
+    """Linear warmup over `warmup_steps`, then decay from base_lr to min_lr as progress -> 1.
+
+    A short budget cuts the warm-up: it ends by WARMUP_SHARE of the budget at the latest, so a
+    `--max-time 30s` run does not spend all of it below its peak learning rate."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
     p = min(max(progress, 0.0), 1.0)
+    if warmup_steps > 0 and step < warmup_steps:
+        warm = max((step + 1) / warmup_steps, p / WARMUP_SHARE)
+        if warm < 1.0:
+            return base_lr * warm
     if schedule == "constant":
         return base_lr
     if schedule == "linear":

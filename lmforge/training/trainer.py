@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -32,6 +32,7 @@ from lmforge.data.batching import (
 )
 from lmforge.data.windows import IGNORE
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
+from lmforge.evaluate.metrics import constant_predictions
 from lmforge.training import checkpoint as ckpt
 from lmforge.training import distributed, optim
 from lmforge.training.pretrained import (
@@ -47,10 +48,11 @@ from lmforge.training.run_data import (  # labelled_split, make_task_examples: o
     make_task_examples,  # noqa: F401
     task_spec,
 )
-from lmforge.training.schedules import SCHEDULES, lr_at, parse_duration
+from lmforge.training.schedules import SCHEDULES, WARMUP_SHARE, lr_at, parse_duration
 
 log = logging.getLogger(__name__)
 
+BUDGETS = ("max_steps", "epochs", "max_tokens", "max_time")  # the first one spent ends a run
 BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
 TASKS = ("causal-lm", "classify", "mlm")
 
@@ -214,6 +216,13 @@ class TrainConfig:
             raise ConfigError("--block-size must be positive")
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
+        for name in BUDGETS[:3]:  # 0 is no budget at all, not "until stopped"
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {value} is not a budget: give a positive number, "
+                    "or drop the flag for the default budget"
+                )
         parse_duration(self.max_time)
         if self.optimizer not in optim.OPTIMIZERS:
             raise ConfigError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
@@ -309,6 +318,8 @@ def evaluate(
     subset = _Subset(examples, index)
     total, count, hits = 0.0, 0, 0
     scored = getattr(task, "loss_and_hits", None)  # classifiers and masked LMs: accuracy too
+    predict = getattr(task, "loss_and_predictions", None)  # classifiers: which classes come out
+    counts = torch.zeros(getattr(task, "num_classes", 0), dtype=torch.float64, device=dev)
     with progress.bar(len(subset), "eval", "ex", leave=False) as pbar:
         for batch in iterate_in_order(subset, batch_size):
             pbar.update(len(batch["labels"]))
@@ -317,21 +328,29 @@ def evaluate(
             if n == 0:
                 continue
             with devices.autocast(dev, precision):
-                if scored is None:
-                    total += float(task.loss(batch)) * n
-                else:
+                if predict is not None:
+                    loss, predicted = predict(batch)
+                    counts += torch.bincount(predicted, minlength=len(counts))
+                    batch_hits = (predicted == batch["labels"]).sum()
+                elif scored is not None:
                     loss, batch_hits = scored(batch)
-                    total, hits = total + float(loss) * n, hits + int(batch_hits)
-            count += n
+                else:
+                    loss, batch_hits = task.loss(batch), 0
+            total, hits, count = total + float(loss) * n, hits + int(batch_hits), count + n
     task.train(was_training)
     if shard:
-        sums = torch.tensor([total, count, hits], dtype=torch.float64, device=dev)
+        sums = torch.cat(
+            [torch.tensor([total, count, hits], dtype=torch.float64, device=dev), counts]
+        )
         torch.distributed.all_reduce(sums)
         total, count, hits = float(sums[0]), int(sums[1]), int(sums[2])
+        counts = sums[3:]
     loss = total / max(count, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
     if scored is not None:
         result["accuracy"] = hits / max(count, 1)
+    if predict is not None:
+        result["predicted_classes"] = [int(c) for c in counts.tolist()]
     return result
 
 
@@ -361,10 +380,9 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     model_over, train_opts = {}, {}
     if preset.get("tokenizer"):
         train_opts["tokenizer"] = {"byte-bpe": "bpe"}.get(preset["tokenizer"], preset["tokenizer"])
-    budgets = ("max_steps", "epochs", "max_tokens", "max_time")
-    user_budget = any(options.get(k) is not None for k in budgets)
+    user_budget = any(options.get(k) is not None for k in BUDGETS)
     for k, v in preset.get("train", {}).items():  # the preset's suggestions, lowest precedence
-        if not (user_budget and k in budgets):  # a budget the user names replaces the preset's
+        if not (user_budget and k in BUDGETS):  # a budget the user names replaces the preset's
             (train_opts if k in train_names else model_over)[k] = v
     for k, v in options.items():
         if v is None and k not in train_names:
@@ -386,8 +404,93 @@ def resolve_options(options: dict) -> tuple[TrainConfig, dict, dict]:
     return cfg, model_over, preset
 
 
+# What a resumed run may change: its budget (the new total), where it runs and what it reports.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        *BUDGETS,
+        "out",
+        "resume",
+        "device",
+        "threads",
+        "precision",
+        "compile",
+        "strategy",
+        "backend",
+        "dist_timeout",
+        "eval_every",
+        "eval_tokens",
+        "log_every",
+        "sample_every",
+        "keep_last",
+        "save_every_epoch",
+        "split",
+    }
+)
+
+
+def resume_options(options: dict) -> tuple[dict, dict]:
+    """--resume: the run's saved options with the given ones on top, and the run's config.json
+    with what the given ones change added to its "resumes" list. A change of recipe (model, data,
+    optimizer, schedule, batch) is a CheckpointError; a budget given replaces the saved ones."""
+    from lmforge.presets import family_classes
+
+    out = Path(options.get("out") or TrainConfig.out)
+    last = ckpt.latest_checkpoint(out)
+    if last is None:
+        raise CheckpointError(
+            f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run"
+        )
+    saved = ckpt.read_config(out)
+    cfg_cls, _ = family_classes(saved["family"])
+    model = dataclasses.asdict(cfg_cls(**saved["model"]))
+    known = {**model, **saved["train"], "preset": saved.get("preset")}
+    changed = {}
+    for k, v in options.items():
+        if k in known and k not in ("out", "resume") and not _same_option(known[k], v):
+            changed[k] = [known[k], v]
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        k, (old, new) = refused[0], changed[refused[0]]
+        more = f" (and {', '.join(refused[1:])})" if refused[1:] else ""
+        raise CheckpointError(
+            f"--resume continues {out} with its own settings, and {k} would change from {old!r} "
+            f"to {new!r}{more}: drop --{k.replace('_', '-')}, or train a new run with another "
+            "--out"
+        )
+    base = {k: v for k, v in saved["train"].items() if k not in ("out", "resume")}
+    if any(options.get(k) is not None for k in BUDGETS):  # the budget given is the new total
+        base = {k: v for k, v in base.items() if k not in BUDGETS}
+    base["block_size"] = saved["data"]["block_size"]
+    if base.get("init_from"):  # shape and tokenizer come from the pretrained folder again
+        base.pop("tokenizer", None)
+        base["dropout"] = saved["model"].get("dropout")
+    else:
+        base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
+    step = int(last.name.split("-")[-1])
+    history = list(saved.get("resumes", []))
+    if changed:
+        history.append({"step": step, "changed": changed})
+    return {**base, **options}, {**saved, "resumes": history}
+
+
+def _same_option(saved, given) -> bool:
+    """Whether a saved option (read back from JSON) and a given one are the same setting."""
+    if isinstance(given, (tuple, list)):
+        given = list(given)
+    if saved == given:
+        return True
+    if isinstance(saved, str) and isinstance(given, (str, Path)):  # one path, spelled two ways
+        a, b = Path(saved), Path(given)
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
 def train(**options) -> dict:
     """Train a model from options (the same names as `lmforge train`'s flags); returns results.
+
+    A progress bar shows on stderr when it is a terminal (`lmforge.progress.enable(False)`
+    hides it, `enable(True)` forces it); evaluations, epochs and warnings are `logging` records
+    of the "lmforge" logger: `logging.basicConfig(level=logging.INFO)` prints them.
 
     Example:
         result = lmforge.train(data="tinyshakespeare", tokenizer="char", preset="gpt-baby",
@@ -395,7 +498,8 @@ def train(**options) -> dict:
         print(result["val_loss"])
     """
     try:
-        return _train(options)
+        with ExitStack() as held:  # the run folder's write lock, once _train takes it
+            return _train(options, held)
     except RuntimeError as e:
         if distributed.world()[1] == 1:
             raise
@@ -404,7 +508,10 @@ def train(**options) -> dict:
         distributed.teardown()
 
 
-def _train(options: dict) -> dict:
+def _train(options: dict, held: ExitStack) -> dict:
+    resumed = None  # with --resume: the run's config.json, its "resumes" list brought up to date
+    if options.get("resume"):
+        options, resumed = resume_options(options)
     options, init_folder = _init_from_options(options)
     cfg, model_over, preset = resolve_options(options)
     from lmforge.presets import family_classes
@@ -444,8 +551,10 @@ def _train(options: dict) -> dict:
     run_dir = Path(cfg.out)
 
     task_spec(cfg, preset["family"])  # a --task the family lacks fails before preparing data
+    if rank == 0:  # one writer per run folder; sample and eval read it without the lock
+        held.enter_context(ckpt.run_lock(run_dir))
     # Every rank checks --out before the barrier below, after which rank 0 starts writing it.
-    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if not cfg.resume and run_dir.is_dir() and any(p.name != ckpt.LOCK for p in run_dir.iterdir()):
         if not (run_dir / "config.json").is_file():
             raise ConfigError(
                 f"--out {run_dir} exists and is not an lmforge run: choose another folder"
@@ -492,15 +601,10 @@ def _train(options: dict) -> dict:
     from lmforge.presets import build_task
 
     ckpt_path = None
-    if cfg.resume:
-        ckpt_path = ckpt.latest_checkpoint(run_dir)
-        if ckpt_path is None:
-            raise CheckpointError(
-                f"--resume: {run_dir} has no checkpoint to resume from; "
-                "drop --resume to start a new run"
-            )
-        saved = ckpt.read_config(run_dir)
-        if saved["model"] != model_cfg:
+    if resumed is not None:
+        ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
+        saved = resumed
+        if saved["model"] != model_cfg:  # e.g. the data now makes another vocabulary
             diff = sorted(
                 k
                 for k in set(saved["model"]) | set(model_cfg)
@@ -544,6 +648,7 @@ def _train(options: dict) -> dict:
                     "batching": batching,
                     "block_size": block_size,
                 },
+                **({"resumes": resumed["resumes"]} if resumed and resumed["resumes"] else {}),
             },
         )
     stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks
@@ -587,6 +692,7 @@ def _train(options: dict) -> dict:
             resume_from=ckpt_path,
             char_level=tok.kind == "char",
             tokenizer=tok,
+            label_names=(spec or {}).get("labels"),
         )
     finally:
         distributed.teardown()
@@ -602,6 +708,7 @@ def fit(
     resume_from: Path | None = None,
     char_level: bool = False,
     tokenizer=None,
+    label_names: list[str] | None = None,
 ) -> dict:
     """Train `task` on `batcher` until a budget runs out; evaluate, checkpoint, log metrics.
 
@@ -760,21 +867,23 @@ def fit(
         return row
 
     task.train()
-    total_steps = _total_steps(max_steps, cfg, batcher, tokens_per_step)
+    countable = _total_steps(max_steps, cfg, batcher, tokens_per_step)
 
     def schedule_progress() -> float:
-        """The budget spent once the coming step is done, so the last step runs at --min-lr."""
-        return max(progress_now(), (step + 1) / total_steps if total_steps else 0.0)
+        """progress_now(), but reaching 1 at the last step of a step-countable budget, so the
+        last step runs at --min-lr (the first step still sees 0)."""
+        last = step / (countable - 1) if countable and countable > 1 else 0.0
+        return max(progress_now(), last)
 
     bar = progress.bar(
-        total=total_steps,
+        total=countable,
         desc="train",
         unit="step",
         initial=step,
     )
     train_loss, recent = float("nan"), []
     t_window, tok_window = time.perf_counter(), 0
-    interrupted = False
+    interrupted, warmup_cut = False, False
     stop = []  # SIGTERM / Ctrl-C append to it: the loop stops between steps, never inside one
     prev_handlers = _install_stop_handlers(stop)
     dev = next(task.parameters()).device
@@ -789,6 +898,16 @@ def fit(
                 group["lr"] = lr_at(
                     step, schedule_progress(), cfg.lr, cfg.warmup_steps, min_lr, cfg.schedule
                 )
+            if not warmup_cut and 0 < step < cfg.warmup_steps and progress_now() >= WARMUP_SHARE:
+                warmup_cut = True
+                if is_main:
+                    log.warning(
+                        "warm-up ends at step %d, not %d: it takes at most %d%% of the budget "
+                        "(a longer budget or a lower --warmup-steps keeps this from happening)",
+                        step,
+                        cfg.warmup_steps,
+                        round(100 * WARMUP_SHARE),
+                    )
             micro = [batcher.next_batch() for _ in range(cfg.grad_accum)]
             try:
                 loss = train_step(
@@ -855,6 +974,9 @@ def fit(
                     }
                 )
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            if max_time:  # the steps a time budget allows at this pace: a total and an ETA
+                timed = max(step, math.ceil(step * max_time / max(elapsed, 1e-9)))
+                bar.total = timed if countable is None else min(countable, timed)
             bar.update(1)
             if passes and int(batcher.epoch) > epochs_done:  # an epoch ended with this step
                 epochs_done = int(batcher.epoch)
@@ -901,6 +1023,13 @@ def fit(
         save("interrupted")
         log.info("interrupted at step %d: checkpoint saved; continue with --resume", step)
         raise KeyboardInterrupt
+    if has_val and is_main:
+        log.info(
+            "step %d: budget spent; final evaluation on all %d validation examples (not counted "
+            "in the budget)",
+            step,
+            len(val_examples),
+        )
     result = run_eval(final=True)
     if result is None:  # nothing held out: the run ends without a validation loss
         result = {"loss": None, "perplexity": None}
@@ -910,6 +1039,9 @@ def fit(
             best_val = result["loss"]
             save_best(result["loss"])
         log_metrics({**eval_row(result), "final": True})
+        warning = constant_predictions(result.get("predicted_classes", []), label_names)
+        if warning and is_main:
+            log.warning("%s", warning)
     save("final")
     out = {
         "val_loss": result["loss"],

@@ -376,3 +376,23 @@ def test_classify_with_a_family_that_cannot(reviews, tmp_path, capsys):
         ],
     )
     assert "bert" in err
+
+
+def test_a_classifier_that_predicts_one_class_for_everything_is_warned_about(
+    tmp_path, capsys, caplog
+):
+    # nine reviews in ten are negative; three steps teach the model the prior and nothing else
+    labels = ("negative",) * 9 + ("positive",)
+    data = write_reviews(tmp_path / "skewed.csv", labels=labels, n=200)
+    run = tmp_path / "run"
+    argv = ["--task", "classify", "--data", str(data), "--field", "review"]
+    argv += ["--label-field", "sentiment", *TINY, "--max-steps", "3", "--out", str(run)]
+    assert main(["train", *argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["val_accuracy"] == pytest.approx(0.9)  # the majority class, every time
+    warning = "predicts class 'negative' for all 50 examples"
+    assert warning in caplog.text
+    caplog.clear()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert warning in caplog.text

@@ -1,6 +1,8 @@
 """`lmforge train`, `sample`, `eval` and `presets` from the command line, bad input included."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -87,6 +89,18 @@ def test_resume_continues_to_the_total_step_count(run, tiny_text, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 30
 
 
+def test_resume_with_out_alone_keeps_the_runs_data_and_refuses_a_new_lr(run, capsys):
+    config = json.loads((run / "config.json").read_text())
+    err = _error(capsys, ["train", "--out", str(run), "--resume", "--lr", "0.5"])
+    assert "lr would change" in err and "drop --lr" in err
+    assert json.loads((run / "config.json").read_text()) == config
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 25
+    after = json.loads((run / "config.json").read_text())
+    assert after["train"]["data"] == config["train"]["data"] and after["model"] == config["model"]
+    assert after["resumes"] == [{"step": 20, "changed": {"max_steps": [20, 25]}}]
+
+
 def test_sample_and_eval(run, capsys):
     assert (
         main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1"])
@@ -142,6 +156,17 @@ def test_config_file_with_flags_overriding(tiny_text, tmp_path, capsys):
     assert saved["train"]["max_steps"] == 5 and saved["model"]["embed_dim"] == 32
 
 
+def test_help_shows_the_default_presets_values_not_the_dataclass_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for flag, value in [("lr", "0.008"), ("optimizer", "muon"), ("embed-dim", "128")]:
+        assert f"--{flag} " in text
+        assert f"(default: the preset's; gpt-baby: {value})" in text, flag
+    for dataclass_default in ("(default: 0.001)", "(default: adamw)", "(default: 64)"):
+        assert dataclass_default not in text
+    assert "(default: the preset's)" in text  # a bert field the default preset does not set
+
+
 def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
@@ -193,3 +218,47 @@ def test_the_default_out_is_a_new_folder_for_each_run(tiny_text, tmp_path, monke
     assert len(runs) == 2 and all(p.name.startswith("gpt-baby-") for p in runs)
     assert all((p / "model.safetensors").is_file() for p in runs)
     assert {line.rsplit("run saved in ", 1)[1] for line in said} == {f"runs/{p.name}" for p in runs}
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [["--epochs", "0"], ["--max-steps", "0"], ["--max-tokens", "-5"], ["--max-time", "0s"]],
+)
+def test_a_budget_of_zero_or_less_is_refused(tiny_text, tmp_path, capsys, budget):
+    out = tmp_path / "run"
+    err = _error(capsys, ["train", "--data", str(tiny_text), *TINY, *budget, "--out", str(out)])
+    assert budget[0] in err or "duration" in err
+    assert "positive" in err and not out.exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from lmforge.training.checkpoint import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_being_trained_refuses_a_second_writer_not_readers(run, tiny_text, capsys):
+    resume = ["train", "--data", str(tiny_text), *TINY, "--max-steps", "24", "--out", str(run)]
+    resume += ["--resume", "--json"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        err = _error(capsys, resume)
+        assert f"pid {holder.pid}" in err and "--out" in err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+        assert main(["sample", str(run), "--max-new-tokens", "5", "--seed", "1"]) == 0
+        assert main(["eval", str(run), "--json"]) == 0
+        capsys.readouterr()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, the lock file stays behind ...
+        holder.wait()
+    assert (run / ".lock").is_file()
+    assert main(resume) == 0  # ... and the lock of a dead process does not block
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 24
+    assert not (run / ".lock").exists()

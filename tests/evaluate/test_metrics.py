@@ -10,6 +10,7 @@ from lmforge.evaluate.metrics import (
     accuracy,
     classification_report,
     confusion_matrix,
+    constant_predictions,
     masked_accuracy,
     per_class_scores,
     predict_labels,
@@ -70,3 +71,9 @@ def test_predict_labels_matches_the_model_in_order():
     assert predicted.tolist() == logits.argmax(-1).tolist() and true.tolist() == labels.tolist()
     expected = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item()
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_constant_predictions_are_named_and_varied_ones_are_not():
+    assert "class 'pos' for all 7 examples" in constant_predictions([0, 7], ["neg", "pos"])
+    assert constant_predictions([3, 4]) is None  # both classes come out
+    assert constant_predictions([0, 1]) is None  # one example says nothing

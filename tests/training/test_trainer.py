@@ -74,6 +74,27 @@ def test_n_plus_n_resumed_steps_equal_2n_straight(tiny_text, tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
+def test_resume_needs_only_the_run_folder_and_the_new_budget(tiny_text, tmp_path):
+    # the run's own data, tokenizer, model overrides and recipe come from its config.json
+    _run(tiny_text, tmp_path / "straight", max_steps=16, schedule="constant")
+    _run(tiny_text, tmp_path / "split", max_steps=8, schedule="constant")
+    result = lmforge.train(out=str(tmp_path / "split"), resume=True, max_steps=16)
+    assert result["steps"] == 16
+    _assert_same_run(tmp_path / "straight", tmp_path / "split")
+    saved = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert saved["train"]["data"] == str(tiny_text) and saved["model"]["embed_dim"] == 32
+    assert saved["resumes"] == [{"step": 8, "changed": {"max_steps": [8, 16]}}]
+
+
+def test_resume_refuses_a_change_of_recipe(tiny_text, tmp_path):
+    _run(tiny_text, tmp_path / "run", max_steps=2)
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(CheckpointError, match=r"lr would change from 0.003 to 0.1.*drop --lr"):
+        lmforge.train(out=str(tmp_path / "run"), resume=True, max_steps=4, lr=0.1)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step-00000002"
+
+
 def test_muon_run_learns_and_resumes_exactly(tiny_text, tmp_path):
     kw = dict(optimizer="muon", schedule="constant", lr=1e-2)
     _run(tiny_text, tmp_path / "straight", max_steps=16, **kw)
@@ -275,10 +296,12 @@ def test_progress_bar_total_is_where_the_budget_ends(tiny_text, tmp_path, monkey
 
 
 def test_warmup_then_cosine_ends_exactly_at_min_lr(tiny_text, tmp_path):
-    _run(tiny_text, tmp_path / "run", max_steps=12, warmup_steps=4, lr=1e-2, min_lr=1e-4)
+    # 4 warm-up steps are 10% of 40: the warm-up is not cut short (see schedules.WARMUP_SHARE)
+    _run(tiny_text, tmp_path / "run", max_steps=40, warmup_steps=4, lr=1e-2, min_lr=1e-4)
     lrs = [r["lr"] for r in _metrics(tmp_path / "run") if "train_loss" in r]
-    assert len(lrs) == 12
-    assert lrs[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])  # linear warm-up to the peak
+    assert len(lrs) == 40
+    assert lrs[:3] == pytest.approx([2.5e-3, 5e-3, 7.5e-3])  # linear warm-up ...
+    assert 9.5e-3 < lrs[3] <= 1e-2  # ... to the peak, on the cosine from there
     assert all(a > b for a, b in zip(lrs[3:], lrs[4:]))  # then a strictly falling cosine
     assert lrs[-1] == pytest.approx(1e-4, abs=1e-12)  # the last step runs at --min-lr
 
@@ -291,3 +314,38 @@ def test_keep_last_keeps_exactly_the_newest_checkpoints(tiny_text, tmp_path):
     _run(tiny_text, tmp_path / "run", max_steps=30, eval_every=5, keep_last=3, resume=True)
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert names == ["step-00000020", "step-00000025", "step-00000030"]
+
+
+@pytest.mark.parametrize("budget", ["max_steps", "epochs", "max_tokens"])
+def test_a_zero_budget_raises_a_config_error(tiny_text, tmp_path, budget):
+    with pytest.raises(ConfigError, match=f"--{budget.replace('_', '-')} 0 is not a budget"):
+        _run(tiny_text, tmp_path / "run", **{budget: 0})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_short_budget_cuts_the_warmup_and_says_so(tiny_text, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="lmforge"):
+        _run(tiny_text, tmp_path / "run", max_steps=20, warmup_steps=100, schedule="constant")
+    lrs = [r["lr"] for r in _metrics(tmp_path / "run") if "lr" in r]
+    # the schedule's progress at step s of 20 is s / 19 (the last step is at the budget's end)
+    assert lrs[:2] == pytest.approx([3e-3 / 100, 3e-3 * (1 / 19) / 0.1])
+    assert lrs[2:] == pytest.approx([3e-3] * 18)  # the peak from a tenth of the budget on
+    assert "warm-up ends at step 2, not 100" in caplog.text
+
+
+def test_a_time_budget_gives_the_bar_a_total_and_the_final_evaluation_is_announced(
+    tiny_text, tmp_path, monkeypatch, caplog
+):
+    bars, real_bar = [], trainer.progress.bar
+
+    def spy(*args, **kw):
+        bars.append((kw.get("desc"), real_bar(*args, **kw)))
+        return bars[-1][1]
+
+    monkeypatch.setattr(trainer.progress, "bar", spy)
+    with caplog.at_level("INFO", logger="lmforge"):
+        result = _run(tiny_text, tmp_path / "run", max_time="1s", eval_every=1000)
+    train_bar = next(b for desc, b in bars if desc == "train")
+    assert train_bar.total == result["steps"] > 0  # the estimate ends where time ran out
+    assert f"step {result['steps']}: budget spent; final evaluation on all" in caplog.text
+    assert "not counted in the budget" in caplog.text
