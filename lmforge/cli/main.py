@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         if args.debug:
             raise
-        return _fail(e)
+        code = _fail(e)
+        if getattr(e, "exit_now", False):  # e.g. a dead torchrun peer: skip C++ teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except OSError as e:  # a path that cannot be written or read, a full disk
         if args.debug:
             raise

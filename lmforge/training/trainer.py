@@ -497,15 +497,21 @@ def train(**options) -> dict:
                                out="runs/shakes", max_time="90s")
         print(result["val_loss"])
     """
+    lost = False
     try:
         with ExitStack() as held:  # the run folder's write lock, once _train takes it
             return _train(options, held)
+    except LostContact:
+        lost = True
+        raise
     except RuntimeError as e:
         if distributed.world()[1] == 1:
             raise
+        lost = True
         raise _lost_contact(e) from None
     finally:
-        distributed.teardown()
+        if not lost:  # a group whose peer died can abort the process when it is destroyed
+            distributed.teardown()
 
 
 def _train(options: dict, held: ExitStack) -> dict:
@@ -1063,10 +1069,17 @@ def fit(
     return out
 
 
+class LostContact(LmforgeError):
+    """A rank's peers died or stopped answering. The process should end right after saying so
+    (`exit_now`): gloo's threads of the broken group can abort it at interpreter shutdown."""
+
+    exit_now = True
+
+
 def _lost_contact(e: RuntimeError) -> LmforgeError:
     """The one-line error of a rank whose peers died or stopped answering."""
     first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    return LmforgeError(
+    return LostContact(
         f"rank {distributed.world()[0]}: lost contact with the other training processes "
         f"({first}); the last complete checkpoint is kept: relaunch with --resume"
     )
