@@ -101,6 +101,26 @@ class PrepareConfig:
 # ---------------------------------------------------------------- reading a prepared folder
 
 
+class UnseenCharacterError(DataError):
+    """Text holding a character that the saved char tokenizer it is encoded with lacks."""
+
+    def __init__(self, where: str, char: str, tokenizer: str, known: str, retrain: bool = True):
+        fix = ", or --tokenizer char to train a tokenizer on this text" if retrain else ""
+        super().__init__(
+            f"{where} holds {char!r} (U+{ord(char):04X}), which the char tokenizer in "
+            f"{tokenizer} lacks; pass --unknown-token with one of its characters (e.g. "
+            f"{known!r}) to map unseen ones there{fix}"
+        )
+        self.args_ = (where, char, tokenizer, known)
+
+    def without_retrain(self) -> "UnseenCharacterError":
+        """The same error for a verb that cannot train a tokenizer (eval): no --tokenizer."""
+        return UnseenCharacterError(*self.args_, retrain=False)
+
+    def __reduce__(self):
+        return type(self), self.args_
+
+
 class PreparedData:
     """A prepared folder: memory-mapped tokens, document offsets, labels and the tokenizer."""
 
@@ -308,12 +328,8 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     try:
         counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
     except UnknownCharacterError as exc:  # its position is within one piece: no use here
-        known = next((c for c in "? _" if tokenizer.token_to_id(c) is not None), None)
-        raise DataError(
-            f"{source.description} holds {exc.char!r} (U+{ord(exc.char):04X}), which the char "
-            f"tokenizer in {config.tokenizer} lacks; pass --unknown-token with one of its "
-            f"characters (e.g. {known or tokenizer.id_to_token(0)!r}) to map unseen ones "
-            "there, or --tokenizer char to train a tokenizer on this text"
+        raise UnseenCharacterError(
+            source.description, exc.char, config.tokenizer, exc.suggestion
         ) from None
     if counts["train"][0] == 0:
         raise DataError(
