@@ -147,6 +147,12 @@ class PreparedData:
         return self._tokenizer
 
     @property
+    def source_fingerprint(self) -> str | None:
+        """sha256 over the source files' bytes, their names and the reading options (not a
+        file's own sha256); older meta.json files call it source_sha256."""
+        return self.meta.get("source_fingerprint", self.meta.get("source_sha256"))
+
+    @property
     def label_names(self) -> list[str] | None:
         return self.meta.get("labels")
 
@@ -219,8 +225,8 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
 
         def fill(tmp: Path) -> None:
             meta = _write(config, source, tmp)
-            meta["source_sha256"] = fingerprint.result()
-            meta["key"] = _cache_key(config, meta["source_sha256"])
+            meta["source_fingerprint"] = fingerprint.result()
+            meta["key"] = _cache_key(config, meta["source_fingerprint"])
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
         _replace_folder(out, fill)
@@ -354,7 +360,7 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
         "lmforge_version": __version__,
         "key": None,
         "source": source.description,
-        "source_sha256": None,
+        "source_fingerprint": None,
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
