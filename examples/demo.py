@@ -33,9 +33,12 @@ def main() -> None:
         f"\n{result['steps']} steps, {result['tokens_per_s']:,.0f} tokens/s, validation loss "
         f"{result['val_loss']:.3f} ({result['val_bits_per_char']:.2f} bits/char)\n"
     )
-    for prompt in ("def ", "class ", "import "):
+    model, tok = lmforge.load(args.out), lmforge.load_tokenizer(args.out)
+    for index, prompt in enumerate(("def ", "class ", "import ")):
+        # a seed per prompt: with one seed for all, a young model gives each prompt the same
+        # random draws, and so often the same continuation
         text = lmforge.generate_text(
-            args.out, prompt, max_new_tokens=240, temperature=0.8, top_k=40, seed=1
+            model, prompt, tok, max_new_tokens=240, temperature=0.8, top_k=40, seed=1 + index
         )
         print(f"--- prompt {prompt!r} ---\n{prompt}{text}\n")
     print(f"more samples: .venv/bin/lmforge sample {args.out} --prompt 'def ' --num-samples 3")

@@ -4,6 +4,7 @@ They accept what the CLI accepts: a run folder, a Hugging Face folder or name (d
 preset name, or (for tokenizers) a tokenizer folder.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,22 +44,117 @@ def load_tokenizer(path: str | Path):
     return _load(tokenizer_path(path) if path.is_dir() else path)
 
 
-def load_for_sampling(run: str | Path, device: str = "auto"):
-    """(model on the picked device, tokenizer) of a run folder, Hugging Face folder or name."""
+# what a run's model does, by the methods it has: generate (step), label texts, fill in masks
+KINDS = {
+    "causal-lm": "a causal language model",
+    "classify": "a text classifier",
+    "mlm": "a masked language model",
+}
+
+
+def task_kind(model) -> str:
+    """ "causal-lm", "classify" or "mlm": what `model` does (a run's task, also for Hugging
+    Face folders, whose config.json has no task)."""
+    if hasattr(model, "init_state") and hasattr(model, "step"):
+        return "causal-lm"
+    return "classify" if hasattr(model, "num_classes") else "mlm"
+
+
+@dataclass
+class LoadedRun:
+    """A run folder, Hugging Face folder or name, loaded the one way every verb loads it.
+
+    Args:
+        config: our config.json ({} for a Hugging Face folder).
+        kind: what the model does: "causal-lm", "classify" or "mlm" (see `task_kind`).
+    """
+
+    name: str  # as the user gave it
+    folder: Path
+    model: torch.nn.Module
+    tokenizer: object
+    config: dict
+    kind: str
+
+    @property
+    def data(self) -> dict | None:
+        """What the run was trained on (prepared folder, block_size, batching); None for a
+        converted run or a Hugging Face folder, which bring no data of their own."""
+        return self.config.get("data")
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per example: the run's training block size, else the model's context."""
+        if self.data and self.data.get("block_size"):
+            return int(self.data["block_size"])
+        return int(self.model.config.max_seq_len)
+
+    def require(self, kind: str, by: str) -> None:
+        """ConfigError, naming what the run is and the verb that fits it, unless it is `kind`.
+
+        Args:
+            by: what needs the kind, as the message names it ("`lmforge sample`").
+        """
+        if self.kind == kind:
+            return
+        what = f"{self.name} is {KINDS[self.kind]}"
+        if self.kind == "classify":
+            labels = ", ".join(getattr(self.model, "labels", None) or []) or "its classes"
+            use = f'it labels texts ({labels}): use `lmforge predict {self.name} "some text"`'
+        elif self.kind == "mlm":
+            use = (
+                f"it fills in masked tokens: evaluate it with `lmforge eval {self.name}` or "
+                f"fine-tune a classifier from it with `lmforge train --task classify "
+                f"--init-from {self.name}`"
+            )
+        else:
+            use = f"it continues text: use `lmforge sample {self.name}`"
+        raise ConfigError(f"{what}, and {by} needs {KINDS[kind]}; {use}")
+
+
+def load_run(run: str | Path, device: str = "auto", unknown_token: str | None = None):
+    """Load a run folder, Hugging Face folder or name as a LoadedRun, the model on the picked
+    device. `unknown_token` maps characters a char tokenizer has not seen to that one of its
+    own (see CharTokenizer.with_unknown_token).
+
+    Example:
+        run = load_run("runs/wine")
+        run.kind, run.tokenizer.vocab_size  # ("causal-lm", 400)
+    """
     from lmforge.device import pick_device
-    from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
+    from lmforge.presets import check_tokenizer_fits, find_checkpoint, is_hf_folder, load_folder
+    from lmforge.training.checkpoint import read_config
 
     dev = pick_device(device)
     folder = find_checkpoint(run)
     if folder is None:
         raise ConfigError(
             f"preset {str(run)!r} has random weights and no tokenizer; train a run with it first "
-            f"(lmforge train --preset {run}) and sample from the run folder"
+            f"(lmforge train --preset {run}) and use the run folder"
         )
     model = load_folder(folder)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = with_unknown_token(load_tokenizer(folder), unknown_token)
     check_tokenizer_fits(tokenizer, model, folder)
-    return model.to(dev), tokenizer
+    config = {} if is_hf_folder(folder) else read_config(folder)
+    return LoadedRun(str(run), folder, model.to(dev), tokenizer, config, task_kind(model))
+
+
+def with_unknown_token(tokenizer, token: str | None):
+    """The tokenizer with unseen characters mapped to `token` (char tokenizers only)."""
+    if token is None:
+        return tokenizer
+    if not hasattr(tokenizer, "with_unknown_token"):
+        raise ConfigError(
+            f"--unknown-token applies to char tokenizers; this {tokenizer.kind} tokenizer "
+            "handles unseen text itself: drop --unknown-token"
+        )
+    return tokenizer.with_unknown_token(token)
+
+
+def load_for_sampling(run: str | Path, device: str = "auto"):
+    """(model on the picked device, tokenizer) of a run folder, Hugging Face folder or name."""
+    loaded = load_run(run, device)
+    return loaded.model, loaded.tokenizer
 
 
 @torch.inference_mode()
@@ -71,7 +167,9 @@ def generate_text(run_or_model, prompt: str, tokenizer=None, **options) -> str:
     from lmforge.generation.generate import generate_text as _stream
 
     if isinstance(run_or_model, (str, Path)):
-        model, tok = load_for_sampling(run_or_model, options.pop("device", "auto"))
+        run = load_run(run_or_model, options.pop("device", "auto"))
+        run.require("causal-lm", "generate_text()")
+        model, tok = run.model, run.tokenizer
     else:
         model, tok = run_or_model, tokenizer
     return "".join(_stream(model, tok, prompt, **options))

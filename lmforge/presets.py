@@ -151,7 +151,8 @@ def find_checkpoint(name_or_path: str | Path) -> Path | None:
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the folder that holds config.json")
-    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+    is_path = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
+    if is_path or (os.sep in text and path.parent.is_dir()):  # runs/nope, with runs/ here
         raise CheckpointError(f"run folder {path} does not exist: check the path")
     preset = all_presets().get(text)
     names = [text] + ([preset["hf_repo"]] if preset and preset.get("hf_repo") else [])
@@ -186,10 +187,11 @@ def find_checkpoint(name_or_path: str | Path) -> Path | None:
             lines = [line for line in str(e).splitlines() if line.strip()]
             reason = lines[0].strip()[:120] if lines else type(e).__name__
             looked.append(f"online as {repo_id} ({reason})")
-    what = "a preset with no weights here" if preset else "no preset, no folder"
+    what = "the preset has no weights here" if preset else "it is no preset name"
     raise CheckpointError(
-        f"{text!r} is {what}, and was not found in {', '.join(looked)}; pass a model folder, "
-        "put one in LMFORGE_MODELS_DIR, or run `lmforge presets` for preset names"
+        f"no local folder {text} exists, {what}, and it was not found in "
+        f"{', '.join(looked)}; pass a model folder, put one in LMFORGE_MODELS_DIR, or run "
+        "`lmforge presets` for preset names"
     )
 
 

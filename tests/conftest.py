@@ -57,3 +57,47 @@ def tiny_text(tmp_path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+GPT2_TEXT = (
+    "Why is the sky blue? Sunlight scatters off the air, and blue light scatters the most.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 saved by transformers, with a byte-level BPE (vocab.json, merges)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.tokenizers.base import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tok = train_tokenizer("bpe", [GPT2_TEXT * 20], vocab_size=300)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        bos_token_id=tok.eos_id, eos_token_id=tok.eos_id,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.transformer.wte.weight.normal_(std=0.3)  # peaky: beams differ from greedy
+    model.save_pretrained(folder)
+    tok.tokenizer.model.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def char_run(tmp_path_factory) -> Path:
+    """A tiny char-level GPT run (3 steps, context 32) on ASCII text, trained by the CLI."""
+    from lmforge.cli.main import main
+
+    root = tmp_path_factory.mktemp("char-run")
+    text = root / "text.txt"
+    text.write_text("ROMEO: But soft, what light? JULIET: O Romeo!\n" * 60, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMFORGE_CACHE_DIR", str(root / "cache"))
+        argv = ["train", "--data", str(text), "--tokenizer", "char", "--preset", "gpt-baby",
+                "--num-layers", "1", "--embed-dim", "16", "--max-seq-len", "32",
+                "--batch-size", "4", "--max-steps", "3", "--threads", "1", "--json",
+                "--out", str(root / "run")]  # fmt: skip
+        assert main(argv) == 0
+    return root / "run"

@@ -5,9 +5,38 @@ classifier run, masked accuracy of a masked-LM run."""
 import json
 import logging
 import math
-from pathlib import Path
+from dataclasses import dataclass
+from dataclasses import field as option
 
 from lmforge.cli import options
+from lmforge.cli.sample_cmd import UNKNOWN_TOKEN_HELP
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = option(
+        default=None,
+        metadata={
+            "help": "evaluate on this text (all of it) or prepared folder (its val split) "
+            "instead (default: the run's own data)"
+        },
+    )
+    field: str | None = option(default=None, metadata={"help": "CSV column / JSON field of --data"})
+    label_field: str | None = option(
+        default=None, metadata={"help": "classifier runs: the label column of --data"}
+    )
+    split: str | None = option(
+        default=None,
+        metadata={
+            "help": "classifier/MLM runs: test, train, or all of --data (default: test when the "
+            "data has a test split, else all)",
+            "choices": ("test", "train", "all"),
+        },
+    )
+    batch_size: int = option(default=16, metadata={"help": "examples per batch"})
+    device: str = option(default="auto", metadata={"help": "auto|cpu|cuda"})
+    precision: str = option(default="auto", metadata={"help": "auto|fp32|bf16"})
+    unknown_token: str | None = option(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
 
 
 def add_parser(sub):
@@ -17,76 +46,34 @@ def add_parser(sub):
         description="Loss, perplexity and bits "
         "per char on the run's validation split, or on all of --data.",
     )
-    p.add_argument("run", help="run folder")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="evaluate on this text instead (all of it) (default: the run's own data)",
-    )
-    p.add_argument(
-        "--field", default=None, help="CSV column / JSON field of --data (default: none)"
-    )
-    p.add_argument(
-        "--label-field",
-        default=None,
-        help="classifier runs: the label column of --data (default: none)",
-    )
-    p.add_argument(
-        "--split",
-        default=None,
-        choices=["test", "train", "all"],
-        help="classifier/MLM runs: test, train, or all of --data (default: test when the data "
-        "has a test split, else all)",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: 16)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
-    p.add_argument("--precision", default="auto", help="auto|fp32|bf16 (default: auto)")
+    p.add_argument("run", help="run folder, Hugging Face folder or model name (distilgpt2)")
+    options.add_options(p, EvalConfig)
     p.add_argument("--json", action="store_true", help="print one JSON line (default: off)")
     return p
 
 
 def run(args) -> int:
-    from lmforge.api import load_for_sampling
-    from lmforge.data.prepare import PrepareConfig, PreparedData, prepare
+    from lmforge.api import load_run
     from lmforge.device import resolve_precision
-    from lmforge.training import checkpoint as ckpt
-    from lmforge.training.run_data import make_examples
+    from lmforge.training.run_data import eval_data, make_examples
     from lmforge.training.trainer import evaluate
 
-    if args.config:
-        for k, v in options.read_config_file(args.config).items():
-            if getattr(args, k, None) in (None, 16, "auto", False):
-                setattr(args, k, v)
-    config = ckpt.read_config(args.run)
-    model, tok = load_for_sampling(args.run, args.device)
-    info = config["data"]
-    if config.get("task"):  # classify / mlm runs
-        return _run_task(args, config, model)
-    if args.data is None:
-        data, split = PreparedData(info["path"]), "val"
-    else:
-        from lmforge.data.datasets import cache_dir
-
-        pcfg = PrepareConfig(
-            data=args.data,
-            tokenizer=str(Path(args.run) / "tokenizer"),
-            field=args.field,
-            val_fraction=0.0,
-        )
-        from lmforge.data.corpus import open_source
-        from lmforge.data.prepare import cache_key
-
-        key = cache_key(pcfg, open_source(args.data, field=args.field))
-        data, split = prepare(pcfg, cache_dir() / "prepared" / key[:20]), "train"
-    dev = next(model.parameters()).device
-    examples = make_examples(data, split, info["batching"], info["block_size"])
+    cfg = options.from_args(args, EvalConfig)
+    loaded = load_run(args.run, cfg.device, cfg.unknown_token)
+    if loaded.kind != "causal-lm":  # classify / mlm runs
+        return _run_task(args, cfg, loaded)
+    data, split = eval_data(loaded, cfg.data, cfg.field, cfg.unknown_token)
+    info = loaded.data or {"batching": "windows"}
+    dev = next(loaded.model.parameters()).device
+    examples = make_examples(data, split, info["batching"], loaded.block_size)
     if split == "train" and info["batching"] in ("windows", "epochs"):
         from lmforge.data.windows import StrideWindows
 
-        examples = StrideWindows(data.tokens(split), info["block_size"], keep_partial=True)
-    result = evaluate(model, examples, args.batch_size, resolve_precision(args.precision, dev))
+        examples = StrideWindows(data.tokens(split), loaded.block_size, keep_partial=True)
+    precision = resolve_precision(cfg.precision, dev)
+    result = evaluate(loaded.model, examples, cfg.batch_size, precision)
     out = {"loss": result["loss"], "perplexity": result["perplexity"], "tokens": result["tokens"]}
-    if tok.kind == "char":
+    if loaded.tokenizer.kind == "char":
         out["bits_per_char"] = result["loss"] / math.log(2)
     if args.json:
         print(json.dumps(out))
@@ -99,30 +86,36 @@ def run(args) -> int:
     return 0
 
 
-def _run_task(args, config, model) -> int:
+def _run_task(args, cfg, loaded) -> int:
     """Accuracy, per-class scores and confusion matrix (classify); masked accuracy (mlm)."""
     from lmforge.evaluate.metrics import (
         classification_report,
         constant_predictions,
         predict_labels,
     )
-    from lmforge.training.run_data import labelled_split, make_task_examples
+    from lmforge.presets import tokenizer_path
+    from lmforge.training.run_data import labelled_split, make_task_examples, require_data
     from lmforge.training.trainer import evaluate
 
-    spec, info = config["task"], config["data"]
+    require_data(loaded, cfg.data)
+    spec = loaded.config.get("task") or {"kind": loaded.kind}
+    if loaded.kind == "classify":
+        spec = {**spec, "labels": list(loaded.model.labels)}
     data, split, label_ids = labelled_split(
-        info["path"],
-        args.data,
-        Path(args.run) / "tokenizer",
-        args.field,
-        args.label_field,
-        args.split,
+        (loaded.data or {}).get("path"),
+        cfg.data,
+        tokenizer_path(loaded.folder),
+        cfg.field,
+        cfg.label_field,
+        cfg.split,
         spec.get("labels"),
-        config.get("train", {}).get("normalize_labels", False),
+        loaded.config.get("train", {}).get("normalize_labels", False),
+        cfg.unknown_token,
     )
-    examples = make_task_examples(data, split, spec, info["block_size"], label_ids, True)
+    examples = make_task_examples(data, split, spec, loaded.block_size, label_ids, True)
+    model = loaded.model
     if spec["kind"] == "mlm":
-        result = evaluate(model, examples, args.batch_size)
+        result = evaluate(model, examples, cfg.batch_size)
         out = {
             "loss": result["loss"],
             "perplexity": result["perplexity"],
@@ -130,7 +123,7 @@ def _run_task(args, config, model) -> int:
             "masked_tokens": result["tokens"],
         }
     else:
-        predicted, true, loss = predict_labels(model, examples, args.batch_size)
+        predicted, true, loss = predict_labels(model, examples, cfg.batch_size)
         out = {"loss": loss, **classification_report(predicted, true, spec["labels"])}
         per_class = [sum(column) for column in zip(*out["confusion_matrix"])]  # predictions
         warning = constant_predictions(per_class, out["labels"])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.cli import options
+from lmforge.cli.sample_cmd import UNKNOWN_TOKEN_HELP
 from lmforge.errors import ConfigError
 
 
@@ -17,7 +18,10 @@ class InspectConfig:
         default=None,
         metadata={"help": "text to inspect (repeat for several prompts)", "required": True},
     )
-    top_k: int = field(default=5, metadata={"help": "most probable next tokens to list"})
+    top_k: int = field(
+        default=5,
+        metadata={"help": "most probable next tokens (a classifier: labels) to list, at most all"},
+    )
     out: str | None = field(
         default=None,
         metadata={
@@ -35,6 +39,7 @@ class InspectConfig:
         },
     )
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+    unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
 
 
 def add_parser(sub):
@@ -50,15 +55,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from lmforge.api import load_for_sampling
+    from lmforge.api import load_run
     from lmforge.inspect import render
     from lmforge.inspect.next_token import inspect_prompt
 
-    file_opts = options.read_config_file(args.config) if args.config else {}
-    flags = options.explicit_flags(args)
-    for k in ("run", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
-    cfg = options.build(InspectConfig, file_opts, flags)
+    cfg = options.from_args(args, InspectConfig)
     if not cfg.prompt:
         raise ConfigError('give at least one --prompt "text" to inspect')
     run_dir = Path(args.run)  # or a Hugging Face name such as distilgpt2
@@ -79,7 +80,8 @@ def run(args) -> int:
                 "heatmap folder different names"
             )
         render.import_pyplot()  # a missing matplotlib fails now, not after the report
-    model, tok = load_for_sampling(args.run, cfg.device)
+    loaded = load_run(args.run, cfg.device, cfg.unknown_token)
+    model, tok = loaded.model, loaded.tokenizer
     seen = [inspect_prompt(model, tok, prompt, cfg.top_k) for prompt in cfg.prompt]
     if cfg.png is not None:  # now that the layers are known: no file to write is a folder
         render.check_out_dir(cfg.png, "--png", tuple(render.png_names(seen)))

@@ -8,6 +8,7 @@ by "(default: X)", "(required)" (metadata "required") or what absence means (met
 
 import argparse
 import dataclasses
+import difflib
 import json
 import re
 import textwrap
@@ -137,16 +138,38 @@ def explicit_flags(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if v is not _UNSET}
 
 
+def _every_verbs_options() -> set[str]:
+    from lmforge.cli.main import option_names  # builds every verb's parser: only when needed
+
+    return option_names()
+
+
+def from_args(args: argparse.Namespace, cls):
+    """A `cls` from its defaults, the --config file, then the flags typed (those of its fields)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    file_opts = read_config_file(args.config) if getattr(args, "config", None) else {}
+    flags = {k: v for k, v in explicit_flags(args).items() if k in names}
+    return build(cls, file_opts, flags)
+
+
 def build(cls, *layers: dict, strict: bool = True):
-    """Make a `cls` from dicts applied in order (later wins); unknown keys raise ConfigError."""
+    """Make a `cls` from dicts applied in order (later wins).
+
+    A key that is an option of another verb (`data` of a training config given to `sample`) is
+    ignored, so one --config file serves every verb; a key no verb knows raises ConfigError.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     merged: dict = {}
     for layer in layers:
         for k, v in (layer or {}).items():
             if k not in names:
-                if strict:
+                if strict and k not in _every_verbs_options():
+                    close = difflib.get_close_matches(k, names, n=1)
+                    hint = f"did you mean '{close[0]}'? " if close else ""
                     known = ", ".join(sorted(names))
-                    raise ConfigError(f"unknown option '{k}' for {cls.__name__}; known: {known}")
+                    raise ConfigError(
+                        f"unknown option '{k}' for {cls.__name__}; {hint}known: {known}"
+                    )
                 continue
             merged[k] = v
     try:

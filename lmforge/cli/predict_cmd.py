@@ -15,7 +15,7 @@ def add_parser(sub):
         help="classify texts with a classifier run",
         description="Print each text's label probabilities under a --task classify run.",
     )
-    p.add_argument("run", help="run folder of a classifier")
+    p.add_argument("run", help="run folder (or Hugging Face folder) of a classifier")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument(
         "--file", default=None, help="classify each line of this file too (default: none)"
@@ -30,9 +30,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from lmforge.api import load_for_sampling
-    from lmforge.models.bert import BertPreprocessor, BertTextClassifier
-    from lmforge.training.checkpoint import read_config
+    from lmforge.api import load_run
+    from lmforge.models.bert import BertPreprocessor
 
     texts = list(args.texts)
     if args.file:
@@ -42,10 +41,10 @@ def run(args) -> int:
         texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise ConfigError("no texts to classify: pass them as arguments or with --file")
-    model, tok = load_for_sampling(args.run, args.device)
-    if not isinstance(model, BertTextClassifier):
-        raise ConfigError(f"{args.run} is not a classifier run; train one with --task classify")
-    length = args.max_seq_len or read_config(args.run)["data"]["block_size"]
+    loaded = load_run(args.run, args.device)
+    loaded.require("classify", "`lmforge predict`")
+    model, tok = loaded.model, loaded.tokenizer
+    length = args.max_seq_len or loaded.block_size
     model.preprocessor = BertPreprocessor(tok, length)
     probabilities = model.predict(texts, args.batch_size)
     if model.preprocessor.num_truncated:

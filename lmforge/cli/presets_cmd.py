@@ -12,6 +12,7 @@ def add_parser(sub):
 def run(args) -> int:
     presets = all_presets()
     width = max(len(n) for n in presets)
+    family_width = max(len(e["family"]) for e in presets.values())
     for name, entry in presets.items():
-        print(f"{name:<{width}}  {entry['family']:<5} {entry.get('about', '')}")
+        print(f"{name:<{width}}  {entry['family']:<{family_width}}  {entry.get('about', '')}")
     return 0

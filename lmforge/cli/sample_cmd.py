@@ -6,12 +6,22 @@ from dataclasses import dataclass, field
 
 from lmforge.cli import options
 
+UNKNOWN_TOKEN_HELP = (
+    "char tokenizers: read characters the run never saw as this one of its characters (e.g. ?)"
+)
+
 
 @dataclass
 class SampleConfig:
     prompt: str = field(default="\n", metadata={"help": "text to continue"})
     max_new_tokens: int = field(default=200, metadata={"help": "tokens to generate"})
-    temperature: float = field(default=0.8, metadata={"help": "0 = greedy"})
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "1 samples the model's own distribution (as generate_text() does), lower is "
+            "safer, 0 = greedy"
+        },
+    )
     top_k: int | None = field(default=None, metadata={"help": "keep the k most likely tokens"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
     min_p: float | None = field(default=None, metadata={"help": "drop tokens below min_p * max"})
@@ -38,6 +48,7 @@ class SampleConfig:
     stop: list[str] | None = field(default=None, metadata={"help": "stop string (repeatable)"})
     seed: int | None = field(default=None, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+    unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
 
 
 def add_parser(sub):
@@ -53,15 +64,13 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from lmforge.api import load_for_sampling
+    from lmforge.api import load_run
     from lmforge.generation.generate import generate_text, generate_texts
 
-    file_opts = options.read_config_file(args.config) if args.config else {}
-    flags = options.explicit_flags(args)
-    for k in ("run", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
-    cfg = options.build(SampleConfig, file_opts, flags)
-    model, tok = load_for_sampling(args.run, cfg.device)
+    cfg = options.from_args(args, SampleConfig)
+    run = load_run(args.run, cfg.device, cfg.unknown_token)
+    run.require("causal-lm", "`lmforge sample`")
+    model, tok = run.model, run.tokenizer
     tok.encode(cfg.prompt)  # a prompt the tokenizer cannot encode fails before any output
     kw = dict(
         max_new_tokens=cfg.max_new_tokens,

@@ -107,6 +107,26 @@ class PrepareConfig:
 # ---------------------------------------------------------------- reading a prepared folder
 
 
+class UnseenCharacterError(DataError):
+    """Text holding a character that the saved char tokenizer it is encoded with lacks."""
+
+    def __init__(self, where: str, char: str, tokenizer: str, known: str, retrain: bool = True):
+        fix = ", or --tokenizer char to train a tokenizer on this text" if retrain else ""
+        super().__init__(
+            f"{where} holds {char!r} (U+{ord(char):04X}), which the char tokenizer in "
+            f"{tokenizer} lacks; pass --unknown-token with one of its characters (e.g. "
+            f"{known!r}) to map unseen ones there{fix}"
+        )
+        self.args_ = (where, char, tokenizer, known)
+
+    def without_retrain(self) -> "UnseenCharacterError":
+        """The same error for a verb that cannot train a tokenizer (eval): no --tokenizer."""
+        return UnseenCharacterError(*self.args_, retrain=False)
+
+    def __reduce__(self):
+        return type(self), self.args_
+
+
 class PreparedData:
     """A prepared folder: memory-mapped tokens, document offsets, labels and the tokenizer."""
 
@@ -131,6 +151,12 @@ class PreparedData:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.path / "tokenizer")
         return self._tokenizer
+
+    @property
+    def source_fingerprint(self) -> str | None:
+        """sha256 over the source files' bytes, their names and the reading options (not a
+        file's own sha256); older meta.json files call it source_sha256."""
+        return self.meta.get("source_fingerprint", self.meta.get("source_sha256"))
 
     @property
     def label_names(self) -> list[str] | None:
@@ -205,8 +231,8 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
 
         def fill(tmp: Path) -> None:
             meta = _write(config, source, tmp)
-            meta["source_sha256"] = fingerprint.result()
-            meta["key"] = _cache_key(config, meta["source_sha256"])
+            meta["source_fingerprint"] = fingerprint.result()
+            meta["key"] = _cache_key(config, meta["source_fingerprint"])
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
         _replace_folder(out, fill)
@@ -316,12 +342,8 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
     try:
         counts = _encode(encoder, corpus, tmp, config.num_proc, docs is not None)
     except UnknownCharacterError as exc:  # its position is within one piece: no use here
-        known = next((c for c in "? _" if tokenizer.token_to_id(c) is not None), None)
-        raise DataError(
-            f"{source.description} holds {exc.char!r} (U+{ord(exc.char):04X}), which the char "
-            f"tokenizer in {config.tokenizer} lacks; pass --unknown-token with one of its "
-            f"characters (e.g. {known or tokenizer.id_to_token(0)!r}) to map unseen ones "
-            "there, or --tokenizer char to train a tokenizer on this text"
+        raise UnseenCharacterError(
+            source.description, exc.char, config.tokenizer, exc.suggestion
         ) from None
     if counts["train"][0] == 0:
         raise DataError(
@@ -346,7 +368,7 @@ def _write(config: PrepareConfig, source: Source, tmp: Path) -> dict:
         "lmforge_version": __version__,
         "key": None,
         "source": source.description,
-        "source_sha256": None,
+        "source_fingerprint": None,
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,

@@ -99,14 +99,9 @@ def beam_search(
             f"{type(model).__name__} has not: sample instead (num_beams=1)"
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
-    prompts = crop_prompts(_as_prompts(prompt_ids), context)
+    prompts = crop_prompts(_as_prompts(prompt_ids), context, room=1)
     longest = max(len(p) for p in prompts)
     if context is not None and longest + max_new_tokens > context:
-        if longest >= context:
-            raise ConfigError(
-                f"the prompt fills the whole context (max_seq_len={context}); beam search keeps "
-                "every beam in the context, so shorten the prompt"
-            )
         max_new_tokens = context - longest  # every beam must fit in the context
     was_training = model.training
     model.eval()

@@ -67,18 +67,37 @@ def left_padded(prompts: list[list[int]], extra: int, device) -> tuple[Tensor, T
     return torch.tensor(ids, device=device), torch.tensor(real, device=device)
 
 
-def crop_prompts(prompts: list[list[int]], context: int | None) -> list[list[int]]:
-    """Keep the last `context` tokens of longer prompts, with a warning."""
-    if context is None or all(len(p) <= context for p in prompts):
+def crop_prompts(prompts: list[list[int]], context: int | None, room: int = 0) -> list[list[int]]:
+    """Keep the last `context - room` tokens of longer prompts, with one warning: what sampling,
+    beam search (room=1: a beam needs a place for its first new token) and inspect all do.
+
+    Args:
+        room: positions of the context to leave free for what follows the prompt.
+    """
+    keep = None if context is None else max(1, context - room)
+    if keep is None or all(len(p) <= keep for p in prompts):
         return prompts
     logger.warning(
-        "prompt of %d tokens is longer than the model's context (max_seq_len=%d); "
+        "prompt of %d tokens is longer than the model's context (max_seq_len=%d) allows; "
         "keeping its last %d tokens",
         max(len(p) for p in prompts),
         context,
-        context,
+        keep,
     )
-    return [p[-context:] for p in prompts]
+    return [p[-keep:] for p in prompts]
+
+
+def _grown(history: Tensor, real: Tensor | None, needed: int) -> tuple[Tensor, Tensor | None]:
+    """history (and its padding mask) with at least `needed` columns, doubling: memory follows
+    the tokens made so far, never the number asked for (max_new_tokens may be huge)."""
+    width = history.shape[1]
+    if needed <= width:
+        return history, real
+    extra = max(needed, 2 * width) - width
+    history = torch.cat([history, history.new_zeros(history.shape[0], extra)], 1)
+    if real is not None:
+        real = torch.cat([real, real.new_ones(real.shape[0], extra)], 1)
+    return history, real
 
 
 def feed(model, ids: Tensor, real: Tensor | None, lo: int, hi: int, state):
@@ -133,6 +152,11 @@ def generate(
                 row += [t] if t >= 0 else []
     """
     check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    if not (hasattr(model, "init_state") and hasattr(model, "step")):
+        raise ConfigError(
+            f"{type(model).__name__} does not generate text: generate() needs a causal language "
+            "model (one with init_state() and step()), not a classifier or masked LM"
+        )
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -192,11 +216,12 @@ def _decode(
             B = len(prompts)
             lengths = [len(p) for p in prompts]
             longest = max(lengths)
+            extra = min(max_new_tokens, 64)  # grown as tokens come (see _grown)
             if left_pad:  # every prompt ends at column `longest`; `real` marks the pads
-                history, real = left_padded(prompts, max_new_tokens, device)
+                history, real = left_padded(prompts, extra, device)
                 first = longest
             else:  # prompts start at column 0; rows read the rest of theirs step by step
-                width = longest + max_new_tokens
+                width = longest + extra
                 history = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=device)
                 real, first = None, min(lengths)
             prompt_lens = torch.tensor(lengths, device=device)
@@ -230,6 +255,7 @@ def _decode(
             if done:
                 return
             with torch.inference_mode():
+                history, real = _grown(history, real, pos + 1)
                 history[:, pos] = token
                 pos += 1
                 if context is not None and window == context:  # full: slide the window

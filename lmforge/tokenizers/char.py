@@ -45,15 +45,16 @@ def code_points(text: str) -> np.ndarray:
 class UnknownCharacterError(DataError):
     """A character the vocabulary lacks, with no unknown token to map it to."""
 
-    def __init__(self, char: str, position: int) -> None:
+    def __init__(self, char: str, position: int, suggestion: str = "?") -> None:
         super().__init__(
             f"character {char!r} at position {position} is not in the char tokenizer's "
-            "vocabulary; train on text that holds it or pass --unknown-token (e.g. '?')"
+            f"vocabulary; train on text that holds it or pass --unknown-token with one of its "
+            f"characters (e.g. {suggestion!r})"
         )
-        self.char, self.position = char, position
+        self.char, self.position, self.suggestion = char, position, suggestion
 
     def __reduce__(self):  # rebuilt from its fields when it crosses to another process
-        return type(self), (self.char, self.position)
+        return type(self), (self.char, self.position, self.suggestion)
 
 
 class CharTokenizer(Tokenizer):
@@ -140,6 +141,11 @@ class CharTokenizer(Tokenizer):
             raise DataError("no characters to train a char tokenizer on; pass non-empty text")
         return cls(sorted(chars), unknown_token=unknown_token)
 
+    def stand_in(self) -> str:
+        """A character of this vocabulary to suggest for --unknown-token: '?', ' ' or '_' when
+        it has one, else its first."""
+        return next((c for c in "? _" if c in self._ids), self._vocab[0])
+
     def with_unknown_token(self, token: str) -> "CharTokenizer":
         """This vocabulary, unseen characters mapped to `token`, which must be one of its
         entries: the ids stay those a model trained with this tokenizer knows."""
@@ -154,7 +160,8 @@ class CharTokenizer(Tokenizer):
             raise ConfigError(
                 f"--unknown-token {token!r} is not a character of this char tokenizer, and "
                 "adding it would change its vocabulary (and the ids its models expect); "
-                "pick one of its characters, or train a new tokenizer with --tokenizer char"
+                f"pick one of its characters (e.g. {self.stand_in()!r}), or train a new tokenizer "
+                "(`lmforge prepare --tokenizer char`)"
             )
         return CharTokenizer(self._vocab, unknown_token=token)
 
@@ -191,7 +198,7 @@ class CharTokenizer(Tokenizer):
                 ids[missing] = self.unk_id
             else:
                 pos = int(missing.argmax())
-                raise UnknownCharacterError(text[pos], pos)
+                raise UnknownCharacterError(text[pos], pos, self.stand_in())
         return ids
 
     def encode(self, text: str) -> list[int]:

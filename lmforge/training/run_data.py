@@ -171,7 +171,7 @@ def make_task_examples(
 
 
 def labelled_split(
-    prepared: str | Path,
+    prepared: str | Path | None,
     data: str | None,
     tokenizer: str | Path,
     field: str | None = None,
@@ -179,15 +179,27 @@ def labelled_split(
     split: str | None = None,
     labels: list[str] | None = None,
     normalize_labels: bool = False,
+    unknown_token: str | None = None,
 ) -> tuple[PreparedData, str, np.ndarray | None]:
     """What a classify/mlm run is evaluated on: (prepared data, its split, label ids numbered as
-    the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` prepared
-    with the run's tokenizer: its test split when it has one, else all of it."""
+    the run's `labels`). Without `data`, the run's own prepared folder; with it, `data` (a
+    prepared folder made with the run's tokenizer, or raw data prepared with it): its test split
+    when it has one, else all of it."""
     from lmforge.data.corpus import open_source
-    from lmforge.data.datasets import cache_dir
-    from lmforge.data.prepare import cache_key
 
-    if data is None:
+    if data is not None and is_prepared(data):
+        found = prepared_with(data, tokenizer)
+        has_test = found.num_tokens("val") > 0
+        split = split or ("test" if has_test else "train")
+        if split == "all":
+            raise ConfigError(
+                f"--split all: {data} is a prepared folder of train and val splits; pass "
+                "--split test or --split train"
+            )
+        if split == "test" and not has_test:
+            raise DataError(f"--split test: {data} has an empty val split; use --split train")
+        name = SPLITS[split]
+    elif data is None:
         if split == "all":
             raise ConfigError("--split all applies to --data; pass --data or --split test|train")
         found, name = PreparedData(prepared), SPLITS[split or "test"]
@@ -205,8 +217,9 @@ def labelled_split(
             label_field=label_field,
             normalize_labels=normalize_labels,  # as the run was trained
             val_fraction=0.0 if split == "all" else 0.5,  # > 0: the source's own split is used
+            unknown_token=unknown_token,
         )
-        found = prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])
+        found = _prepare_for_eval(pcfg, source)
         name = "val" if split == "test" else "train"
     if labels is None:  # a masked LM: no labels to check
         return found, name, None
@@ -222,3 +235,76 @@ def labelled_split(
             f"{', '.join(labels)}); evaluate on data with those labels only"
         )
     return found, name, np.array([labels.index(n) for n in names], dtype=np.int64)[ids]
+
+
+# ---------------------------------------------------------------- what `lmforge eval` reads
+
+
+def is_prepared(path: str | Path) -> bool:
+    """True for a folder `lmforge prepare` wrote (it has meta.json)."""
+    return (Path(path) / "meta.json").is_file()
+
+
+def prepared_with(path: str | Path, tokenizer: str | Path) -> PreparedData:
+    """A prepared folder, checked to be encoded with the same vocabulary as `tokenizer`."""
+    from lmforge.tokenizers.base import load_tokenizer
+
+    data, ours = PreparedData(path), load_tokenizer(tokenizer)
+    theirs = data.tokenizer
+    same = theirs.vocab_size == ours.vocab_size and all(
+        theirs.id_to_token(i) == ours.id_to_token(i) for i in range(ours.vocab_size)
+    )
+    if not same:
+        raise DataError(
+            f"{path} was prepared with another tokenizer ({theirs.kind}, {theirs.vocab_size} "
+            f"tokens) than the run's ({ours.kind}, {ours.vocab_size}); pass --data the raw text "
+            "instead, and it is encoded with the run's tokenizer"
+        )
+    return data
+
+
+def _prepare_for_eval(pcfg: PrepareConfig, source) -> PreparedData:
+    """Raw data encoded with a run's saved tokenizer, cached like training data."""
+    from lmforge.data.datasets import cache_dir
+    from lmforge.data.prepare import UnseenCharacterError, cache_key
+
+    try:
+        return prepare(pcfg, cache_dir() / "prepared" / cache_key(pcfg, source)[:20])
+    except UnseenCharacterError as e:  # eval cannot train a tokenizer: no --tokenizer here
+        raise e.without_retrain() from None
+
+
+def require_data(run, data: str | None) -> None:
+    """ConfigError when neither `data` nor the run names something to evaluate on."""
+    if data is None and run.data is None:
+        raise ConfigError(
+            f"{run.name} brings no data of its own (it is a converted run or a Hugging Face "
+            "folder); pass --data FILE (or a prepared folder) to evaluate it on"
+        )
+
+
+def eval_data(run, data: str | None, field: str | None = None, unknown_token=None):
+    """(prepared data, split) a language-model run is evaluated on: its own validation split;
+    else `data`: a prepared folder (its val split, or train when val is empty) or raw data,
+    all of it, encoded with the run's tokenizer.
+
+    Args:
+        run: an `api.LoadedRun`.
+    """
+    from lmforge.data.corpus import open_source
+    from lmforge.presets import tokenizer_path
+
+    require_data(run, data)
+    if data is None:
+        return PreparedData(run.data["path"]), "val"
+    if is_prepared(data):
+        found = prepared_with(data, tokenizer_path(run.folder))
+        return found, "val" if found.num_tokens("val") > 0 else "train"
+    pcfg = PrepareConfig(
+        data=data,
+        tokenizer=str(tokenizer_path(run.folder)),
+        field=field,
+        val_fraction=0.0,
+        unknown_token=unknown_token,
+    )
+    return _prepare_for_eval(pcfg, open_source(data, field=field)), "train"

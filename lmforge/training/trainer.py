@@ -859,11 +859,15 @@ def fit(
         }
         if "bits_per_char" in result:
             row["val_bits_per_char"] = result["bits_per_char"]
+        is_classifier = hasattr(task, "num_classes")  # its loss is over labels, not tokens
         if "accuracy" in result:  # classify: of the labels; mlm: of the masked tokens
             row["val_accuracy"] = result["accuracy"]
             if is_main:
-                log.info("step %d: val accuracy %.4f", step, result["accuracy"])
-        if is_main:
+                what = "accuracy" if is_classifier else "masked-token accuracy"
+                log.info("step %d: val %s %.4f", step, what, result["accuracy"])
+        if is_main and is_classifier:
+            log.info("step %d: val loss %.4f", step, result["loss"])
+        elif is_main:
             log.info(
                 "step %d: val loss %.4f, perplexity %.2f",
                 step,

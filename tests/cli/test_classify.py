@@ -182,7 +182,9 @@ def test_mlm_pretraining_then_frozen_fine_tuning(reviews, tmp_path, capsys, capl
     assert "loaded the pretrained backbone" in log
     assert "trainable parameters:" in log and "(100.0%)" not in log
     assert main(["predict", str(mlm), "anything"]) == 2
-    assert "not a classifier" in capsys.readouterr().err
+    assert "is a masked language model, and `lmforge predict` needs a text classifier" in (
+        capsys.readouterr().err
+    )
 
 
 def test_long_texts_are_cut_and_counted_once_per_split(reviews, tmp_path, capsys, caplog):

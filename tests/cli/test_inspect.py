@@ -65,8 +65,6 @@ def test_the_report_goes_into_the_run_by_default(run, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--prompt", "wine " * 25], "25 tokens long but the model's context is 24 tokens"),
-        (["--prompt", "wine", "--top-k", "401"], "larger than the vocabulary of 400 tokens"),
         (["--prompt", "wine", "--top-k", "0"], "must be a positive integer"),
         (["--prompt", "wine", "--out", "{tmp}/nope/r.html"], "nope does not exist"),
         (["--prompt", "wine", "--png", "{tmp}/nope/maps"], "nope does not exist"),
@@ -120,3 +118,15 @@ def test_an_existing_file_that_is_not_html_is_never_overwritten(run, tmp_path, c
 def test_a_missing_run_folder_is_named(tmp_path, capsys):
     err = _error(capsys, ["inspect", str(tmp_path / "gone"), "--prompt", "wine"])
     assert "gone" in err and "does not exist" in err
+
+
+def test_a_long_prompt_and_a_large_top_k_are_cut_to_what_fits(run, tmp_path, capsys, caplog):
+    out = tmp_path / "r.html"
+    with caplog.at_level("WARNING"):
+        code = main(["inspect", str(run), "--prompt", "wine " * 25, "--top-k", "401",
+                     "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "(24 tokens)" in printed  # the last 24 of 25, the model's context
+    assert "  400. " in printed and "  401. " not in printed  # the whole vocabulary, no more
+    assert sum("keeping its last 24 tokens" in r.message for r in caplog.records) == 1

@@ -3,6 +3,8 @@
 import argparse
 import dataclasses
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -80,7 +82,7 @@ def test_blank_and_missing_defaults_are_shown_in_words(capsys):
     "argv, expected",
     [
         (["fly"], "invalid choice: 'fly'"),
-        ([], "required: VERB"),
+        (["smaple", "x"], "invalid choice: 'smaple' (did you mean 'sample'?)"),
         (["prepare", "--data", "x", "--out", "y", "--colour"], "unrecognized arguments: --colour"),
         (["prepare", "--num-proc", "two", "--out", "y"], "--num-proc: invalid int value"),
     ],
@@ -91,3 +93,84 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv, expected):
     assert captured.err.startswith("lmforge: error: ") and captured.err.count("\n") == 1
     assert expected in captured.err and "--help" in captured.err
     assert "usage:" not in captured.err and "Traceback" not in captured.err
+
+
+def test_a_bare_lmforge_prints_the_help(capsys):
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: lmforge") and "    sample " in captured.out
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("verb", ["train", "sample", "eval", "inspect", "prepare"])
+def test_abbreviations_are_refused_with_the_verbs_help_and_a_guess(verb, capsys):
+    flag = {"train": "--max-step", "sample": "--max-new-token", "eval": "--batch-siz",
+            "inspect": "--top", "prepare": "--vocab-siz"}[verb]  # fmt: skip
+    run = {"train": [], "prepare": ["--out", "o"]}.get(verb, ["x"])  # what else each needs
+    assert main([verb, *run, flag, "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {flag} 3" in err and f"see `lmforge {verb} --help`" in err
+    if verb != "inspect":  # --top is too far from --top-k for a guess
+        assert "(did you mean --" in err
+
+
+def test_help_imports_no_torch():
+    code = (
+        "import sys; from lmforge.cli.main import main; main(['--help']); "
+        "print('torch' in sys.modules, 'lmforge.models.gpt' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_the_presets_table_is_aligned(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}
+    assert len(starts) == 1  # every family starts in one column
+    abouts = {line.index(a) for line in lines for a in [line.split()[2]]}
+    assert len(abouts) == 1  # and every description
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+OTHER_VERB = re.compile(r"`lmforge (\w+)[^`]*`")
+
+
+def _flags_named(err: str, verb: str) -> set[str]:
+    """Flags an error line tells the user to pass to `verb` (not inside `lmforge OTHER ...`,
+    nor the unrecognized ones it quotes)."""
+    err = re.sub(r"unrecognized arguments: [^(;]*", "", err)
+    for m in OTHER_VERB.finditer(err):
+        if m.group(1) != verb:
+            err = err.replace(m.group(0), "")
+    return set(FLAG.findall(err))
+
+
+def test_every_flag_an_error_names_exists_on_its_verb(char_run, hf_gpt2, tmp_path, capsys):
+    accents = tmp_path / "accents.txt"
+    accents.write_text("JULIÉT!\n" * 5, encoding="utf-8")
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("tempreature: 1\n")
+    run, hf = str(char_run), str(hf_gpt2)
+    cases = [
+        ["sample", run, "--prompt", "É"],
+        ["sample", run, "--prompt", "É", "--unknown-token", "é"],
+        ["inspect", run, "--prompt", "É", "--out", str(tmp_path / "r.html")],
+        ["eval", run, "--data", str(accents)],
+        ["eval", hf],
+        ["eval", run, "--unknown-token", "?", "--data", str(tmp_path / "missing.txt")],
+        ["sample", hf, "--unknown-token", "?"],
+        ["sample", run, "--config", str(yaml)],
+        ["predict", run, "some text"],
+        ["sample", run, "--temprature", "1"],
+        ["inspect", run],
+    ]
+    parsers = _verb_parsers()
+    for argv in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().split("\r")[-1]  # after any progress bar
+        assert err.startswith("lmforge: error:") and "\n" not in err, err
+        own = {s for a in parsers[argv[0]]._actions for s in a.option_strings}
+        named = _flags_named(err, argv[0])
+        assert named <= own, (argv, err, named - own)

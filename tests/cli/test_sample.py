@@ -3,38 +3,15 @@ several beams, length penalty, early stopping, no-repeat n-grams, stop strings),
 decoded without special tokens."""
 
 import pytest
-import torch
 
 import lmforge
 from lmforge.cli.main import main
 from lmforge.generation.beam import beam_search
-from lmforge.tokenizers.base import train_tokenizer
-
-TEXT = "Why is the sky blue? Sunlight scatters off the air, and blue light scatters the most.\n"
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """A tiny random GPT-2 saved by transformers, with a byte-level BPE (vocab.json, merges)."""
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("sample") / "tiny-gpt2"
-    tok = train_tokenizer("bpe", [TEXT * 20], vocab_size=300)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=300,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tok.eos_id,
-        eos_token_id=tok.eos_id,
-    )
-    model = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        model.transformer.wte.weight.normal_(std=0.3)  # peaky: beams differ from greedy
-    model.save_pretrained(folder)
-    tok.tokenizer.model.save(str(folder))
-    return folder
+@pytest.fixture
+def hf_folder(hf_gpt2):
+    return hf_gpt2
 
 
 def _out(capsys, argv) -> str:
@@ -112,3 +89,73 @@ def test_top_k_and_top_p_reach_the_sampler_from_python(hf_folder, option):
     } == {greedy}
     unfiltered = {lmforge.generate_text(hf_folder, "Why is", seed=s, **kw) for s in (1, 2, 3)}
     assert unfiltered != {greedy}
+
+
+def _error(capsys, argv) -> str:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory):
+    """A 2-class classifier and a masked LM, 3 steps each."""
+    from tests.cli.test_classify import TINY, write_reviews
+
+    root = tmp_path_factory.mktemp("tasks")
+    reviews = write_reviews(root / "reviews.csv")
+    data = ["--data", str(reviews), "--field", "review"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMFORGE_CACHE_DIR", str(root / "cache"))
+        for task, extra in (("classify", ["--label-field", "sentiment"]), ("mlm", [])):
+            argv = ["train", "--task", task, *data, *extra, *TINY, "--max-steps", "3"]
+            assert main([*argv, "--json", "--out", str(root / task)]) == 0
+    return root
+
+
+@pytest.mark.parametrize(
+    ("task", "fix"),
+    [("classify", "use `lmforge predict {run} "), ("mlm", "`lmforge eval {run}`")],
+)
+def test_sampling_a_classifier_or_masked_lm_names_the_verb_to_use(task_runs, capsys, task, fix):
+    run = str(task_runs / task)
+    what = "a text classifier" if task == "classify" else "a masked language model"
+    err = _error(capsys, ["sample", run, "--max-new-tokens", "3"])
+    assert f"{run} is {what}" in err and fix.format(run=run) in err
+    with pytest.raises(lmforge.ConfigError, match="needs a causal language model"):
+        lmforge.generate_text(run, "the film")
+
+
+def test_a_missing_local_run_folder_is_named_without_asking_the_hub(tmp_path, capsys, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lmforge.presets._download", lambda repo: pytest.fail("went online"))
+    err = _error(capsys, ["sample", "runs/nope"])
+    assert "run folder runs/nope does not exist" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no runs/ folder either: the hub is a candidate
+    assert _error(capsys, ["sample", "other/nope"]).startswith(
+        "lmforge: error: no local folder other/nope exists"
+    )
+
+
+def test_a_training_config_serves_sample_too(hf_folder, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("data: wine-reviews\nmax_steps: 3\nseed: 4\nmax_new_tokens: 6\n")
+    with_config = _out(capsys, ["sample", str(hf_folder), "--config", str(config)])
+    argv = ["sample", str(hf_folder), "--seed", "4", "--max-new-tokens", "6"]
+    assert with_config == _out(capsys, argv)  # data, max_steps: train's, ignored here
+    config.write_text("max_new_tokns: 6\n")  # a key no verb has is still an error
+    err = _error(capsys, ["sample", str(hf_folder), "--config", str(config)])
+    assert "unknown option 'max_new_tokns'" in err and "did you mean 'max_new_tokens'" in err
+
+
+def test_unseen_characters_map_to_the_unknown_token(char_run, capsys):
+    argv = ["sample", str(char_run), "--prompt", "JULIÉT:", "--max-new-tokens", "5"]
+    err = _error(capsys, [*argv, "--seed", "1"])
+    assert "'É'" in err and "--unknown-token" in err
+    out = _out(capsys, [*argv, "--seed", "1", "--unknown-token", "?"])
+    same = _out(capsys, [*argv[:3], "JULI?T:", *argv[4:], "--seed", "1"])
+    assert out.removeprefix("JULIÉT:") == same.removeprefix("JULI?T:")

@@ -199,3 +199,18 @@ class _NoPadding(GPTCausalLM):
 
     def step(self, token_ids, state):
         return super().step(token_ids, state)
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_tail_with_one_warning(caplog):
+    config = GPTConfig(vocab_size=V, max_seq_len=16, embed_dim=32, num_heads=4)
+    model = GPTCausalLM(config).eval()
+    prompt = [(7 * i) % V for i in range(40)]
+    with caplog.at_level("WARNING"):
+        (best,) = beam_search(model, prompt, 5, num_beams=2)[0]
+    assert [r.message for r in caplog.records] == [
+        "prompt of 40 tokens is longer than the model's context (max_seq_len=16) allows; "
+        "keeping its last 15 tokens"
+    ]
+    # the one free position of the context: one new token, as for that tail alone
+    assert best == beam_search(model, prompt[-15:], 5, num_beams=2)[0][0]
+    assert len(best.token_ids) == 1

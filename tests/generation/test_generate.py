@@ -237,3 +237,18 @@ def test_text_is_decoded_without_special_tokens_even_when_they_do_not_stop():
     assert "".join(generate_text(model, tok, "x", **kw)) == "hello world"
     assert generate_texts(model, tok, ["x", "x"], **kw) == ["hello world"] * 2
     assert "".join(generate_text(model, tok, "x", max_new_tokens=9, temperature=0)) == "hello"
+
+
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_memory_follows_the_tokens_made_not_those_asked_for(gpt, left_pad):
+    # nothing is allocated per requested token: 10**12 would need terabytes up front
+    prompts = [[1, 2, 3], [4, 5]]
+    steps = generate(gpt, prompts, 10**12, seed=0, left_pad=left_pad)
+    first = torch.stack([next(steps) for _ in range(5)], dim=1)
+    assert first.tolist() == run(gpt, prompts, 8, seed=0, left_pad=left_pad)[:, :5].tolist()
+
+
+def test_the_history_grows_past_its_first_allocation(gpt):
+    # 150 tokens outgrow the first buffer; the penalty reads every token of the history
+    out = run(gpt, [3, 3, 4], 150, temperature=0, repetition_penalty=1.5)
+    assert out[0].tolist() == greedy_by_full_forward(gpt, [3, 3, 4], 150, penalty=1.5)

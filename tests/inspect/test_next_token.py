@@ -1,6 +1,8 @@
 """next_token_table and inspect_prompt: the real softmax of the last position, ranked; prompt
 tokens as they read; one map per layer; clear errors for prompts and k that cannot work."""
 
+import logging
+
 import pytest
 import torch
 
@@ -63,20 +65,38 @@ def test_the_model_mode_is_restored(model, tok):
     assert model.training
 
 
-def test_a_prompt_longer_than_the_context_names_the_limit(model, tok):
-    with pytest.raises(ConfigError, match=r"13 tokens long .* context is 12 tokens"):
-        next_token_table(model, tok, " ".join(["wine"] * 13))
-    with pytest.raises(ConfigError, match="12"):
-        inspect_prompt(model, tok, " ".join(["wine"] * 13))
+def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(model, tok, caplog):
+    long = " ".join(["wine"] * 10 + ["red", "dry", "crisp"])  # 13 tokens, context 12
+    with caplog.at_level(logging.WARNING):
+        seen = inspect_prompt(model, tok, long)
+    assert seen.token_ids == tok.encode(long)[-12:]  # as generation keeps them
+    assert seen.attention[0].shape[-1] == 12
+    assert [r.message for r in caplog.records if "keeping its last 12" in r.message]
+    last = next_token_table(model, tok, long)
+    assert [r.token_id for r in last] == [r.token_id for r in seen.next_tokens]
 
 
-def test_k_must_fit_the_vocabulary(model, tok):
+def test_k_is_clipped_to_the_vocabulary(model, tok):
     V = tok.vocab_size
     assert len(next_token_table(model, tok, "wine", k=V)) == V
-    with pytest.raises(ConfigError, match=f"larger than the vocabulary of {V} tokens"):
-        next_token_table(model, tok, "wine", k=V + 1)
+    assert len(next_token_table(model, tok, "wine", k=V + 7)) == V
     with pytest.raises(ConfigError, match="positive"):
         inspect_prompt(model, tok, "wine", k=0)
+
+
+def test_a_classifier_lists_its_labels_clipped_to_their_number():
+    from lmforge.models.bert import BertConfig, BertTextClassifier
+    from lmforge.tokenizers.base import train_tokenizer
+
+    tok = train_tokenizer("wordpiece", ["a fine wine , a dull wine"] * 20, vocab_size=60)
+    config = BertConfig(vocab_size=tok.vocab_size, max_seq_len=8, embed_dim=16, num_heads=2,
+                        num_layers=1, ffn_dim=32)  # fmt: skip
+    model = BertTextClassifier(config, num_classes=2, labels=["bad", "good"]).eval()
+    seen = inspect_prompt(model, tok, "a fine wine " * 5, k=5)  # default k 5 > 2 labels
+    assert sorted(t.token for t in seen.next_tokens) == ["bad", "good"]
+    assert abs(sum(t.prob for t in seen.next_tokens) - 1.0) < 1e-5
+    ids = seen.token_ids  # [START] the last 6 tokens that fit [END]
+    assert len(ids) == 8 and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
 
 
 def test_an_empty_prompt_is_an_error(model, tok):
