@@ -144,6 +144,16 @@ def _every_verbs_options() -> set[str]:
     return option_names()
 
 
+def own_keys(file_opts: dict, names: set[str]) -> dict:
+    """The --config keys a verb whose options are `names` takes: another verb's keys (`prompt`
+    of a sampling config given to `train`) are dropped, so one file serves every verb; keys no
+    verb has stay, for the verb to refuse with its own message."""
+    if all(k in names for k in file_opts):
+        return dict(file_opts)
+    others = _every_verbs_options() - names
+    return {k: v for k, v in file_opts.items() if k in names or k not in others}
+
+
 def from_args(args: argparse.Namespace, cls):
     """A `cls` from its defaults, the --config file, then the flags typed (those of its fields)."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -48,6 +48,7 @@ def _preset_defaults(name: str) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     file_opts = options.read_config_file(args.config) if args.config else {}
+    file_opts = options.own_keys(file_opts, set(vars(args)))
     flags = options.explicit_flags(args)
     for k in ("json", "config", "debug", "command", "_run"):
         flags.pop(k, None)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from lmforge import progress
 from lmforge.errors import ConfigError
 from lmforge.generation.sampling import (
     apply_repetition_penalty,
@@ -355,8 +356,19 @@ def _beam_texts(
         **beams,
     )
     return [
-        _cut(text_of(h.token_ids), stops) for beams_of_prompt in results for h in beams_of_prompt
+        _cut(continuation(tokenizer, p, [t for t in h.token_ids if t not in hidden]), stops)
+        for p, beams_of_prompt in zip(prompt_ids, results)
+        for h in beams_of_prompt
     ]
+
+
+def continuation(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text of new_ids as it continues the prompt: decoded after the prompt's last tokens, so
+    a word tokenizer's separating space (or a BPE merge's leading space) is kept."""
+    context = list(prompt_ids[-4:])
+    before = tokenizer.decode(context)
+    after = tokenizer.decode(context + list(new_ids))
+    return after[len(before) :] if after.startswith(before) else tokenizer.decode(list(new_ids))
 
 
 def _cut(text: str, stops: list[str]) -> str:
@@ -485,10 +497,16 @@ def generate_texts(
         )
     sampling.setdefault("left_pad", takes_padding_mask(model))
     rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-    for step_ids in generate(
-        model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
-    ):
-        for row, token in zip(rows, step_ids.tolist()):
-            if token != FINISHED and token not in hidden:
-                row.append(token)
-    return [_cut(tokenizer.decode(row), stops) for row in rows]
+    # the texts come out together at the end: a bar (when progress is on) shows the steps meanwhile
+    with progress.bar(max_new_tokens, f"{len(rows)} samples", "step", leave=False) as bar:
+        for step_ids in generate(
+            model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
+        ):
+            for row, token in zip(rows, step_ids.tolist()):
+                if token != FINISHED and token not in hidden:
+                    row.append(token)
+            bar.update(1)
+    return [
+        _cut(continuation(tokenizer, prompt_ids[i // num_samples], row), stops)
+        for i, row in enumerate(rows)
+    ]

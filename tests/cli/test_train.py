@@ -262,3 +262,14 @@ def test_a_run_being_trained_refuses_a_second_writer_not_readers(run, tiny_text,
     assert main(resume) == 0  # ... and the lock of a dead process does not block
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 24
     assert not (run / ".lock").exists()
+
+
+def test_train_ignores_config_keys_that_other_verbs_own(tiny_text, tmp_path, capsys):
+    config = tmp_path / "run.yaml"  # one file for every verb: sampling keys beside training keys
+    config.write_text("prompt: 'ROMEO:'\nmax_new_tokens: 20\nmax_steps: 3\n")
+    argv = ["train", "--data", str(tiny_text), "--tokenizer", "char", *TINY]
+    assert main([*argv, "--config", str(config), "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
+    config.write_text("promt: 'ROMEO:'\n")  # a key no verb has is still refused
+    err = _error(capsys, [*argv, "--config", str(config), "--out", str(tmp_path / "other")])
+    assert "'promt'" in err

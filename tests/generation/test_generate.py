@@ -252,3 +252,20 @@ def test_the_history_grows_past_its_first_allocation(gpt):
     # 150 tokens outgrow the first buffer; the penalty reads every token of the history
     out = run(gpt, [3, 3, 4], 150, temperature=0, repetition_penalty=1.5)
     assert out[0].tolist() == greedy_by_full_forward(gpt, [3, 3, 4], 150, penalty=1.5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_several_texts_keep_the_space_after_a_word_level_prompt(num_beams):
+    from lmforge.tokenizers.base import train_tokenizer
+
+    tok = train_tokenizer("word", ["romeo : the light breaks . juliet : what light ?"] * 5)
+    model = GPTCausalLM(
+        GPTConfig(vocab_size=tok.vocab_size, max_seq_len=16, embed_dim=16, num_heads=2)
+    ).eval()
+    kw = dict(max_new_tokens=6, seed=1, num_beams=num_beams)
+    texts = generate_texts(model, tok, "romeo :", num_samples=2, **kw)
+    assert any(texts), texts  # (a random model may end a sample at once with its end token)
+    assert all(t.startswith(" ") and not t.startswith("  ") for t in texts if t), texts
+    if num_beams == 1:  # one sample: the same text the streaming path gives
+        one = generate_texts(model, tok, "romeo :", num_samples=1, **kw)
+        assert one == ["".join(generate_text(model, tok, "romeo :", **kw))]
