@@ -220,7 +220,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} {value} is not a budget: give a positive number, "
+                    f"--{name.replace('_', '-')} {value:g} is not a budget: give a positive number, "
                     "or drop the flag for the default budget"
                 )
         parse_duration(self.max_time)
