@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             line += f"train loss {losses[-1]:.4f} (no validation split)"
         else:
             line += f"val loss {result['val_loss']:.4f}"
+            if result.get("kept") == "best":
+                line += f" (kept step {result['best_step']}; last {result['final_val_loss']:.4f})"
         if "val_bits_per_char" in result:
             line += f" ({result['val_bits_per_char']:.3f} bits/char)"
         print(f"{line}, {result['tokens_per_s']:,.0f} tokens/s; run saved in {result['run']}")

@@ -68,7 +68,7 @@ def _atomic_save(path: Path, write) -> None:
         raise
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     """Put src's bytes at dst atomically: a hard link where the filesystem allows, else a copy."""
     tmp = dst.with_name(f".{dst.name}.link-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -198,7 +198,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for name in ("model.safetensors", "state.pt"):  # RUN's copies share the checkpoint's bytes
-        _link_or_copy(final / name, run_dir / name)
+        link_or_copy(final / name, run_dir / name)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -176,6 +176,14 @@ class TrainConfig:
     log_every: int = option(default=10, metadata={"help": "steps between metrics lines"})
     sample_every: int = option(default=0, metadata={"help": "steps between printed samples"})
     keep_last: int = option(default=1, metadata={"help": "checkpoints to keep"})
+    keep: str | None = option(
+        default=None,
+        metadata={
+            "help": "best|last: the model the run keeps at its top level (what sample and eval "
+            "use): the best by validation loss, or the last (default: best for --max-time or "
+            "--max-tokens runs, else last)",
+        },
+    )
     save_every_epoch: bool = option(
         default=False,
         metadata={"help": "evaluate and checkpoint at every epoch's end (sets --eval-every)"},
@@ -220,10 +228,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} {value:g} is not a budget: give a positive number, "
-                    "or drop the flag for the default budget"
+                    f"--{name.replace('_', '-')} {value:g} is not a budget: give a positive "
+                    "number, or drop the flag for the default budget"
                 )
         parse_duration(self.max_time)
+        if self.keep not in (None, "best", "last"):
+            raise ConfigError(f"unknown --keep {self.keep!r}: use best or last")
         if self.optimizer not in optim.OPTIMIZERS:
             raise ConfigError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
         if self.strategy not in ("ddp", "fsdp"):
@@ -422,6 +432,7 @@ RESUME_MAY_CHANGE = frozenset(
         "log_every",
         "sample_every",
         "keep_last",
+        "keep",
         "save_every_epoch",
         "split",
     }
@@ -1053,6 +1064,10 @@ def fit(
         if warning and is_main:
             log.warning("%s", warning)
     save("final")
+    final_loss = result["loss"]
+    kept = _keep_best(cfg, run_dir, task, result, run_eval) if result["loss"] is not None else None
+    if kept is not None:
+        result = kept
     out = {
         "val_loss": result["loss"],
         "val_perplexity": result["perplexity"],
@@ -1070,7 +1085,47 @@ def fit(
         out["val_accuracy"] = result["accuracy"]
     if epoch_losses:
         out["epoch_losses"] = epoch_losses
+    if final_loss is not None:  # which model the run kept, and what the last one scored
+        out["final_val_loss"] = final_loss
+        out["kept"] = "best" if kept is not None else "last"
+        out["best_step"] = kept["step"] if kept is not None else step
     return out
+
+
+def keep_mode(cfg: TrainConfig) -> str:
+    """--keep, or its default: best for budgeted runs (time, tokens), where the end of the budget
+    need not be the model's best point, else last."""
+    if cfg.keep is not None:
+        return cfg.keep
+    return "best" if cfg.max_time is not None or cfg.max_tokens is not None else "last"
+
+
+def _keep_best(cfg: TrainConfig, run_dir, task, last: dict, run_eval) -> dict | None:
+    """With --keep best: score RUN/best's weights on the whole validation split, as the last
+    model just was, and make them the run's top-level model when they are better. Returns their
+    evaluation (with its "step"), or None when the last model stays (task then holds it)."""
+    if keep_mode(cfg) != "best" or run_dir is None:
+        return None
+    best_dir = Path(run_dir) / "best"
+    if not (best_dir / "best.json").is_file() or distributed.is_distributed():
+        return None  # never beaten, or several ranks (whose weights are sharded): keep the last
+    best_step = json.loads((best_dir / "best.json").read_text())["step"]
+    last_dir = ckpt.latest_checkpoint(run_dir)
+    if last_dir is None or best_step >= ckpt.load_state(last_dir)["step"]:
+        return None
+    ckpt.load_weights(task, best_dir / "model.safetensors")
+    result = run_eval(final=True)
+    if result["loss"] >= last["loss"]:
+        ckpt.load_weights(task, last_dir / "model.safetensors")
+        return None
+    ckpt.link_or_copy(best_dir / "model.safetensors", Path(run_dir) / "model.safetensors")
+    log.info(
+        "keeping the model of step %d (val loss %.4f) over the last one (%.4f): --keep best",
+        best_step,
+        result["loss"],
+        last["loss"],
+    )
+    return {**result, "step": best_step}
 
 
 class LostContact(LmforgeError):

@@ -349,3 +349,62 @@ def test_a_time_budget_gives_the_bar_a_total_and_the_final_evaluation_is_announc
     assert train_bar.total == result["steps"] > 0  # the estimate ends where time ran out
     assert f"step {result['steps']}: budget spent; final evaluation on all" in caplog.text
     assert "not counted in the budget" in caplog.text
+
+
+def _spoiled_after(step: int, monkeypatch):
+    """train_step that wrecks the weights after `step` steps: the last model is the worst."""
+    real, seen = trainer.train_step, {"n": 0}
+
+    def spoiling(task, batches, optimizer, **kw):
+        loss = real(task, batches, optimizer, **kw)
+        seen["n"] += 1
+        if seen["n"] > step:
+            with torch.no_grad():
+                for p in task.parameters():
+                    p.add_(torch.randn_like(p) * 0.2)
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", spoiling)
+
+
+def test_a_budgeted_run_keeps_its_best_model(tiny_text, tmp_path, monkeypatch):
+    _spoiled_after(20, monkeypatch)
+    run = tmp_path / "run"
+    out = _run(tiny_text, run, max_tokens=30 * 4 * 16, eval_every=10, lr=1e-2)
+    assert out["kept"] == "best" and out["best_step"] in (10, 20) and out["steps"] == 30
+    assert out["val_loss"] < out["final_val_loss"]
+    top = load_file(run / "model.safetensors")
+    best = load_file(run / "best" / "model.safetensors")
+    assert all(torch.equal(top[k], best[k]) for k in best)  # sample and eval see the best
+    last = load_file(ckpt_dir(run, 30) / "model.safetensors")
+    assert any(not torch.equal(top[k], last[k]) for k in last)  # resume sees the last
+    scored = _eval_json(run)  # the kept model scores what the run reports (whole split)
+    assert scored["loss"] == pytest.approx(out["val_loss"], rel=1e-4)
+
+
+def _eval_json(run) -> dict:
+    import contextlib
+    import io
+
+    from lmforge.cli.main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["eval", str(run), "--json", "--precision", "fp32"]) == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def ckpt_dir(run, step: int):
+    return run / "checkpoints" / f"step-{step:08d}"
+
+
+def test_keep_last_and_step_budgets_keep_the_last_model(tiny_text, tmp_path, monkeypatch):
+    _spoiled_after(20, monkeypatch)
+    for name, kw in (("last", dict(max_tokens=30 * 4 * 16, keep="last")), ("steps", {})):
+        run = tmp_path / name
+        out = _run(tiny_text, run, eval_every=10, lr=1e-2, **{"max_steps": 30, **kw})
+        assert out["kept"] == "last" and out["best_step"] == 30
+        assert out["val_loss"] == out["final_val_loss"]
+        top = load_file(run / "model.safetensors")
+        last = load_file(ckpt_dir(run, 30) / "model.safetensors")
+        assert all(torch.equal(top[k], last[k]) for k in last)
