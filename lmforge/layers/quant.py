@@ -1,0 +1,147 @@
+"""Weight-only int8: `Int8Linear` and `quantize_(model, "int8")`, which swaps every nn.Linear and
+LM head of a model for one, in place.
+
+Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
+in [-127, 127]. On the CPU the matmul runs in `torch._weight_int8pack_mm` where the running torch
+has it and it passes a probe; elsewhere a plain fallback dequantizes the weight on the fly.
+"""
+
+import logging
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.layers.heads import LMHead
+
+log = logging.getLogger(__name__)
+
+KINDS = ("int8",)  # what `--quantize` accepts
+PACK = "int8pack"  # torch._weight_int8pack_mm: int8 weights read as they are
+DEQUANT = "dequant"  # fallback: weight.to(x.dtype) * scale, then a plain matmul
+
+_pack_dtypes: tuple | None = None  # activation dtypes the packed kernel handles here (probed once)
+
+
+def pack_dtypes() -> tuple:
+    """The activation dtypes `torch._weight_int8pack_mm` computes right on this CPU: float32 and
+    bfloat16 in recent torch, bfloat16 only in some older ones, none where it is absent."""
+    global _pack_dtypes
+    if _pack_dtypes is None:
+        _pack_dtypes = tuple(dt for dt in (torch.float32, torch.bfloat16) if _pack_works(dt))
+    return _pack_dtypes
+
+
+def _pack_works(dtype: torch.dtype) -> bool:
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, generator=g).to(dtype)
+    q = torch.randint(-127, 128, (24, 40), generator=g, dtype=torch.int8)
+    scale = torch.rand(24, generator=g) / 127
+    try:
+        out = torch._weight_int8pack_mm(x, q, scale.to(dtype)).float()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    ref = x.float() @ (q.float() * scale[:, None]).T
+    # bfloat16 rounds the inputs and the sum: within 5% of the largest output, not bit for bit
+    return out.shape == ref.shape and bool((out - ref).abs().max() <= 0.05 * ref.abs().max())
+
+
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 (N, K), float32 scale (N,)) with weight ~= int8 * scale[:, None], row by row."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (weight * scale[:, None]).T + bias, with int8 `weight` (N, K) and float32 `scale`
+    (N,) stored as buffers (state_dict keys `weight`, `scale`, `bias`).
+
+    Args:
+        kernel: PACK (torch._weight_int8pack_mm on the CPU, for the activation dtypes it
+            handles) or DEQUANT (the fallback everywhere else).
+    """
+
+    def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None, kernel: str):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self.kernel = kernel
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None, kernel: str) -> "Int8Linear":
+        q, scale = quantize_weight(weight)
+        return cls(q.to(weight.device), scale.to(weight.device), bias, kernel)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kernel == PACK and x.device.type == "cpu" and pack_dtypes():
+            out = self._packed(x)
+        else:
+            out = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def _packed(self, x: Tensor) -> Tensor:
+        dtype = x.dtype if x.dtype in pack_dtypes() else pack_dtypes()[0]
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()  # the kernel takes (M, K) only
+        out = torch._weight_int8pack_mm(x2, self.weight, self.scale.to(dtype))
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
+
+
+def check_kind(kind: str) -> None:
+    """ConfigError naming the supported kinds unless `kind` is one."""
+    if kind not in KINDS:
+        raise ConfigError(
+            f"unsupported quantization {kind!r}: lmforge supports {', '.join(KINDS)} "
+            f"(--quantize {KINDS[0]})"
+        )
+
+
+def pick_kernel(device: torch.device | str = "cpu") -> str:
+    """PACK where torch._weight_int8pack_mm works on `device` (the CPU), else DEQUANT."""
+    return PACK if torch.device(device).type == "cpu" and pack_dtypes() else DEQUANT
+
+
+def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -> str:
+    """Swap every nn.Linear and LMHead of `model` for an Int8Linear, in place; returns the kernel
+    that runs (PACK or DEQUANT), also kept as `model.int8_kernel`. A tied head gets its own int8
+    copy; embeddings stay as they are, so token lookups are exact. Calling it again is a no-op.
+
+    Example:
+        model = lmforge.load("runs/shakespeare")
+        quantize_(model, "int8")  # "int8pack" on a CPU whose torch has the kernel
+    """
+    check_kind(kind)
+    if kernel is None:
+        first = next(iter(model.parameters()), None)
+        kernel = pick_kernel(first.device if first is not None else "cpu")
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.Linear, LMHead)):
+                setattr(parent, name, Int8Linear.from_float(child.weight, child.bias, kernel))
+                count += 1
+            elif isinstance(child, Int8Linear):
+                child.kernel = kernel
+    if count:
+        what = "torch._weight_int8pack_mm" if kernel == PACK else "dequantize-on-the-fly matmul"
+        log.info("int8 weights: %d linear layers, kernel %s (%s)", count, kernel, what)
+    model.quantized = kind
+    model.int8_kernel = kernel
+    return kernel
