@@ -7,6 +7,7 @@ has it and it passes a probe; elsewhere a plain fallback dequantizes the weight 
 """
 
 import logging
+import time
 
 import torch
 import torch.nn as nn
@@ -22,24 +23,35 @@ KINDS = ("int8",)  # what `--quantize` accepts
 PACK = "int8pack"  # torch._weight_int8pack_mm: int8 weights read as they are
 DEQUANT = "dequant"  # fallback: weight.to(x.dtype) * scale, then a plain matmul
 
-_pack_dtypes: tuple | None = None  # activation dtypes the packed kernel handles here (probed once)
+_pack_dtypes: tuple | None = None  # probed once, fastest first
 
 
 def pack_dtypes() -> tuple:
-    """The activation dtypes `torch._weight_int8pack_mm` computes right on this CPU: float32 and
-    bfloat16 in recent torch, bfloat16 only in some older ones, none where it is absent."""
+    """The activation dtypes `torch._weight_int8pack_mm` computes right here (of bfloat16 and
+    float32), fastest first; () where the kernel is absent. The probe times them: torch 2.13's x86
+    kernel is vectorized for bfloat16 but scalar for float32 (about 15x slower, and slower than
+    a float32 matmul)."""
     global _pack_dtypes
     if _pack_dtypes is None:
-        _pack_dtypes = tuple(dt for dt in (torch.float32, torch.bfloat16) if _pack_works(dt))
+        working = [dt for dt in (torch.bfloat16, torch.float32) if _pack_works(dt)]
+        _pack_dtypes = tuple(sorted(working, key=_pack_seconds))
     return _pack_dtypes
+
+
+def pack_dtype(in_features: int) -> torch.dtype | None:
+    """The activation dtype the kernel runs in for a layer this wide; None: use the fallback.
+    Its bfloat16 path needs in_features % 16 == 0: other widths give wrong sums or crash
+    (torch 2.13), so they never reach it."""
+    ok = (dt for dt in pack_dtypes() if dt != torch.bfloat16 or in_features % 16 == 0)
+    return next(ok, None)
 
 
 def _pack_works(dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_weight_int8pack_mm"):
         return False
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 40, generator=g).to(dtype)
-    q = torch.randint(-127, 128, (24, 40), generator=g, dtype=torch.int8)
+    x = torch.randn(3, 64, generator=g).to(dtype)  # a width every path handles (see pack_dtype)
+    q = torch.randint(-127, 128, (24, 64), generator=g, dtype=torch.int8)
     scale = torch.rand(24, generator=g) / 127
     try:
         out = torch._weight_int8pack_mm(x, q, scale.to(dtype)).float()
@@ -48,6 +60,17 @@ def _pack_works(dtype: torch.dtype) -> bool:
     ref = x.float() @ (q.float() * scale[:, None]).T
     # bfloat16 rounds the inputs and the sum: within 5% of the largest output, not bit for bit
     return out.shape == ref.shape and bool((out - ref).abs().max() <= 0.05 * ref.abs().max())
+
+
+def _pack_seconds(dtype: torch.dtype) -> float:
+    """Seconds of a few (1, 1024) x (1024, 1024) products: a decoding step's shape."""
+    x, q = torch.ones(1, 1024, dtype=dtype), torch.ones(1024, 1024, dtype=torch.int8)
+    scale = torch.ones(1024, dtype=dtype)
+    torch._weight_int8pack_mm(x, q, scale)
+    start = time.perf_counter()
+    for _ in range(3):
+        torch._weight_int8pack_mm(x, q, scale)
+    return time.perf_counter() - start
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,8 +86,8 @@ class Int8Linear(nn.Module):
     (N,) stored as buffers (state_dict keys `weight`, `scale`, `bias`).
 
     Args:
-        kernel: PACK (torch._weight_int8pack_mm on the CPU, for the activation dtypes it
-            handles) or DEQUANT (the fallback everywhere else).
+        kernel: PACK (torch._weight_int8pack_mm on the CPU, its activations in `pack_dtype()`;
+            the fallback for widths it cannot take) or DEQUANT (the fallback everywhere).
     """
 
     def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None, kernel: str):
@@ -73,6 +96,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
         self.kernel = kernel
+        self._ones: Tensor | None = None  # the kernel's scales when it runs unscaled
 
     @classmethod
     def from_float(cls, weight: Tensor, bias: Tensor | None, kernel: str) -> "Int8Linear":
@@ -88,17 +112,21 @@ class Int8Linear(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernel == PACK and x.device.type == "cpu" and pack_dtypes():
-            out = self._packed(x)
-        else:
-            out = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+        dtype = pack_dtype(self.in_features) if self.kernel == PACK and x.is_cpu else None
+        if dtype is None:
+            out = F.linear(x, self.weight.to(x.dtype))
+        else:  # the kernel takes (M, K) only
+            out = self._packed(x.reshape(-1, self.in_features).to(dtype), dtype)
+            out = out.view(*x.shape[:-1], self.out_features)
+        # the scales (and bias) in float32: a bfloat16 kernel rounds activations and sums only
+        out = out * self.scale if self.bias is None else torch.addcmul(self.bias, out, self.scale)
+        return out.to(x.dtype)
 
-    def _packed(self, x: Tensor) -> Tensor:
-        dtype = x.dtype if x.dtype in pack_dtypes() else pack_dtypes()[0]
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()  # the kernel takes (M, K) only
-        out = torch._weight_int8pack_mm(x2, self.weight, self.scale.to(dtype))
-        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    def _packed(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """x (M, K) @ weight.T in the kernel, unscaled (scales of one)."""
+        if self._ones is None or self._ones.dtype != dtype:
+            self._ones = torch.ones(self.out_features, dtype=dtype)
+        return torch._weight_int8pack_mm(x, self.weight, self._ones)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
@@ -140,7 +168,11 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
             elif isinstance(child, Int8Linear):
                 child.kernel = kernel
     if count:
-        what = "torch._weight_int8pack_mm" if kernel == PACK else "dequantize-on-the-fly matmul"
+        what = (
+            f"torch._weight_int8pack_mm, {str(pack_dtypes()[0])[6:]} activations"
+            if kernel == PACK
+            else "dequantize-on-the-fly matmul"
+        )
         log.info("int8 weights: %d linear layers, kernel %s (%s)", count, kernel, what)
     model.quantized = kind
     model.int8_kernel = kernel
