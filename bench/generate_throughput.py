@@ -208,7 +208,7 @@ def main() -> None:
     B, N = args.batch, args.new_tokens
     prompt = torch.randint(0, cfg["vocab_size"], (B, args.prompt_len))
 
-    def ours(n=N):
+    def ours(n=N, model=model):  # model: or its int8 copy
         for _ in generate(model, prompt, max_new_tokens=n, temperature=0):
             pass
 
@@ -221,18 +221,14 @@ def main() -> None:
 
     int8, int8_kernel = _int8_model(model)
 
-    def ours_int8():
-        for _ in generate(int8, prompt, max_new_tokens=N, temperature=0):
-            pass
-
     try:
         hf = _hf_from_ours(model, cfg)
     except ImportError:
         hf = None
 
     @torch.inference_mode()
-    def run_hf():
-        hf.generate(
+    def run_hf(m=None):  # m: another copy of the HF model (bf16)
+        (m or hf).generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=N,
@@ -241,21 +237,10 @@ def main() -> None:
             pad_token_id=0,
         )
 
-    @torch.inference_mode()
-    def run_hf_bf16():
-        hf_bf16.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=N,
-            min_new_tokens=N,
-            do_sample=False,
-            pad_token_id=0,
-        )
-
-    fns = {"ours": ours, "int8": ours_int8, "no_cache": no_cache}
+    fns = {"ours": ours, "int8": lambda: ours(model=int8), "no_cache": no_cache}
     if hf is not None:
         hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
-        fns.update(hf=run_hf, hf_bf16=run_hf_bf16)
+        fns.update(hf=run_hf, hf_bf16=lambda: run_hf(hf_bf16))
     t = _alternate(fns, args.trials)
     t_ours = t["ours"]
     hf_tps = B * N / t["hf"] if hf is not None else None
