@@ -63,14 +63,22 @@ def _pack_works(dtype: torch.dtype) -> bool:
 
 
 def _pack_seconds(dtype: torch.dtype) -> float:
-    """Seconds of a few (1, 1024) x (1024, 1024) products: a decoding step's shape."""
+    """Best of a few (1, 1024) x (1024, 1024) products, a decoding step's shape, on one thread
+    (a busy second core would time the thread pool instead)."""
     x, q = torch.ones(1, 1024, dtype=dtype), torch.ones(1024, 1024, dtype=torch.int8)
     scale = torch.ones(1024, dtype=dtype)
-    torch._weight_int8pack_mm(x, q, scale)
-    start = time.perf_counter()
-    for _ in range(3):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         torch._weight_int8pack_mm(x, q, scale)
-    return time.perf_counter() - start
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch._weight_int8pack_mm(x, q, scale)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times)
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,15 +155,21 @@ def pick_kernel(device: torch.device | str = "cpu") -> str:
 
 
 def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -> str:
-    """Swap every nn.Linear and LMHead of `model` for an Int8Linear, in place; returns the kernel
-    that runs (PACK or DEQUANT), also kept as `model.int8_kernel`. A tied head gets its own int8
-    copy; embeddings stay as they are, so token lookups are exact. Calling it again is a no-op.
+    """Swap every nn.Linear and LMHead of a causal LM for an Int8Linear, in place; returns the
+    kernel that runs (PACK or DEQUANT), also kept as `model.int8_kernel`. A tied head gets its own
+    int8 copy; embeddings stay as they are, so token lookups are exact. Again: a no-op.
 
     Example:
         model = lmforge.load("runs/shakespeare")
         quantize_(model, "int8")  # "int8pack" on a CPU whose torch has the kernel
     """
     check_kind(kind)
+    if not (hasattr(model, "step") and hasattr(model, "init_state")):
+        # BERT's first-token path slices its attention weights itself: int8 would break it
+        raise ConfigError(
+            f"int8 weights are for causal language models (GPT, char-RNN runs), and this is a "
+            f"{type(model).__name__}: use it with its own weights"
+        )
     if kernel is None:
         first = next(iter(model.parameters()), None)
         kernel = pick_kernel(first.device if first is not None else "cpu")

@@ -9,6 +9,7 @@ from lmforge.errors import ConfigError
 from lmforge.layers import quant
 from lmforge.layers.heads import LMHead
 from lmforge.layers.quant import DEQUANT, PACK, Int8Linear, quantize_, quantize_weight
+from lmforge.models.bert import BertConfig, BertTextClassifier
 from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 
@@ -127,3 +128,9 @@ def test_an_unsupported_kind_is_one_error_naming_what_is_supported():
     with pytest.raises(ConfigError, match=r"'int4'.*supports int8 \(--quantize int8\)"):
         quantize_(_gpt(), "int4")
     assert options.QUANTIZE_KINDS == quant.KINDS  # the CLI's copy, spelled without torch
+
+
+def test_a_model_that_is_no_causal_lm_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="causal language models.*BertTextClassifier") as err:
+        quantize_(BertTextClassifier(BertConfig(vocab_size=40)), "int8")
+    assert "\n" not in str(err.value)
