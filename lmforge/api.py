@@ -217,11 +217,12 @@ def save_quantized(
     ckpt.check_new_folder(out, None, overwrite)  # before the slow part
     loaded = load_run(source, "cpu")
     if loaded.config.get("quantize"):
+        origin = loaded.config.get("quantized_from", "the run it came from")
         raise ConfigError(
-            f"{source} is already quantized ({loaded.config['quantize']}); quantize the run it "
-            "came from"
+            f"{source} is already quantized ({loaded.config['quantize']}); quantize {origin}"
         )
-    config = {**(loaded.config or run_config(loaded.model, str(loaded.folder))), "quantize": kind}
+    config = loaded.config or run_config(loaded.model, str(loaded.folder))
+    config = {**config, "quantize": kind, "quantized_from": str(loaded.folder)}
     config.pop("lmforge_version", None)  # write_config stamps the running version
     quantize_(loaded.model, kind)
 

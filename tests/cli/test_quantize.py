@@ -131,7 +131,8 @@ def test_bad_input_is_one_line_naming_the_fix(trained, capsys, tmp_path):
     err = _error(capsys, ["quantize", str(run), "--out", str(run_int8)])
     assert "not empty" in err and "--overwrite" in err
     err = _error(capsys, ["quantize", str(run_int8), "--out", str(tmp_path / "again")])
-    assert "already quantized" in err and not (tmp_path / "again").exists()
+    assert f"already quantized (int8); quantize {run}" in err
+    assert not (tmp_path / "again").exists()
     err = _error(capsys, ["convert", str(run_int8), str(tmp_path / "hf")])
     assert "convert the run it was quantized from" in err
     with pytest.raises(lmforge.ConfigError, match="supports int8"):
@@ -147,3 +148,18 @@ def test_overwrite_replaces_the_folder_atomically(trained, capsys, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["config.json", "model.safetensors", "tokenizer"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_a_hugging_face_folder_quantizes_to_a_run_folder(hf_gpt2, tmp_path, capsys):
+    out = tmp_path / "gpt2-int8"
+    _run(capsys, ["quantize", str(hf_gpt2), "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert config["family"] == "gpt" and config["quantize"] == "int8"
+    ids = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        want = lmforge.load(hf_gpt2, quantize="int8")(ids)
+        torch.testing.assert_close(lmforge.load(out)(ids), want, rtol=0, atol=0)
+    argv = ["--prompt", "Why is the sky", "--max-new-tokens", "8", "--temperature", "0"]
+    assert _run(capsys, ["sample", str(out), *argv]) == _run(
+        capsys, ["sample", str(hf_gpt2), "--quantize", "int8", *argv]
+    )
