@@ -42,11 +42,14 @@ def test_each_row_is_within_half_a_step_of_its_own_scale():
     assert (q[2] == 0).all()
 
 
-@pytest.mark.parametrize("shape", [(1, 32), (5, 32), (2, 3, 32), (3, 24)])
-def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape):
+@pytest.mark.parametrize("shape", [(1, 32), (5, 32), (2, 3, 32), (3, 24), (4, 5, 32)])
+def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape, monkeypatch):
     kernel, _ = path
-    width = shape[-1]  # 24: too narrow for the bfloat16 kernel (it crashes): the fallback runs
-    used = quant.pack_dtype(width) if kernel == PACK else None
+    width, rows = shape[-1], torch.Size(shape[:-1]).numel()
+    # 24: too narrow for the bfloat16 kernel (it crashes); 20 rows: past PACK_MAX_ROWS; both
+    # take the fallback
+    is_packed = kernel == PACK and rows <= quant.PACK_MAX_ROWS
+    used = quant.pack_dtype(width) if is_packed else None
     if width == 24:
         assert used != torch.bfloat16
     linear = nn.Linear(width, 10)
@@ -54,7 +57,13 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape)
     x = torch.randn(*shape)
     rounded = x if used is None else x.to(used).float()  # what the kernel reads
     want = rounded @ (layer.weight.float() * layer.scale[:, None]).T + linear.bias
+    calls = []
+    if hasattr(torch, "_weight_int8pack_mm"):
+        kernel_fn = torch._weight_int8pack_mm
+        spy = lambda *a: calls.append(a[0].dtype) or kernel_fn(*a)  # noqa: E731
+        monkeypatch.setattr(torch, "_weight_int8pack_mm", spy)
     got = layer(x)
+    assert calls == ([] if used is None else [used])  # the kernel ran exactly when it should
     assert got.shape == (*shape[:-1], 10) and got.dtype == torch.float32
     tol = 1e-2 if used == torch.bfloat16 else 1e-5  # bfloat16 also rounds the products
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
