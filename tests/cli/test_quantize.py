@@ -163,3 +163,11 @@ def test_a_hugging_face_folder_quantizes_to_a_run_folder(hf_gpt2, tmp_path, caps
     assert _run(capsys, ["sample", str(out), *argv]) == _run(
         capsys, ["sample", str(hf_gpt2), "--quantize", "int8", *argv]
     )
+
+
+def test_a_preset_with_random_weights_loads_quantized():
+    model = lmforge.load("gpt-baby", quantize="int8")
+    assert isinstance(model.head, Int8Linear) and model.int8_kernel == model.head.kernel
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.isfinite(model(ids)).all()
