@@ -4,6 +4,8 @@ LM head of a model for one, in place.
 Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
 in [-127, 127]. On the CPU the matmul runs in `torch._weight_int8pack_mm` where the running torch
 has it and it passes a probe; elsewhere a plain fallback dequantizes the weight on the fly.
+Before editing: that kernel's bfloat16 path gives wrong sums or segfaults for widths not a
+multiple of 16 (torch 2.13), so `pack_dtype` keeps such layers off it.
 """
 
 import logging
