@@ -5,7 +5,9 @@ Same random weights for all (copied into the HF model, and checked by comparing 
 prompts, same number of new tokens for every contender, the no-cache loop included (transformers
 is kept from stopping early with min_new_tokens). Decoding at batch 1 is bound by memory
 bandwidth, so we also report weight bytes read per second as a fraction of a copy bandwidth
-measured in the same run. Every contender runs once untimed first; contenders of a comparison
+measured in the same run. The int8 rows decode a copy with int8 weights (`quantize_`: every linear
+layer and the output head) against Hugging Face's faster precision at batch 1 (fp32 or bf16).
+Every contender runs once untimed first; contenders of a comparison
 then alternate within each trial; medians are reported (this machine's speed drifts). Run by hand:
 
     .venv/bin/python bench/generate_throughput.py --preset gpt2 --batch 1 --json
@@ -13,14 +15,17 @@ then alternate within each trial; medians are reported (this machine's speed dri
 """
 
 import argparse
+import copy
 import json
 import statistics
 import time
 
 import torch
+import torch.nn as nn
 from _timing import machine_fields, use_all_cpus
 
 from lmforge.generation.generate import generate
+from lmforge.layers.quant import Int8Linear, quantize_
 from lmforge.presets import build_task, get_preset
 
 # --tiny: the gpt2 preset's switches at a size that runs in seconds (a smoke run, not a number)
@@ -70,6 +75,32 @@ def _hf_from_ours(model, cfg):
     if diff > 1e-3:
         raise RuntimeError(f"the transformers copy differs from our model (logits off by {diff})")
     return hf
+
+
+def _int8_model(model):
+    """An int8 copy of `model` (the kernel that runs), checked against the fp32 logits."""
+    int8 = copy.deepcopy(model)
+    kernel = quantize_(int8, "int8")
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    with torch.inference_mode():
+        want, got = model(ids), int8(ids)
+    if (got - want).abs().max() > 0.05 * want.abs().max():
+        raise RuntimeError("the int8 copy's logits are far from the fp32 model's")
+    return int8, kernel
+
+
+def _step_bytes(model) -> int:
+    """Bytes one decoding step reads: every parameter and int8 weight, scale and bias, less the
+    embedding tables (a lookup reads one row; a tied head is counted as its own int8 copy)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            continue
+        tensors = [*m.parameters(recurse=False)]
+        if isinstance(m, Int8Linear):
+            tensors += [m.weight, m.scale]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
 
 
 def _alternate(fns: dict, trials: int) -> dict:
@@ -177,7 +208,7 @@ def main() -> None:
     B, N = args.batch, args.new_tokens
     prompt = torch.randint(0, cfg["vocab_size"], (B, args.prompt_len))
 
-    def ours(n=N):
+    def ours(n=N, model=model):  # model: or its int8 copy
         for _ in generate(model, prompt, max_new_tokens=n, temperature=0):
             pass
 
@@ -188,14 +219,16 @@ def main() -> None:
             nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
 
+    int8, int8_kernel = _int8_model(model)
+
     try:
         hf = _hf_from_ours(model, cfg)
     except ImportError:
         hf = None
 
     @torch.inference_mode()
-    def run_hf():
-        hf.generate(
+    def run_hf(m=None):  # m: another copy of the HF model (bf16)
+        (m or hf).generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=N,
@@ -204,10 +237,15 @@ def main() -> None:
             pad_token_id=0,
         )
 
-    fns = {"ours": ours, "no_cache": no_cache, **({"hf": run_hf} if hf is not None else {})}
+    fns = {"ours": ours, "int8": lambda: ours(model=int8), "no_cache": no_cache}
+    if hf is not None:
+        hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
+        fns.update(hf=run_hf, hf_bf16=lambda: run_hf(hf_bf16))
     t = _alternate(fns, args.trials)
     t_ours = t["ours"]
     hf_tps = B * N / t["hf"] if hf is not None else None
+    hf_best = B * N / min(t["hf"], t["hf_bf16"]) if hf is not None else None
+    int8_tps = B * N / t["int8"]
     tps = B * N / t_ours
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = _copy_bandwidth()
@@ -224,6 +262,13 @@ def main() -> None:
         # each decoding step reads every weight once, whatever the batch
         "bandwidth_fraction": weight_bytes * (tps / B) / bw,
         "copy_bandwidth_gb_s": bw / 1e9,
+        "int8_tokens_per_s": int8_tps,
+        "hf_bf16_tokens_per_s": B * N / t["hf_bf16"] if hf is not None else None,
+        # against transformers' faster precision here (fp32 or bf16)
+        "int8_speedup_vs_hf": int8_tps / hf_best if hf_best else None,
+        "int8_bandwidth_fraction": _step_bytes(int8) * (int8_tps / B) / bw,
+        "int8_weight_mb": _step_bytes(int8) / 1e6,
+        "int8_kernel": int8_kernel,
         "precision": "fp32",  # every contender decodes the fp32 weights
         **_beams_and_mixed(model, hf, cfg, args),
         **machine_fields(),

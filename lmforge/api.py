@@ -13,17 +13,19 @@ from lmforge.errors import ConfigError
 from lmforge.presets import from_preset
 
 
-def load(run_or_preset: str | Path, device: str | None = None):
+def load(run_or_preset: str | Path, device: str | None = None, quantize: str | None = None):
     """The task model of a run folder, a Hugging Face folder or name, or a preset, in eval mode.
 
     Names resolve as in `lmforge.presets.find_checkpoint` (LMFORGE_MODELS_DIR, the Hugging Face
     cache, a download); a preset with no weights anywhere (gpt-baby) gets random weights.
+    `quantize="int8"`: int8 weights with a scale per output channel in every linear layer and
+    the output head (`model.int8_kernel` says which matmul runs).
 
     Example:
         model = lmforge.load("runs/shakespeare")  # or "distilgpt2", "path/to/hf-folder"
         logits = model(torch.tensor([[5, 6, 7]]))  # (1, 3, vocab_size)
     """
-    return from_preset(run_or_preset, device=device)
+    return from_preset(run_or_preset, device=device, quantize=quantize)
 
 
 def load_tokenizer(path: str | Path):
@@ -112,20 +114,29 @@ class LoadedRun:
         raise ConfigError(f"{what}, and {by} needs {KINDS[kind]}; {use}")
 
 
-def load_run(run: str | Path, device: str = "auto", unknown_token: str | None = None):
+def load_run(
+    run: str | Path,
+    device: str = "auto",
+    unknown_token: str | None = None,
+    quantize: str | None = None,
+):
     """Load a run folder, Hugging Face folder or name as a LoadedRun, the model on the picked
     device. `unknown_token` maps characters a char tokenizer has not seen to that one of its
-    own (see CharTokenizer.with_unknown_token).
+    own (see CharTokenizer.with_unknown_token); `quantize="int8"` gives the model int8 weights
+    (lmforge.layers.quant; a run `lmforge quantize` wrote has them already).
 
     Example:
         run = load_run("runs/wine")
         run.kind, run.tokenizer.vocab_size  # ("causal-lm", 400)
     """
     from lmforge.device import pick_device
+    from lmforge.layers.quant import check_kind, quantize_
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, is_hf_folder, load_folder
     from lmforge.training.checkpoint import read_config
 
     dev = pick_device(device)
+    if quantize is not None:
+        check_kind(quantize)  # before a download
     folder = find_checkpoint(run)
     if folder is None:
         raise ConfigError(
@@ -136,7 +147,10 @@ def load_run(run: str | Path, device: str = "auto", unknown_token: str | None = 
     tokenizer = with_unknown_token(load_tokenizer(folder), unknown_token)
     check_tokenizer_fits(tokenizer, model, folder)
     config = {} if is_hf_folder(folder) else read_config(folder)
-    return LoadedRun(str(run), folder, model.to(dev), tokenizer, config, task_kind(model))
+    model = model.to(dev)
+    if quantize is not None:
+        quantize_(model, quantize)
+    return LoadedRun(str(run), folder, model, tokenizer, config, task_kind(model))
 
 
 def with_unknown_token(tokenizer, token: str | None):
@@ -151,9 +165,9 @@ def with_unknown_token(tokenizer, token: str | None):
     return tokenizer.with_unknown_token(token)
 
 
-def load_for_sampling(run: str | Path, device: str = "auto"):
+def load_for_sampling(run: str | Path, device: str = "auto", quantize: str | None = None):
     """(model on the picked device, tokenizer) of a run folder, Hugging Face folder or name."""
-    loaded = load_run(run, device)
+    loaded = load_run(run, device, quantize=quantize)
     return loaded.model, loaded.tokenizer
 
 
@@ -161,15 +175,60 @@ def load_for_sampling(run: str | Path, device: str = "auto"):
 def generate_text(run_or_model, prompt: str, tokenizer=None, **options) -> str:
     """Generate a continuation of `prompt` and return it as one string.
 
+    A run or name loads with `device=` and `quantize=` among the options (quantize="int8").
+
     Example:
         text = lmforge.generate_text("runs/shakespeare", "ROMEO:", max_new_tokens=200, seed=1)
     """
     from lmforge.generation.generate import generate_text as _stream
 
     if isinstance(run_or_model, (str, Path)):
-        run = load_run(run_or_model, options.pop("device", "auto"))
+        device, quantize = options.pop("device", "auto"), options.pop("quantize", None)
+        run = load_run(run_or_model, device, quantize=quantize)
         run.require("causal-lm", "generate_text()")
         model, tok = run.model, run.tokenizer
     else:
         model, tok = run_or_model, tokenizer
+        if options.get("quantize") is not None:  # the caller's model, in place
+            from lmforge.layers.quant import quantize_
+
+            quantize_(model, options.pop("quantize"))
+        options.pop("quantize", None)
     return "".join(_stream(model, tok, prompt, **options))
+
+
+def save_quantized(
+    source: str | Path, out: str | Path, kind: str = "int8", overwrite: bool = False
+) -> Path:
+    """Write `source` (run folder, Hugging Face folder or name) as a new run folder `out` with
+    int8 weights: model.safetensors holds each linear layer's int8 weight and float32 scale per
+    output channel, config.json says `"quantize": "int8"`, the tokenizer is copied. Every verb
+    that loads runs loads it. Written under a temporary name and renamed: complete or absent.
+
+    Example:
+        save_quantized("runs/shakespeare", "runs/shakespeare-int8")
+        model = lmforge.load("runs/shakespeare-int8")  # int8 weights, as quantized in memory
+    """
+    from lmforge.interop.hf import run_config
+    from lmforge.layers.quant import check_kind, quantize_
+    from lmforge.training import checkpoint as ckpt
+
+    check_kind(kind)
+    ckpt.check_new_folder(out, None, overwrite)  # before the slow part
+    loaded = load_run(source, "cpu")
+    if loaded.config.get("quantize"):
+        origin = loaded.config.get("quantized_from", "the run it came from")
+        raise ConfigError(
+            f"{source} is already quantized ({loaded.config['quantize']}); quantize {origin}"
+        )
+    config = loaded.config or run_config(loaded.model, str(loaded.folder))
+    config = {**config, "quantize": kind, "quantized_from": str(loaded.folder)}
+    config.pop("lmforge_version", None)  # write_config stamps the running version
+    quantize_(loaded.model, kind)
+
+    def write(tmp: Path) -> None:
+        ckpt.write_config(tmp, config)
+        ckpt.save_weights(loaded.model, tmp / "model.safetensors")
+        loaded.tokenizer.save(tmp / "tokenizer")
+
+    return ckpt.write_folder(out, write, source=loaded.folder, overwrite=overwrite)

@@ -261,6 +261,10 @@ def load_folder(folder: Path):
     if not weights.is_file():
         raise CheckpointError(f"{folder} has no model.safetensors: the run never saved weights")
     task = build_task(config["family"], config["model"], config.get("task"))
+    if config.get("quantize"):  # `lmforge quantize` wrote it: int8 weights and their scales
+        from lmforge.layers.quant import quantize_
+
+        quantize_(task, config["quantize"])
     load_weights(task, weights)
     return task.eval()
 
@@ -289,16 +293,21 @@ def check_tokenizer_fits(tokenizer, model, where: str | Path) -> None:
         )
 
 
-def from_preset(name_or_path: str | Path, device: str | None = None):
+def from_preset(name_or_path: str | Path, device: str | None = None, quantize: str | None = None):
     """A task model from a run folder, a Hugging Face folder or name, or a preset name.
 
     Names resolve through `find_checkpoint` (LMFORGE_MODELS_DIR, the Hugging Face cache, a
     download); a preset with no checkpoint anywhere (gpt-baby, ...) gets random weights.
+    `quantize="int8"` swaps every linear layer for int8 weights (lmforge.layers.quant).
 
     Example:
         model = lmforge.load("runs/shakespeare")   # or "distilgpt2", "path/to/hf-folder"
         logits = model(torch.tensor([[1, 2, 3]]))   # (1, 3, vocab_size)
     """
+    if quantize is not None:
+        from lmforge.layers.quant import check_kind
+
+        check_kind(quantize)  # before a download
     folder = find_checkpoint(name_or_path)
     if folder is None:
         preset = get_preset(str(name_or_path))
@@ -307,4 +316,8 @@ def from_preset(name_or_path: str | Path, device: str | None = None):
         task = load_folder(folder)
     if device is not None:
         task.to(device)
+    if quantize is not None:
+        from lmforge.layers.quant import quantize_
+
+        quantize_(task, quantize)
     return task

@@ -37,6 +37,7 @@ class EvalConfig:
     device: str = option(default="auto", metadata={"help": "auto|cpu|cuda"})
     precision: str = option(default="auto", metadata={"help": "auto|fp32|bf16"})
     unknown_token: str | None = option(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
+    quantize: str | None = options.quantize_option()
 
 
 def add_parser(sub):
@@ -59,7 +60,7 @@ def run(args) -> int:
     from lmforge.training.trainer import evaluate
 
     cfg = options.from_args(args, EvalConfig)
-    loaded = load_run(args.run, cfg.device, cfg.unknown_token)
+    loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
     if loaded.kind != "causal-lm":  # classify / mlm runs
         return _run_task(args, cfg, loaded)
     data, split = eval_data(loaded, cfg.data, cfg.field, cfg.unknown_token)

@@ -40,6 +40,7 @@ class InspectConfig:
     )
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
+    quantize: str | None = options.quantize_option()
 
 
 def add_parser(sub):
@@ -80,7 +81,7 @@ def run(args) -> int:
                 "heatmap folder different names"
             )
         render.import_pyplot()  # a missing matplotlib fails now, not after the report
-    loaded = load_run(args.run, cfg.device, cfg.unknown_token)
+    loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
     model, tok = loaded.model, loaded.tokenizer
     seen = [inspect_prompt(model, tok, prompt, cfg.top_k) for prompt in cfg.prompt]
     if cfg.png is not None:  # now that the layers are known: no file to write is a folder

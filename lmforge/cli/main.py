@@ -26,6 +26,7 @@ COMMANDS = {
     "inspect": "next-token tables and attention maps for prompts",
     "plot": "plot loss curves of runs",
     "convert": "convert between run folders and Hugging Face folders",
+    "quantize": "write a run with int8 weights",
     "presets": "list model presets",
 }
 

@@ -20,6 +20,22 @@ from lmforge.errors import ConfigError
 
 _UNSET = object()
 
+# what --quantize accepts (lmforge.layers.quant.KINDS, spelled here so --help imports no torch)
+QUANTIZE_KINDS = ("int8",)
+
+
+def quantize_option():
+    """The --quantize field of the verbs that load a model to run it (sample, eval, inspect)."""
+    return dataclasses.field(
+        default=None,
+        metadata={
+            "help": "int8: int8 weights with a scale per output channel in every linear layer "
+            "and the output head (embeddings stay exact)",
+            "default_help": "the run's own weights",
+            "choices": QUANTIZE_KINDS,
+        },
+    )
+
 
 class _Append(argparse.Action):
     """action="append" that starts a new list instead of appending to the (sentinel) default."""

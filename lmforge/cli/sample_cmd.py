@@ -49,6 +49,7 @@ class SampleConfig:
     seed: int | None = field(default=None, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
+    quantize: str | None = options.quantize_option()
 
 
 def add_parser(sub):
@@ -68,7 +69,7 @@ def run(args) -> int:
     from lmforge.generation.generate import generate_text, generate_texts
 
     cfg = options.from_args(args, SampleConfig)
-    run = load_run(args.run, cfg.device, cfg.unknown_token)
+    run = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
     run.require("causal-lm", "`lmforge sample`")
     model, tok = run.model, run.tokenizer
     tok.encode(cfg.prompt)  # a prompt the tokenizer cannot encode fails before any output

@@ -8,10 +8,7 @@ model.safetensors, or pytorch_model.bin through torch.load(weights_only=True), a
 import dataclasses
 import importlib
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -432,13 +429,18 @@ def write_lmforge_folder(model, tokenizer, folder: str | Path, source: str = "")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    ckpt.write_config(folder, run_config(model, source))
+    ckpt.save_weights(model, folder / "model.safetensors")
+    tokenizer.save(folder / "tokenizer")
+
+
+def run_config(model, source: str = "") -> dict:
+    """A run folder's config.json entries for a model that has none (a Hugging Face folder's)."""
     config = {"family": model.family, "model": dataclasses.asdict(model.config), "source": source}
     task = _task_spec(model)
     if task is not None:  # a BERT classifier or masked LM stays one (presets.build_task)
         config["task"] = task
-    ckpt.write_config(folder, config)
-    ckpt.save_weights(model, folder / "model.safetensors")
-    tokenizer.save(folder / "tokenizer")
+    return config
 
 
 def _task_spec(model) -> dict | None:
@@ -483,30 +485,20 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
             f"preset {str(source)!r} has random weights and no tokenizer; convert a run folder "
             "or a model folder"
         )
-    out = Path(out)
-    if out.exists() and out.resolve() == folder.resolve():
-        raise ConfigError(f"{out} is the source folder; write the conversion to another folder")
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not empty; choose another folder or --overwrite")
+    ckpt.check_new_folder(out, folder, overwrite)  # before the slow part
     model = load_folder(folder)
+    if getattr(model, "quantized", None):
+        raise ConfigError(
+            f"{folder} holds {model.quantized} weights (lmforge quantize), which convert does not "
+            "write; convert the run it was quantized from"
+        )
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model, folder)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+
+    def write(tmp: Path) -> None:
         if to == "hf":
             write_hf_folder(model, tokenizer, tmp)
         else:
             write_lmforge_folder(model, tokenizer, tmp, source=str(folder))
-        ckpt.make_public(tmp)  # mkdtemp makes it private
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return ckpt.write_folder(out, write, source=folder, overwrite=overwrite)

@@ -145,7 +145,7 @@ class CharRNNCausalLM(CausalLM):
     def init_state(self, batch_size: int, device: torch.device | None = None) -> RNNState:
         """Zeros: h, or (h, c) for an LSTM, each (num_layers, batch_size, hidden_dim)."""
         c = self.config
-        weight = self.head.weight
+        weight = self.backbone.embed.weight  # not the head's: int8 once quantized
         h = torch.zeros(
             c.num_layers,
             batch_size,

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_model, save_file, save_model
 
 from lmforge import __version__
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
@@ -82,6 +82,39 @@ def link_or_copy(src: Path, dst: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_new_folder(out: str | Path, source: Path | None, overwrite: bool) -> Path:
+    """ConfigError when `out` is the `source` folder, or a non-empty one without overwrite."""
+    out = Path(out)
+    if source is not None and out.exists() and out.resolve() == Path(source).resolve():
+        raise ConfigError(f"{out} is the source folder; write to another folder")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not empty; choose another folder or --overwrite")
+    return out
+
+
+def write_folder(out: str | Path, write, source: Path | None = None, overwrite=False) -> Path:
+    """Make a new folder `out` with write(tmp): filled under a temporary name, then renamed, so
+    it is complete or absent. `out` may not be `source`, nor (without overwrite) a non-empty
+    folder."""
+    out = check_new_folder(out, source, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        make_public(tmp)  # mkdtemp makes it private
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def save_weights(model: torch.nn.Module, path: Path, weights: dict | None = None) -> None:

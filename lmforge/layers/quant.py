@@ -1,0 +1,201 @@
+"""Weight-only int8: `Int8Linear` and `quantize_(model, "int8")`, which swaps every nn.Linear and
+LM head of a model for one, in place.
+
+Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
+in [-127, 127]. On the CPU the matmul runs in `torch._weight_int8pack_mm` where the running torch
+has it and it passes a probe; elsewhere a plain fallback dequantizes the weight on the fly.
+Before editing: that kernel's bfloat16 path gives wrong sums or segfaults for widths not a
+multiple of 16 (torch 2.13), so `pack_dtype` keeps such layers off it.
+"""
+
+import logging
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.layers.heads import LMHead
+
+log = logging.getLogger(__name__)
+
+KINDS = ("int8",)  # what `--quantize` accepts
+PACK = "int8pack"  # torch._weight_int8pack_mm: int8 weights read as they are
+DEQUANT = "dequant"  # fallback: weight.to(x.dtype) * scale, then a plain matmul
+
+_pack_dtypes: tuple | None = None  # probed once, fastest first
+# The packed kernel reads each weight once per row: it beats a float32 matmul for a few rows
+# (decoding: 1.7-2x at 1-8 rows, GPT-2 small's 768 x 3072) and loses from 16 rows on (2x slower
+# at 64), where dequantizing once and one float32 matmul win (prefill, eval).
+PACK_MAX_ROWS = 8
+
+
+def pack_dtypes() -> tuple:
+    """The activation dtypes `torch._weight_int8pack_mm` computes right here (of bfloat16 and
+    float32), fastest first; () where the kernel is absent. The probe times them: torch 2.13's x86
+    kernel is vectorized for bfloat16 but scalar for float32 (about 15x slower, and slower than
+    a float32 matmul)."""
+    global _pack_dtypes
+    if _pack_dtypes is None:
+        working = [dt for dt in (torch.bfloat16, torch.float32) if _pack_works(dt)]
+        _pack_dtypes = tuple(sorted(working, key=_pack_seconds))
+    return _pack_dtypes
+
+
+def pack_dtype(in_features: int) -> torch.dtype | None:
+    """The activation dtype the kernel runs in for a layer this wide; None: use the fallback.
+    Its bfloat16 path needs in_features % 16 == 0: other widths give wrong sums or crash
+    (torch 2.13), so they never reach it."""
+    ok = (dt for dt in pack_dtypes() if dt != torch.bfloat16 or in_features % 16 == 0)
+    return next(ok, None)
+
+
+def _pack_works(dtype: torch.dtype) -> bool:
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, generator=g).to(dtype)  # a width every path handles (see pack_dtype)
+    q = torch.randint(-127, 128, (24, 64), generator=g, dtype=torch.int8)
+    scale = torch.rand(24, generator=g) / 127
+    try:
+        out = torch._weight_int8pack_mm(x, q, scale.to(dtype)).float()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    ref = x.float() @ (q.float() * scale[:, None]).T
+    # bfloat16 rounds the inputs and the sum: within 5% of the largest output, not bit for bit
+    return out.shape == ref.shape and bool((out - ref).abs().max() <= 0.05 * ref.abs().max())
+
+
+def _pack_seconds(dtype: torch.dtype) -> float:
+    """Best of a few (1, 1024) x (1024, 1024) products, a decoding step's shape, on one thread
+    (a busy second core would time the thread pool instead)."""
+    x, q = torch.ones(1, 1024, dtype=dtype), torch.ones(1024, 1024, dtype=torch.int8)
+    scale = torch.ones(1024, dtype=dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch._weight_int8pack_mm(x, q, scale)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch._weight_int8pack_mm(x, q, scale)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times)
+
+
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 (N, K), float32 scale (N,)) with weight ~= int8 * scale[:, None], row by row."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (weight * scale[:, None]).T + bias, with int8 `weight` (N, K) and float32 `scale`
+    (N,) stored as buffers (state_dict keys `weight`, `scale`, `bias`).
+
+    Args:
+        kernel: PACK (torch._weight_int8pack_mm on the CPU for up to PACK_MAX_ROWS rows, its
+            activations in `pack_dtype()`; else the fallback) or DEQUANT (the fallback always).
+    """
+
+    def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None, kernel: str):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self.kernel = kernel
+        self._ones: Tensor | None = None  # the kernel's scales when it runs unscaled
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None, kernel: str) -> "Int8Linear":
+        q, scale = quantize_weight(weight)
+        return cls(q.to(weight.device), scale.to(weight.device), bias, kernel)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = None
+        if self.kernel == PACK and x.is_cpu and x.numel() <= PACK_MAX_ROWS * x.shape[-1]:
+            dtype = pack_dtype(self.in_features)
+        if dtype is None:
+            out = F.linear(x, self.weight.to(x.dtype))
+        else:  # the kernel takes (M, K) only
+            out = self._packed(x.reshape(-1, self.in_features).to(dtype), dtype)
+            out = out.view(*x.shape[:-1], self.out_features)
+        # the scales (and bias) in float32: a bfloat16 kernel rounds activations and sums only
+        out = out * self.scale if self.bias is None else torch.addcmul(self.bias, out, self.scale)
+        return out.to(x.dtype)
+
+    def _packed(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """x (M, K) @ weight.T in the kernel, unscaled (scales of one)."""
+        if self._ones is None or self._ones.dtype != dtype:
+            self._ones = torch.ones(self.out_features, dtype=dtype)
+        return torch._weight_int8pack_mm(x, self.weight, self._ones)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
+
+
+def check_kind(kind: str) -> None:
+    """ConfigError naming the supported kinds unless `kind` is one."""
+    if kind not in KINDS:
+        raise ConfigError(
+            f"unsupported quantization {kind!r}: lmforge supports {', '.join(KINDS)} "
+            f"(--quantize {KINDS[0]})"
+        )
+
+
+def pick_kernel(device: torch.device | str = "cpu") -> str:
+    """PACK where torch._weight_int8pack_mm works on `device` (the CPU), else DEQUANT."""
+    return PACK if torch.device(device).type == "cpu" and pack_dtypes() else DEQUANT
+
+
+def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -> str:
+    """Swap every nn.Linear and LMHead of a causal LM for an Int8Linear, in place; returns the
+    kernel that runs (PACK or DEQUANT), also kept as `model.int8_kernel`. A tied head gets its own
+    int8 copy; embeddings stay as they are, so token lookups are exact. Again: a no-op.
+
+    Example:
+        model = lmforge.load("runs/shakespeare")
+        quantize_(model, "int8")  # "int8pack" on a CPU whose torch has the kernel
+    """
+    check_kind(kind)
+    if not (hasattr(model, "step") and hasattr(model, "init_state")):
+        # BERT's first-token path slices its attention weights itself: int8 would break it
+        raise ConfigError(
+            f"int8 weights are for causal language models (GPT, char-RNN runs), and this is a "
+            f"{type(model).__name__}: use it with its own weights"
+        )
+    if kernel is None:
+        first = next(iter(model.parameters()), None)
+        kernel = pick_kernel(first.device if first is not None else "cpu")
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.Linear, LMHead)):
+                setattr(parent, name, Int8Linear.from_float(child.weight, child.bias, kernel))
+                count += 1
+            elif isinstance(child, Int8Linear):
+                child.kernel = kernel
+    if count:
+        what = (
+            f"torch._weight_int8pack_mm, {str(pack_dtypes()[0])[6:]} activations"
+            if kernel == PACK
+            else "dequantize-on-the-fly matmul"
+        )
+        log.info("int8 weights: %d linear layers, kernel %s (%s)", count, kernel, what)
+    model.quantized = kind
+    model.int8_kernel = kernel
+    return kernel
