@@ -413,31 +413,63 @@ def generate_text(
     return _stream_text(tokens, tokenizer, prompt_ids, stops, hidden)
 
 
+class TextStream:
+    """Token ids in, text out in pieces as it becomes safe: decoding is incremental over the whole
+    output, so a character split across byte-level BPE tokens comes out whole, and a tail that
+    may still grow into a stop string is held back; the stop string itself never comes out.
+
+    Args:
+        prompt_ids: the last few give the decoder context (leading spaces, merges).
+        hidden: ids left out of the text (special tokens).
+    """
+
+    def __init__(self, tokenizer, prompt_ids, stops: list[str], hidden=frozenset()):
+        self.tokenizer, self.stops, self.hidden = tokenizer, stops, hidden
+        self.ids = list(prompt_ids[-4:])
+        self.prefix, self.read = 0, len(self.ids)
+        self.text, self.sent = "", 0
+        self.stopped = False  # a stop string was found: nothing more comes out
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that can go out now (often "")."""
+        if self.stopped or token in self.hidden:
+            return ""
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read])
+        after = decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # mid-character
+            return ""
+        self.text += after[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=False)
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text once no token follows (an unfinished character included)."""
+        if self.stopped:
+            return ""
+        if self.read < len(self.ids):
+            decode = self.tokenizer.decode
+            tail = decode(self.ids[self.prefix :])
+            self.text += tail[len(decode(self.ids[self.prefix : self.read])) :]
+            self.read = len(self.ids)
+        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=True)
+        return piece
+
+
 def _stream_text(tokens, tokenizer, prompt_ids, stops, hidden) -> Iterator[str]:
-    # A few prompt tokens give the decoder context (leading spaces, merges) for the first piece;
-    # text is released when a window decodes to more than before and does not end mid-character.
-    ids = list(prompt_ids[-4:])
-    prefix, read = 0, len(ids)
-    text, sent = "", 0
+    stream = TextStream(tokenizer, prompt_ids, stops, hidden)
     for step_ids in tokens:
         token = int(step_ids[0])
-        if token == FINISHED or token in hidden:
+        if token == FINISHED:
             continue
-        ids.append(token)
-        before = tokenizer.decode(ids[prefix:read])
-        after = tokenizer.decode(ids[prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            continue
-        text += after[len(before) :]
-        prefix, read = read, len(ids)
-        piece, sent, stopped = _release(text, sent, stops, final=False)
+        piece = stream.push(token)
         if piece:
             yield piece
-        if stopped:
+        if stream.stopped:
             return
-    if read < len(ids):  # an unfinished character at the very end
-        text += tokenizer.decode(ids[prefix:])[len(tokenizer.decode(ids[prefix:read])) :]
-    piece, sent, _ = _release(text, sent, stops, final=True)
+    piece = stream.finish()
     if piece:
         yield piece
 
