@@ -222,7 +222,10 @@ class Engine:
             raise ConfigError("the prompt is empty; give at least one token id")
         vocab = self.model.config.vocab_size
         if not all(0 <= t < vocab for t in prompt):
-            raise ConfigError(f"the prompt has token ids outside 0..{vocab - 1}; check the tokenizer")
+            raise ConfigError(
+                f"the prompt has token ids outside 0..{vocab - 1}; "
+                "encode it with the model's tokenizer"
+            )
         if params.stop and self.tokenizer is None:
             raise ConfigError("stop strings need a tokenizer: make the engine with tokenizer=")
         prompt = crop_prompts([prompt], self.max_len)[0]
@@ -332,9 +335,8 @@ class Engine:
             if p.temperature == 0 and p.repetition_penalty == 1.0 and not p.no_repeat_ngram_size:
                 token = greedy[i]
             else:
-                token = int(
-                    sample_next_token(row, p.temperature, p.top_k, p.top_p, p.min_p, handle.generator)
-                )
+                options = (p.temperature, p.top_k, p.top_p, p.min_p)
+                token = int(sample_next_token(row, *options, generator=handle.generator))
             self._record(handle, token, raw[i])
 
     def _record(self, handle: Handle, token: int, logits: Tensor) -> None:
