@@ -5,6 +5,7 @@ so KV-cache transformers and recurrent nets share it; never reach into the state
 """
 
 import inspect
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -174,6 +175,17 @@ def generate(
     prompts = crop_prompts(_as_prompts(prompt_ids), context)
     prompts = [p for p in prompts for _ in range(num_samples)]
     device = torch.device(device) if device is not None else _model_device(model)
+    if hasattr(model, "step_slots"):  # GPT and char-RNN: the engine, one slot per row
+        options = dict(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            stop_token_ids=tuple(stop_token_ids),
+        )
+        return _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     penalties = dict(penalty=repetition_penalty, ngram=no_repeat_ngram_size)
@@ -190,6 +202,36 @@ def generate(
         device,
         left_pad,
     )
+
+
+def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad):
+    """generate()'s rows on an Engine, one slot each, row r seeded with seed + r. Without
+    left_pad a row yields its first token `len(prompt) - shortest` steps late, as if it read its
+    prompt's extra tokens one a step, so steps keep the meaning they have for other models."""
+    from lmforge.generation.engine import Engine, SamplingParams  # engine imports this module
+
+    if max_new_tokens == 0:
+        return
+    engine = Engine(model, slots=len(prompts), device=device)
+    handles = [
+        engine.submit(
+            prompt,
+            SamplingParams(max_new_tokens, seed=None if seed is None else seed + r, **options),
+        )
+        for r, prompt in enumerate(prompts)
+    ]
+    shortest = min(len(p) for p in prompts)
+    delays = [0 if left_pad else len(p) - shortest for p in prompts]
+    for step in itertools.count():
+        wanted = [step - delay for delay in delays]  # the index of each row's token now
+        while any(
+            0 <= j and len(h.tokens) <= j and not h.finished for h, j in zip(handles, wanted)
+        ):
+            engine.step()
+        out = [h.tokens[j] if 0 <= j < len(h.tokens) else FINISHED for h, j in zip(handles, wanted)]
+        yield torch.tensor(out, device=device)
+        if all(h.finished and j >= len(h.tokens) - 1 for h, j in zip(handles, wanted)):
+            return
 
 
 def _decode(

@@ -186,11 +186,11 @@ class CharRNNCausalLM(CausalLM):
         kept = torch.tensor(starts, device=token_ids.device)[None, :, None] > 0  # (1, n, 1)
         parts = state if isinstance(state, tuple) else (state,)
         rows_in = tuple(s.index_select(1, index) * kept for s in parts)
-        hidden, rows_out = self.backbone.run(token_ids, rows_in if len(parts) == 2 else rows_in[0])
+        logits, rows_out = self.step(token_ids, rows_in if len(parts) == 2 else rows_in[0])
         rows_out = rows_out if isinstance(rows_out, tuple) else (rows_out,)
         for s, out in zip(parts, rows_out):
             s.index_copy_(1, index, out)
-        return self.head(hidden)
+        return logits
 
 
 # ---------------------------------------------------------------- presets
