@@ -267,15 +267,17 @@ class Engine:
                 # the slot is full: read the last max_len tokens again, from position 0
                 handle.pending = (handle.prompt + handle.tokens)[-self.max_len :]
                 handle.position = 0
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.model.training  # .eval() walks every module: only when needed
+        if was_training:
+            self.model.eval()
         try:
             with torch.inference_mode():
                 self._decode([h for h in running if not h.pending])
                 for handle in [h for h in running if h.pending]:
                     self._prefill(handle)
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         self._release_finished()
 
     def _release_finished(self) -> None:
@@ -321,7 +323,8 @@ class Engine:
         for i, handle in enumerate(handles):
             p = handle.params
             row = logits[i : i + 1]
-            seen = handle.prompt + handle.tokens
+            if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
+                seen = handle.prompt + handle.tokens
             if p.repetition_penalty != 1.0:
                 ids = torch.tensor(sorted(set(seen)), device=row.device)[None]
                 picked = row.gather(-1, ids)

@@ -222,16 +222,19 @@ def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, lef
     ]
     shortest = min(len(p) for p in prompts)
     delays = [0 if left_pad else len(p) - shortest for p in prompts]
-    for step in itertools.count():
-        wanted = [step - delay for delay in delays]  # the index of each row's token now
-        while any(
-            0 <= j and len(h.tokens) <= j and not h.finished for h, j in zip(handles, wanted)
-        ):
-            engine.step()
-        out = [h.tokens[j] if 0 <= j < len(h.tokens) else FINISHED for h, j in zip(handles, wanted)]
-        yield torch.tensor(out, device=device)
-        if all(h.finished and j >= len(h.tokens) - 1 for h, j in zip(handles, wanted)):
-            return
+    was_training = model.training
+    model.eval()  # once here, not at every engine step
+    try:
+        for step in itertools.count():
+            rows = [(h, step - delay) for h, delay in zip(handles, delays)]  # j: token due now
+            while any(0 <= j and len(h.tokens) <= j and not h.finished for h, j in rows):
+                engine.step()
+            out = [h.tokens[j] if 0 <= j < len(h.tokens) else FINISHED for h, j in rows]
+            yield torch.tensor(out, device=device)
+            if all(h.finished and j >= len(h.tokens) - 1 for h, j in rows):
+                return
+    finally:
+        model.train(was_training)
 
 
 def _decode(

@@ -80,6 +80,11 @@ class SlotBatch:
         self.positions = torch.tensor(starts, device=device)[:, None] + arange[:T]  # (n, T)
         self.length = len(arange)  # keys read per row: 0 .. length - 1
         self.mask = (arange <= self.positions[:, :, None])[:, None]  # (n, 1, T, S)
+        # where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)
+        _, H, max_len, _ = caches[0].k.shape
+        heads = torch.arange(H, device=device)[None, :, None]
+        slot_heads = self.rows[:, None, None] * H + heads  # (n, H, 1)
+        self.flat = (slot_heads * max_len + self.positions[:, None, :]).flatten()  # n * H * T
 
     def layer(self, i: int) -> "SlotView":
         return SlotView(self.caches[i], self)
@@ -87,9 +92,9 @@ class SlotBatch:
     def write(self, cache: SlotKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write (n, H, T, D) keys and values at each row's positions; return the rows'
         (n, H, S, D) keys and values, S = self.length."""
-        rows = self.rows[:, None]  # (n, 1) with positions (n, T) index (n, T, H, D)
-        cache.k[rows, :, self.positions] = k.transpose(1, 2)
-        cache.v[rows, :, self.positions] = v.transpose(1, 2)
+        D = k.shape[-1]
+        cache.k.view(-1, D).index_copy_(0, self.flat, k.reshape(-1, D))
+        cache.v.view(-1, D).index_copy_(0, self.flat, v.reshape(-1, D))
         return cache.k[self.index, :, : self.length], cache.v[self.index, :, : self.length]
 
 
