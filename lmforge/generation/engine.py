@@ -45,6 +45,23 @@ from lmforge.system import available_memory_bytes
 FINISH_REASONS = ("stop", "length", "cancelled")
 
 
+def slots_that_fit(model, slots: int, max_len: int | None, device) -> tuple | None:
+    """None when `slots` slots of the model's state fit in free memory; else (how many fit,
+    "N slots of L positions need X GiB of cache but only Y GiB is free", the max_len advice)."""
+    needed = model.slot_bytes(slots, max_len)
+    device = torch.device(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    if free is None or needed <= free:
+        return None
+    fit = max(1, free // max(1, math.ceil(needed / slots)))
+    positions = "" if max_len is None else f" of {max_len} positions"
+    problem = (
+        f"{slots} slots{positions} need {needed / 2**30:.1f} GiB of cache but only "
+        f"{free / 2**30:.1f} GiB is free"
+    )
+    return fit, problem, "" if max_len is None else " or a smaller max_len"
+
+
 @dataclass
 class SamplingParams:
     """How one request is decoded; checked when made (values come from users and requests).
@@ -196,20 +213,9 @@ class Engine:
         self._ids = itertools.count()
 
     def _check_memory(self) -> None:
-        needed = self.model.slot_bytes(self.slots, self.max_len)
-        if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info(self.device)[0]
-        else:
-            free = available_memory_bytes()
-        if free is None or needed <= free:
-            return
-        per_slot = max(1, math.ceil(needed / self.slots))
-        positions = "" if self.max_len is None else f" of {self.max_len} positions"
-        raise ConfigError(
-            f"{self.slots} slots{positions} need {needed / 2**30:.1f} GiB of cache but only "
-            f"{free / 2**30:.1f} GiB is free; pass slots={max(1, free // per_slot)} or fewer"
-            + ("" if self.max_len is None else " or a smaller max_len")
-        )
+        fit = slots_that_fit(self.model, self.slots, self.max_len, self.device)
+        if fit is not None:
+            raise ConfigError(f"{fit[1]}; pass slots={fit[0]} or fewer" + fit[2])
 
     # ------------------------------------------------------------ requests
 
@@ -291,9 +297,26 @@ class Engine:
         if not handles:
             return
         handles = sorted(handles, key=lambda h: h.slot)
-        ids = torch.tensor([[h.tokens[-1]] for h in handles], device=self.device)
-        logits = self._forward(ids, handles)
-        self._emit(handles, logits[:, -1])
+        rows = [h.slot for h in handles]
+        starts = [h.position for h in handles]
+        tokens = [h.tokens[-1] for h in handles]
+        picked = slice(None)
+        if getattr(self.model, "slot_span_is_a_view", False) and len(rows) < rows[-1] - rows[0] + 1:
+            # Read one span of slots side by side as a view of the cache (a gather would copy
+            # it at every layer). A slot in the span that is not decoding gets a dummy token at
+            # its next position: a free slot is overwritten when it is taken, a prefilling one
+            # by its own prefill, right after.
+            picked = [slot - rows[0] for slot in rows]
+            span = range(rows[0], rows[-1] + 1)
+            owners = [self._running.get(slot) for slot in span]  # None: a free slot
+            starts = [owner.position if owner else 0 for owner in owners]
+            tokens = [owner.tokens[-1] if owner in handles else 0 for owner in owners]
+            rows = list(span)
+        ids = torch.tensor(tokens, device=self.device)[:, None]
+        logits = self.model.step_slots(ids, self.state, rows, starts)
+        for h in handles:
+            h.position += 1
+        self._emit(handles, logits[picked, -1])
 
     def _prefill(self, handle: Handle) -> None:
         chunk, handle.pending = (
@@ -301,17 +324,10 @@ class Engine:
             handle.pending[self.prefill_chunk :],
         )
         ids = torch.tensor([chunk], device=self.device)
-        logits = self._forward(ids, [handle])
+        logits = self.model.step_slots(ids, self.state, [handle.slot], [handle.position])
+        handle.position += len(chunk)
         if not handle.pending:
             self._emit([handle], logits[:, -1])
-
-    def _forward(self, ids: Tensor, handles: list[Handle]) -> Tensor:
-        rows = [h.slot for h in handles]
-        starts = [h.position for h in handles]
-        logits = self.model.step_slots(ids, self.state, rows, starts)
-        for h in handles:
-            h.position += ids.shape[1]
-        return logits
 
     # ------------------------------------------------------------ sampling
 

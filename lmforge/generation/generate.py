@@ -173,9 +173,19 @@ def generate(
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
     prompts = crop_prompts(_as_prompts(prompt_ids), context)
-    prompts = [p for p in prompts for _ in range(num_samples)]
     device = torch.device(device) if device is not None else _model_device(model)
-    if hasattr(model, "step_slots"):  # GPT and char-RNN: the engine, one slot per row
+    engine = hasattr(model, "step_slots")  # GPT and char-RNN: the engine, one slot per row
+    if engine:
+        from lmforge.generation.engine import slots_that_fit  # engine imports this module
+
+        fit = slots_that_fit(model, len(prompts) * num_samples, context, device)
+        if fit is not None:
+            raise ConfigError(
+                f"{fit[1]}: one slot per row (prompts x num_samples); make at most {fit[0]} "
+                "rows at once (fewer prompts, a smaller num_samples / --num-samples)"
+            )
+    prompts = [p for p in prompts for _ in range(num_samples)]
+    if engine:
         options = dict(
             temperature=temperature,
             top_k=top_k,
@@ -561,10 +571,9 @@ def generate_texts(
             sampling,
         )
     sampling.setdefault("left_pad", takes_padding_mask(model))
-    rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-    for step_ids in generate(
-        model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
-    ):
+    steps = generate(model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling)
+    rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]  # checked above
+    for step_ids in steps:
         for row, token in zip(rows, step_ids.tolist()):
             if token != FINISHED and token not in hidden:
                 row.append(token)

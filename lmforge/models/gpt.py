@@ -264,7 +264,9 @@ class GPTCausalLM(CausalLM):
         return state.reorder(rows)
 
     # An engine's slots (lmforge.generation.engine): a cache allocated once, rows at their own
-    # positions. slot_bytes -> init_slots once -> step_slots at every step.
+    # positions. slot_bytes -> init_slots once -> step_slots at every step. Slots side by side
+    # are read as a view; a token fed at a slot's next position changes nothing it will read.
+    slot_span_is_a_view = True
 
     def slot_bytes(self, slots: int, max_len: int) -> int:
         """Bytes of the KV cache that init_slots(slots, max_len) allocates."""

@@ -9,6 +9,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.engine import Engine, SamplingParams
+from lmforge.generation.generate import generate
 from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 
@@ -31,7 +32,11 @@ def tiny_gpt(position="learned", seed=0):
 
 def tiny_rnn(cell="lstm"):
     torch.manual_seed(0)
-    return CharRNNCausalLM(CharRNNConfig(vocab_size=40, embed_dim=8, hidden_dim=16, cell=cell))
+    model = CharRNNCausalLM(CharRNNConfig(vocab_size=40, embed_dim=8, hidden_dim=16, cell=cell))
+    with torch.no_grad():  # random weights this small predict one token whatever the input
+        model.backbone.embed.weight.mul_(4)
+        model.head.weight.mul_(8)
+    return model
 
 
 MODELS = {
@@ -56,6 +61,16 @@ def greedy_alone(model, prompt, n, with_logprobs=False):
     return (seq[len(prompt) :], logprobs) if with_logprobs else seq[len(prompt) :]
 
 
+def assert_as_alone(model, prompt, handle, n):
+    """The handle's tokens and their log-probabilities are those of the prompt decoded alone."""
+    tokens, logprobs = greedy_alone(model, prompt, n, with_logprobs=True)
+    assert handle.tokens == tokens, prompt
+    assert [e.logprob for e in handle.logprobs] == pytest.approx(logprobs, abs=1e-4)
+
+
+GREEDY = SamplingParams(10, temperature=0, logprobs=0)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_batched_greedy_equals_each_prompt_alone(name):
     model = MODELS[name]()
@@ -66,10 +81,9 @@ def test_batched_greedy_equals_each_prompt_alone(name):
     engine.step()  # the second prompt is still reading its 9 tokens, 4 a step
     handles += [engine.submit(p, greedy) for p in PROMPTS[2:]]
     engine.run()
+    assert len({t for h in handles for t in h.tokens}) > 2  # the model's choice moves
     for prompt, handle in zip(PROMPTS, handles):
-        tokens, logprobs = greedy_alone(model, prompt, 12, with_logprobs=True)
-        assert handle.tokens == tokens, prompt
-        assert [e.logprob for e in handle.logprobs] == pytest.approx(logprobs, abs=1e-4)
+        assert_as_alone(model, prompt, handle, 12)
         assert handle.finish_reason == "length"
 
 
@@ -96,9 +110,8 @@ def test_a_seeded_stream_is_the_same_alone_and_beside_three_others():
 
 def test_cancel_frees_the_slot_at_the_next_step_and_leaves_others_alone():
     model = tiny_gpt()
-    greedy = SamplingParams(max_new_tokens=10, temperature=0)
     engine = Engine(model, slots=2)
-    a, b, c = (engine.submit(p, greedy) for p in PROMPTS[:3])
+    a, b, c = (engine.submit(p, GREEDY) for p in PROMPTS[:3])
     for _ in range(3):
         engine.step()
     assert c.slot is None and a.slot is not None  # c waits for a slot
@@ -109,8 +122,8 @@ def test_cancel_frees_the_slot_at_the_next_step_and_leaves_others_alone():
     assert c.slot == freed and a.finish_reason == "cancelled"
     engine.run()
     assert len(a.tokens) == made  # nothing after the cancel
-    assert b.tokens == greedy_alone(model, PROMPTS[1], 10)
-    assert c.tokens == greedy_alone(model, PROMPTS[2], 10)
+    assert_as_alone(model, PROMPTS[1], b, 10)
+    assert_as_alone(model, PROMPTS[2], c, 10)
 
 
 def test_cancel_while_waiting_never_takes_a_slot():
@@ -121,6 +134,23 @@ def test_cancel_while_waiting_never_takes_a_slot():
     engine.run()
     assert b.finish_reason == "cancelled" and b.tokens == [] and b.slot is None
     assert a.finish_reason == "length" and len(a.tokens) == 3
+
+
+@pytest.mark.parametrize("name", ["gpt-rotary", "lstm"])
+def test_a_slot_freed_between_others_is_refilled_while_they_decode(name):
+    # slots 0..2 decode side by side; the middle one is cancelled, then taken by a long prompt
+    # that prefills 2 tokens a step while its neighbours go on around it
+    model = MODELS[name]()
+    engine = Engine(model, slots=3, prefill_chunk=2)
+    a, b, c = (engine.submit(p, GREEDY) for p in PROMPTS[:3])
+    d = engine.submit(PROMPTS[1], GREEDY)
+    for _ in range(6):
+        engine.step()
+    b.cancel()
+    engine.run()
+    assert d.slot == 1
+    for prompt, handle in ((PROMPTS[0], a), (PROMPTS[2], c), (PROMPTS[1], d)):
+        assert_as_alone(model, prompt, handle, 10)
 
 
 class PairTokenizer:
@@ -206,6 +236,12 @@ def test_more_slots_than_memory_allows_is_one_line_naming_the_size_and_the_fix()
     assert "\n" not in str(e.value) and "pass slots=" in str(e.value)
     fit = int(str(e.value).split("pass slots=")[1].split()[0])
     assert 1 <= fit < 10**10
+
+
+def test_generate_names_the_rows_when_their_slots_do_not_fit():
+    with pytest.raises(ConfigError, match="make at most [0-9]+ rows at once") as e:
+        generate(tiny_gpt(), [1, 2], 5, num_samples=10**10)
+    assert "\n" not in str(e.value) and "--num-samples" in str(e.value)
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_last_tokens_and_warns(caplog):
