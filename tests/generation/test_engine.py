@@ -3,6 +3,7 @@ the context), seeded streams independent of their neighbours, cancel, stops, log
 allocated once, and one-line errors."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -178,6 +179,53 @@ def test_stop_strings_across_token_boundaries_stop_at_the_right_character():
     assert handle.tokens == full[: (cut + len(stop) + 1) // 2]  # up to the completing token
     engine.run()
     assert neighbour.tokens == greedy_alone(model, [7, 8], 20)
+
+
+class ScriptedSlotLM(torch.nn.Module):
+    """Reads its slots' positions only: after a one-token prompt it spells `script` (bytes)."""
+
+    def __init__(self, script: bytes):
+        super().__init__()
+        self.script = script
+        self.config = SimpleNamespace(vocab_size=256)
+
+    def slot_bytes(self, slots, max_len):
+        return 0
+
+    def init_slots(self, slots, max_len, device=None):
+        return None
+
+    def step_slots(self, token_ids, state, rows, starts):
+        n, T = token_ids.shape
+        logits = torch.zeros(n, T, 256)
+        for i in range(n):
+            for t in range(T):
+                logits[i, t, self.script[min(starts[i] + t, len(self.script) - 1)]] = 10.0
+        return logits
+
+
+class ByteTokenizer:
+    eos_id = None
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize(
+    "stop, expected", [("ö", "héllo w"), ("lo w", "hél"), ("d!", "héllo wörl"), ("zz", None)]
+)
+def test_stop_strings_never_cut_a_multibyte_character(stop, expected):
+    script = "héllo wörld!".encode()
+    engine = Engine(ScriptedSlotLM(script), slots=2, tokenizer=ByteTokenizer())
+    params = SamplingParams(len(script), temperature=0, stop=[stop])
+    handle = engine.submit([ord("x")], params)
+    other = engine.submit([ord("x")], SamplingParams(len(script), temperature=0))
+    pieces = list(handle.texts())
+    engine.run()
+    assert "".join(pieces) == handle.text == (expected or script.decode())
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert handle.finish_reason == ("length" if expected is None else "stop")
+    assert other.text == script.decode()
 
 
 def test_stop_token_ids_end_a_stream_and_are_returned():
