@@ -1,7 +1,8 @@
-"""The decode loop: yields new tokens as they come, for the CLI, the Python API and the server.
+"""generate(): new tokens as they come, for the CLI and the Python API; the text layer on top.
 
-It talks to a model through `init_state(batch_size, device)` and `step(token_ids, state)` only,
-so KV-cache transformers and recurrent nets share it; never reach into the state here.
+Models with `step_slots` (GPT, char-RNN) decode on the Engine (engine.py), one slot per row;
+any other causal LM is driven through `init_state(batch_size, device)` and
+`step(token_ids, state)` by the loop here. Beam search (beam.py) keeps its own loop.
 """
 
 import inspect
@@ -140,7 +141,9 @@ def generate(
         temperature: 0 is greedy (argmax); filters top_k, top_p, min_p apply after it.
         repetition_penalty: CTRL-style, over every token the row has seen; 1.0 is off.
         no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram of the row.
-        seed: seeds a torch.Generator on `device`, so the same call gives the same tokens.
+        seed: the same call gives the same tokens. On the engine row r draws from its own
+            generator seeded with seed + r (a row's tokens do not depend on its neighbours);
+            other models share one generator seeded with seed.
         device: where the ids and the state live; defaults to the model's parameters' device.
         left_pad: pad shorter prompts on the left and read all prompts in one batched forward,
             so every row emits from the first step (models whose step() takes padding_mask,

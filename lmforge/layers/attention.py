@@ -92,9 +92,9 @@ class SlotBatch:
     def write(self, cache: SlotKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write (n, H, T, D) keys and values at each row's positions; return the rows'
         (n, H, S, D) keys and values, S = self.length."""
-        D = k.shape[-1]
-        cache.k.view(-1, D).index_copy_(0, self.flat, k.reshape(-1, D))
-        cache.v.view(-1, D).index_copy_(0, self.flat, v.reshape(-1, D))
+        D, dtype = k.shape[-1], cache.k.dtype  # keys made under autocast: the cache's dtype
+        cache.k.view(-1, D).index_copy_(0, self.flat, k.reshape(-1, D).to(dtype))
+        cache.v.view(-1, D).index_copy_(0, self.flat, v.reshape(-1, D).to(dtype))
         return cache.k[self.index, :, : self.length], cache.v[self.index, :, : self.length]
 
 
@@ -216,6 +216,8 @@ class MultiHeadAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q, batch.positions), self.rotary(k, batch.positions)
         k, v = batch.write(view.cache, k, v)  # (n, H, S, D)
+        if k.dtype != q.dtype:  # a cache in the weights' dtype, read under autocast
+            k, v = k.to(q.dtype), v.to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask)
         B, _, T, _ = q.shape
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner_dim))
