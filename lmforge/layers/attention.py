@@ -80,6 +80,8 @@ class SlotBatch:
         self.positions = torch.tensor(starts, device=device)[:, None] + arange[:T]  # (n, T)
         self.length = len(arange)  # keys read per row: 0 .. length - 1
         self.mask = (arange <= self.positions[:, :, None])[:, None]  # (n, 1, T, S)
+        if n == 1 and T == 1:  # one row, one query: it sees every key read
+            self.mask = None
         # where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)
         _, H, max_len, _ = caches[0].k.shape
         heads = torch.arange(H, device=device)[None, :, None]
