@@ -324,3 +324,9 @@ def test_the_engine_leaves_the_models_training_mode_and_the_callers_grad_mode():
     handle = Engine(model).submit([1, 2], SamplingParams(3, temperature=0))
     next(iter(handle))
     assert model.training and not torch.is_inference_mode_enabled()
+
+
+def test_the_engine_is_a_public_name():
+    import lmforge
+
+    assert lmforge.Engine is Engine and lmforge.SamplingParams is SamplingParams
