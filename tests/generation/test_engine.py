@@ -330,3 +330,15 @@ def test_the_engine_is_a_public_name():
     import lmforge
 
     assert lmforge.Engine is Engine and lmforge.SamplingParams is SamplingParams
+
+
+def test_step_slots_reads_rows_that_are_not_side_by_side():
+    # rows 0 and 2 (a gather) give what each gives alone (a view), prompts of unequal lengths
+    model = tiny_gpt("rotary")
+    with torch.no_grad():
+        caches = model.init_slots(3, 16)
+        model.step_slots(torch.tensor([[1, 2, 3, 4]]), caches, [0], [0])
+        model.step_slots(torch.tensor([[5, 6]]), caches, [2], [0])
+        both = model.step_slots(torch.tensor([[7, 8], [9, 10]]), caches, [0, 2], [4, 2])
+        reference = [model(torch.tensor([p]))[0, -2:] for p in ([1, 2, 3, 4, 7, 8], [5, 6, 9, 10])]
+    torch.testing.assert_close(both, torch.stack(reference), atol=1e-5, rtol=1e-4)
