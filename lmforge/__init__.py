@@ -13,6 +13,8 @@ _LAZY = {
     "from_preset": ("lmforge.presets", "from_preset"),
     "load_tokenizer": ("lmforge.api", "load_tokenizer"),
     "generate_text": ("lmforge.api", "generate_text"),
+    "Engine": ("lmforge.generation.engine", "Engine"),
+    "SamplingParams": ("lmforge.generation.engine", "SamplingParams"),
     "prepare": ("lmforge.data.prepare", "prepare"),
 }
 

@@ -1,10 +1,12 @@
-"""The decode loop: yields new tokens as they come, for the CLI, the Python API and the server.
+"""generate(): new tokens as they come, for the CLI and the Python API; the text layer on top.
 
-It talks to a model through `init_state(batch_size, device)` and `step(token_ids, state)` only,
-so KV-cache transformers and recurrent nets share it; never reach into the state here.
+Models with `step_slots` (GPT, char-RNN) decode on the Engine (engine.py), one slot per row;
+any other causal LM is driven through `init_state(batch_size, device)` and
+`step(token_ids, state)` by the loop here. Beam search (beam.py) keeps its own loop.
 """
 
 import inspect
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -140,7 +142,9 @@ def generate(
         temperature: 0 is greedy (argmax); filters top_k, top_p, min_p apply after it.
         repetition_penalty: CTRL-style, over every token the row has seen; 1.0 is off.
         no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram of the row.
-        seed: seeds a torch.Generator on `device`, so the same call gives the same tokens.
+        seed: the same call gives the same tokens. On the engine row r draws from its own
+            generator seeded with seed + r (a row's tokens do not depend on its neighbours);
+            other models share one generator seeded with seed.
         device: where the ids and the state live; defaults to the model's parameters' device.
         left_pad: pad shorter prompts on the left and read all prompts in one batched forward,
             so every row emits from the first step (models whose step() takes padding_mask,
@@ -173,8 +177,29 @@ def generate(
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
     prompts = crop_prompts(_as_prompts(prompt_ids), context)
-    prompts = [p for p in prompts for _ in range(num_samples)]
     device = torch.device(device) if device is not None else _model_device(model)
+    engine = hasattr(model, "step_slots")  # GPT and char-RNN: the engine, one slot per row
+    if engine:
+        from lmforge.generation.engine import slots_that_fit  # engine imports this module
+
+        fit = slots_that_fit(model, len(prompts) * num_samples, context, device)
+        if fit is not None:
+            raise ConfigError(
+                f"{fit[1]}: one slot per row (prompts x num_samples); make at most {fit[0]} "
+                "rows at once (fewer prompts, a smaller num_samples / --num-samples)"
+            )
+    prompts = [p for p in prompts for _ in range(num_samples)]
+    if engine:
+        options = dict(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            stop_token_ids=tuple(stop_token_ids),
+        )
+        return _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     penalties = dict(penalty=repetition_penalty, ngram=no_repeat_ngram_size)
@@ -191,6 +216,39 @@ def generate(
         device,
         left_pad,
     )
+
+
+def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad):
+    """generate()'s rows on an Engine, one slot each, row r seeded with seed + r. Without
+    left_pad a row yields its first token `len(prompt) - shortest` steps late, as if it read its
+    prompt's extra tokens one a step, so steps keep the meaning they have for other models."""
+    from lmforge.generation.engine import Engine, SamplingParams  # engine imports this module
+
+    if max_new_tokens == 0:
+        return
+    engine = Engine(model, slots=len(prompts), device=device)
+    handles = [
+        engine.submit(
+            prompt,
+            SamplingParams(max_new_tokens, seed=None if seed is None else seed + r, **options),
+        )
+        for r, prompt in enumerate(prompts)
+    ]
+    shortest = min(len(p) for p in prompts)
+    delays = [0 if left_pad else len(p) - shortest for p in prompts]
+    was_training = model.training
+    model.eval()  # once here, not at every engine step
+    try:
+        for step in itertools.count():
+            rows = [(h, step - delay) for h, delay in zip(handles, delays)]  # j: token due now
+            while any(0 <= j and len(h.tokens) <= j and not h.finished for h, j in rows):
+                engine.step()
+            out = [h.tokens[j] if 0 <= j < len(h.tokens) else FINISHED for h, j in rows]
+            yield torch.tensor(out, device=device)
+            if all(h.finished and j >= len(h.tokens) - 1 for h, j in rows):
+                return
+    finally:
+        model.train(was_training)
 
 
 def _decode(
@@ -425,31 +483,63 @@ def generate_text(
     return _stream_text(tokens, tokenizer, prompt_ids, stops, hidden)
 
 
+class TextStream:
+    """Token ids in, text out in pieces as it becomes safe: decoding is incremental over the whole
+    output, so a character split across byte-level BPE tokens comes out whole, and a tail that
+    may still grow into a stop string is held back; the stop string itself never comes out.
+
+    Args:
+        prompt_ids: the last few give the decoder context (leading spaces, merges).
+        hidden: ids left out of the text (special tokens).
+    """
+
+    def __init__(self, tokenizer, prompt_ids, stops: list[str], hidden=frozenset()):
+        self.tokenizer, self.stops, self.hidden = tokenizer, stops, hidden
+        self.ids = list(prompt_ids[-4:])
+        self.prefix, self.read = 0, len(self.ids)
+        self.text, self.sent = "", 0
+        self.stopped = False  # a stop string was found: nothing more comes out
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that can go out now (often "")."""
+        if self.stopped or token in self.hidden:
+            return ""
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read])
+        after = decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # mid-character
+            return ""
+        self.text += after[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=False)
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text once no token follows (an unfinished character included)."""
+        if self.stopped:
+            return ""
+        if self.read < len(self.ids):
+            decode = self.tokenizer.decode
+            tail = decode(self.ids[self.prefix :])
+            self.text += tail[len(decode(self.ids[self.prefix : self.read])) :]
+            self.read = len(self.ids)
+        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=True)
+        return piece
+
+
 def _stream_text(tokens, tokenizer, prompt_ids, stops, hidden) -> Iterator[str]:
-    # A few prompt tokens give the decoder context (leading spaces, merges) for the first piece;
-    # text is released when a window decodes to more than before and does not end mid-character.
-    ids = list(prompt_ids[-4:])
-    prefix, read = 0, len(ids)
-    text, sent = "", 0
+    stream = TextStream(tokenizer, prompt_ids, stops, hidden)
     for step_ids in tokens:
         token = int(step_ids[0])
-        if token == FINISHED or token in hidden:
+        if token == FINISHED:
             continue
-        ids.append(token)
-        before = tokenizer.decode(ids[prefix:read])
-        after = tokenizer.decode(ids[prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            continue
-        text += after[len(before) :]
-        prefix, read = read, len(ids)
-        piece, sent, stopped = _release(text, sent, stops, final=False)
+        piece = stream.push(token)
         if piece:
             yield piece
-        if stopped:
+        if stream.stopped:
             return
-    if read < len(ids):  # an unfinished character at the very end
-        text += tokenizer.decode(ids[prefix:])[len(tokenizer.decode(ids[prefix:read])) :]
-    piece, sent, _ = _release(text, sent, stops, final=True)
+    piece = stream.finish()
     if piece:
         yield piece
 
@@ -496,12 +586,11 @@ def generate_texts(
             sampling,
         )
     sampling.setdefault("left_pad", takes_padding_mask(model))
-    rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+    steps = generate(model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling)
+    rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]  # checked above
     # the texts come out together at the end: a bar (when progress is on) shows the steps meanwhile
     with progress.bar(max_new_tokens, f"{len(rows)} samples", "step", leave=False) as bar:
-        for step_ids in generate(
-            model, prompt_ids, max_new_tokens, num_samples=num_samples, **sampling
-        ):
+        for step_ids in steps:
             for row, token in zip(rows, step_ids.tolist()):
                 if token != FINISHED and token not in hidden:
                     row.append(token)

@@ -52,6 +52,61 @@ class KVCache:
             self.v = self.v.index_select(0, rows)
 
 
+class SlotKVCache:
+    """Keys and values of one attention layer for an engine: (slots, H, max_len, D), allocated
+    once and written in place. Zeros, not empty: keys past a row's length are masked out, but a
+    NaN there would still leak into real rows through 0 * NaN."""
+
+    def __init__(self, slots: int, heads: int, max_len: int, head_dim: int, dtype, device):
+        self.k = torch.zeros(slots, heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+
+class SlotBatch:
+    """The rows of one forward over an engine's slot caches: row i is slot rows[i], whose T new
+    tokens sit at positions starts[i] .. starts[i] + T - 1 of that slot.
+
+    Built once per forward and shared by every layer; `caches` holds one SlotKVCache per layer.
+    """
+
+    def __init__(self, caches: list, rows: list[int], starts: list[int], T: int, device):
+        self.caches = caches
+        n, first = len(rows), rows[0]
+        self.rows = torch.tensor(rows, device=device)
+        # Slots side by side are read as a view; others are gathered (after a cancel, say).
+        contiguous = rows == list(range(first, first + n))
+        self.index = slice(first, first + n) if contiguous else self.rows
+        arange = torch.arange(max(starts) + T, device=device)
+        self.positions = torch.tensor(starts, device=device)[:, None] + arange[:T]  # (n, T)
+        self.length = len(arange)  # keys read per row: 0 .. length - 1
+        self.mask = (arange <= self.positions[:, :, None])[:, None]  # (n, 1, T, S)
+        if n == 1 and T == 1:  # one row, one query: it sees every key read
+            self.mask = None
+        # where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)
+        _, H, max_len, _ = caches[0].k.shape
+        heads = torch.arange(H, device=device)[None, :, None]
+        slot_heads = self.rows[:, None, None] * H + heads  # (n, H, 1)
+        self.flat = (slot_heads * max_len + self.positions[:, None, :]).flatten()  # n * H * T
+
+    def layer(self, i: int) -> "SlotView":
+        return SlotView(self.caches[i], self)
+
+    def write(self, cache: SlotKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (n, H, T, D) keys and values at each row's positions; return the rows'
+        (n, H, S, D) keys and values, S = self.length."""
+        D, dtype = k.shape[-1], cache.k.dtype  # keys made under autocast: the cache's dtype
+        cache.k.view(-1, D).index_copy_(0, self.flat, k.reshape(-1, D).to(dtype))
+        cache.v.view(-1, D).index_copy_(0, self.flat, v.reshape(-1, D).to(dtype))
+        return cache.k[self.index, :, : self.length], cache.v[self.index, :, : self.length]
+
+
+class SlotView:
+    """One layer's SlotKVCache and the forward's SlotBatch: what attention gets as its cache."""
+
+    def __init__(self, cache: SlotKVCache, batch: SlotBatch):
+        self.cache, self.batch = cache, batch
+
+
 def attention_mask(
     padding_mask: Tensor | None, T: int, S: int, is_causal: bool, device: torch.device
 ) -> Tensor | None:
@@ -120,18 +175,24 @@ class MultiHeadAttention(nn.Module):
         self.last_probs: Tensor | None = None
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        cache: KVCache | SlotView | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C).
 
         Args:
             padding_mask: (B, S) bool, True = real token, over all S keys (the cached ones too).
-            cache: this layer's KVCache; the new keys and values are appended to it.
+            cache: this layer's KVCache, the new keys and values are appended to it; or an
+                engine's SlotView, they are written at each row's own positions.
         """
         B, T, _ = x.shape
-        start = cache.length if cache is not None else 0
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+        if isinstance(cache, SlotView):
+            return self._slot_forward(q, k, v, cache)
+        start = cache.length if cache is not None else 0
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
         if cache is not None:
@@ -150,6 +211,18 @@ class MultiHeadAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H * D)
         return self.out(y)
+
+    def _slot_forward(self, q: Tensor, k: Tensor, v: Tensor, view: SlotView) -> Tensor:
+        """Attention for an engine's rows, each at its own positions in its own slot."""
+        batch = view.batch
+        if self.rotary is not None:
+            q, k = self.rotary(q, batch.positions), self.rotary(k, batch.positions)
+        k, v = batch.write(view.cache, k, v)  # (n, H, S, D)
+        if k.dtype != q.dtype:  # a cache in the weights' dtype, read under autocast
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask)
+        B, _, T, _ = q.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, self.inner_dim))
 
     def _probabilities(self, q, k, mask):
         """softmax(q k^T / sqrt(D)) as SDPA computes it, in float32 and detached."""

@@ -98,10 +98,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: Tensor, start: int = 0) -> Tensor:
-        """Rotate (B, H, T, D) queries or keys that sit at positions start .. start + T - 1."""
-        end = start + x.shape[-2]
-        cos = self.cos[start:end].to(x.dtype)  # (T, D)
-        sin = self.sin[start:end].to(x.dtype)
+    def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:
+        """Rotate (B, H, T, D) queries or keys that sit at positions start .. start + T - 1, or
+        at the (B, T) positions `start` gives (an engine's rows, each at its own place)."""
+        if isinstance(start, Tensor):
+            rows = start[:, None]  # (B, 1, T): broadcasts over the heads
+        else:
+            rows = slice(start, start + x.shape[-2])
+        cos = self.cos[rows].to(x.dtype)  # (T, D) or (B, 1, T, D)
+        sin = self.sin[rows].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -166,6 +166,32 @@ class CharRNNCausalLM(CausalLM):
             return tuple(s.index_select(1, rows) for s in state)
         return state.index_select(1, rows)
 
+    # An engine's slots (lmforge.generation.engine): the state of `slots` rows, allocated once;
+    # each step reads and writes back the rows it feeds.
+
+    def slot_bytes(self, slots: int, max_len: int | None = None) -> int:
+        c = self.config
+        parts = 2 if c.cell == "lstm" else 1
+        return parts * c.num_layers * slots * c.hidden_dim * self.head.weight.element_size()
+
+    def init_slots(self, slots: int, max_len: int | None = None, device=None) -> RNNState:
+        return self.init_state(slots, device)
+
+    def step_slots(
+        self, token_ids: Tensor, state: RNNState, rows: list[int], starts: list[int]
+    ) -> Tensor:
+        """Feed (n, t) tokens, row i into slot rows[i] (from a zero state when starts[i] is 0,
+        else after what that slot read): logits (n, t, V); the slots' state is updated."""
+        index = torch.tensor(rows, device=token_ids.device)
+        kept = torch.tensor(starts, device=token_ids.device)[None, :, None] > 0  # (1, n, 1)
+        parts = state if isinstance(state, tuple) else (state,)
+        rows_in = tuple(s.index_select(1, index) * kept for s in parts)
+        logits, rows_out = self.step(token_ids, rows_in if len(parts) == 2 else rows_in[0])
+        rows_out = rows_out if isinstance(rows_out, tuple) else (rows_out,)
+        for s, out in zip(parts, rows_out):
+            s.index_copy_(1, index, out)
+        return logits
+
 
 # ---------------------------------------------------------------- presets
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import KVCache
+from lmforge.layers.attention import KVCache, SlotBatch, SlotKVCache
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
@@ -159,6 +159,14 @@ class GPTBackbone(Backbone):
                 x = block(x, padding_mask, layer_cache)
         return self.final_norm(x) if self.final_norm is not None else x
 
+    def forward_slots(self, token_ids: Tensor, batch: SlotBatch) -> Tensor:
+        """(n, T) ids of an engine's rows -> hidden (n, T, C); row i's tokens sit at
+        batch.positions[i] of its own slot (the engine keeps them below max_seq_len)."""
+        x = self.embed(token_ids, 0, batch.positions)  # rotary: positions go to attention
+        for i, block in enumerate(self.blocks):
+            x = block(x, None, batch.layer(i))
+        return self.final_norm(x) if self.final_norm is not None else x
+
 
 # ---------------------------------------------------------------- decoding state
 
@@ -254,6 +262,36 @@ class GPTCausalLM(CausalLM):
     def reorder_state(self, state: GPTState, rows: Tensor) -> GPTState:
         """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
         return state.reorder(rows)
+
+    # An engine's slots (lmforge.generation.engine): a cache allocated once, rows at their own
+    # positions. slot_bytes -> init_slots once -> step_slots at every step. Slots side by side
+    # are read as a view; a token fed at a slot's next position changes nothing it will read.
+    slot_span_is_a_view = True
+
+    def slot_bytes(self, slots: int, max_len: int) -> int:
+        """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
+        c, attn = self.config, self.backbone.blocks[0].attn
+        itemsize = self.head.weight.element_size()
+        return 2 * c.num_layers * slots * attn.num_heads * max_len * attn.head_dim * itemsize
+
+    def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
+        """One SlotKVCache of (slots, H, max_len, D) per block, in the weights' dtype."""
+        weight = self.head.weight
+        attn = self.backbone.blocks[0].attn
+        return [
+            SlotKVCache(
+                slots, attn.num_heads, max_len, attn.head_dim, weight.dtype, device or weight.device
+            )
+            for _ in self.backbone.blocks
+        ]
+
+    def step_slots(
+        self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]
+    ) -> Tensor:
+        """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on (what came
+        before in that slot stays, what comes after is forgotten): logits (n, T, V)."""
+        batch = SlotBatch(caches, rows, starts, token_ids.shape[1], token_ids.device)
+        return self.head(self.backbone.forward_slots(token_ids, batch))
 
 
 # ---------------------------------------------------------------- presets

@@ -159,3 +159,9 @@ def test_unseen_characters_map_to_the_unknown_token(char_run, capsys):
     out = _out(capsys, [*argv, "--seed", "1", "--unknown-token", "?"])
     same = _out(capsys, [*argv[:3], "JULI?T:", *argv[4:], "--seed", "1"])
     assert out.removeprefix("JULIÉT:") == same.removeprefix("JULI?T:")
+
+
+def test_more_samples_than_memory_holds_is_one_line_naming_the_flag(hf_folder, capsys):
+    argv = ["sample", str(hf_folder), "--prompt", "Why is", "--num-samples", "10000000000"]
+    err = _error(capsys, argv)
+    assert "GiB" in err and "--num-samples" in err

@@ -1,0 +1,384 @@
+"""The decode engine: many streams at once over a cache allocated once (continuous batching).
+
+An Engine owns a model and its slot state: for a GPT one (slots, heads, max_len, head_dim) KV
+cache per layer, for a char RNN its (h, c) per slot, allocated when the engine is made and only
+written in place afterwards. `submit()` queues a prompt and returns a Handle; each `step()`
+
+1. frees the slots of cancelled sequences and gives free slots to waiting ones,
+2. feeds every running sequence its last token, all of them in one batched forward, and samples
+   the next one per row (each with its own options and seeded generator),
+3. prefills joined sequences, at most `prefill_chunk` prompt tokens each, so running streams
+   keep their pace; a prompt's last chunk yields its first new token.
+
+It talks to a model through `slot_bytes`, `init_slots` and `step_slots` (GPT and char-RNN have
+them); the model never sees a request. Past the context a sequence re-reads its last max_len
+tokens from position 0, as generate() does.
+
+Example:
+    engine = Engine(model, slots=4)
+    a = engine.submit([5, 17, 3], SamplingParams(max_new_tokens=20, temperature=0))
+    b = engine.submit([9, 2], SamplingParams(max_new_tokens=20, seed=1, top_p=0.9))
+    for token in a:  # iterating a handle steps the engine: b advances too
+        print(token)
+    print(a.finish_reason, b.tokens)
+"""
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lmforge.errors import ConfigError
+from lmforge.generation.generate import (
+    TextStream,
+    _model_device,
+    _text_options,
+    crop_prompts,
+)
+from lmforge.generation.sampling import check_sampling, no_repeat_ngram_filter, sample_next_token
+from lmforge.system import available_memory_bytes
+
+FINISH_REASONS = ("stop", "length", "cancelled")
+
+
+def slots_that_fit(model, slots: int, max_len: int | None, device) -> tuple | None:
+    """None when `slots` slots of the model's state fit in free memory; else (how many fit,
+    "N slots of L positions need X GiB of cache but only Y GiB is free", the max_len advice)."""
+    needed = model.slot_bytes(slots, max_len)
+    device = torch.device(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    if free is None or needed <= free:
+        return None
+    fit = max(1, free // max(1, math.ceil(needed / slots)))
+    positions = "" if max_len is None else f" of {max_len} positions"
+    problem = (
+        f"{slots} slots{positions} need {needed / 2**30:.1f} GiB of cache but only "
+        f"{free / 2**30:.1f} GiB is free"
+    )
+    return fit, problem, "" if max_len is None else " or a smaller max_len"
+
+
+@dataclass
+class SamplingParams:
+    """How one request is decoded; checked when made (values come from users and requests).
+
+    temperature 0 is greedy; top_k, top_p, min_p filter after it (None = off). stop_token_ids end
+    the sequence and are returned; `stop` strings end it at the character where they start and
+    are not returned (they need an engine made with a tokenizer). `seed` gives the request its
+    own generator: the same tokens alone or beside others. `logprobs=n` records, per token, its
+    log-probability and the n most probable tokens' (n = 0: the chosen token's only).
+    """
+
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    stop_token_ids: Sequence[int] = ()
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+
+    def __post_init__(self):
+        check_sampling(
+            self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
+        )
+        for name in ("max_new_tokens", "no_repeat_ngram_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
+            raise ConfigError(f"logprobs={self.logprobs!r} must be an integer >= 0 or None")
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
+
+
+@dataclass
+class TokenLogprob:
+    """One new token's log-probability under the model, and the `top` most probable tokens'
+    (id, log-probability), most probable first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Handle:
+    """One submitted request: its tokens as they come, and how it ended.
+
+    Iterating yields each new token once, stepping the engine while none is ready, until the
+    request ends; `finish_reason` is then "stop", "length" or "cancelled". `text` holds the text
+    released so far (an engine made with a tokenizer), `logprobs` one TokenLogprob per token
+    when the params asked for them.
+    """
+
+    def __init__(self, engine: "Engine", request_id: int, prompt: list[int], params):
+        self.engine, self.id, self.params = engine, request_id, params
+        self.prompt = prompt
+        self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self._stream: TextStream | None = None
+        # engine bookkeeping: what the slot holds and what it must read next
+        self.slot: int | None = None
+        self.pending: list[int] = list(prompt)  # tokens still to feed before the next sample
+        self.position = 0  # tokens in the slot
+        self.generator = None
+        if params.seed is not None:
+            device = engine.device
+            self.generator = torch.Generator(device=device).manual_seed(params.seed)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """End the request; its slot is free for another at the next step."""
+        if not self.finished:
+            self.finish_reason = "cancelled"
+
+    def __iter__(self) -> Iterator[int]:
+        sent = 0
+        while True:
+            while sent < len(self.tokens):
+                sent += 1
+                yield self.tokens[sent - 1]
+            if self.finished:
+                return
+            self.engine.step()
+
+    def texts(self) -> Iterator[str]:
+        """The text in pieces as it is released (an engine made with a tokenizer)."""
+        if self._stream is None:
+            raise ConfigError("this engine has no tokenizer; make it with Engine(..., tokenizer=)")
+        sent = 0
+        for _ in self:
+            if len(self.text) > sent:
+                yield self.text[sent:]
+                sent = len(self.text)
+        if len(self.text) > sent:
+            yield self.text[sent:]
+
+
+class Engine:
+    """Decode many requests at once on one model (see the module docstring).
+
+    Args:
+        slots: sequences decoded side by side; more wait in a queue.
+        max_len: positions per slot (defaults to the model's max_seq_len, which caps it; none
+            for an RNN). Longer sequences slide: the last max_len tokens are read again.
+        prefill_chunk: most prompt tokens a sequence reads in one step.
+        tokenizer: for stop strings and `Handle.text`; special tokens stay out of the text.
+    """
+
+    def __init__(
+        self,
+        model,
+        slots: int = 8,
+        max_len: int | None = None,
+        prefill_chunk: int = 256,
+        tokenizer=None,
+        device: torch.device | str | None = None,
+    ):
+        if not hasattr(model, "step_slots"):
+            raise ConfigError(
+                f"{type(model).__name__} cannot run on the engine: it needs a causal LM with "
+                "step_slots() (the GPT and char-RNN families)"
+            )
+        for name, value in (("slots", slots), ("prefill_chunk", prefill_chunk)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        context = getattr(model.config, "max_seq_len", None)
+        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+            raise ConfigError(f"max_len={max_len!r} must be an integer >= 1 or None")
+        if context is not None:
+            max_len = context if max_len is None else min(max_len, context)
+        self.model, self.slots, self.max_len = model, slots, max_len
+        self.prefill_chunk = prefill_chunk
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self._check_memory()
+        with torch.inference_mode():
+            self.state = model.init_slots(slots, max_len, self.device)
+        self._free = list(range(slots))  # lowest first: running slots stay side by side
+        self._waiting: deque[Handle] = deque()
+        self._running: dict[int, Handle] = {}  # slot -> handle
+        self._ids = itertools.count()
+
+    def _check_memory(self) -> None:
+        fit = slots_that_fit(self.model, self.slots, self.max_len, self.device)
+        if fit is not None:
+            raise ConfigError(f"{fit[1]}; pass slots={fit[0]} or fewer" + fit[2])
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Handle:
+        """Queue a request; it joins at the next step with a free slot. A prompt longer than
+        max_len keeps its last max_len tokens (with one warning)."""
+        params = params if params is not None else SamplingParams()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ConfigError("the prompt is empty; give at least one token id")
+        vocab = self.model.config.vocab_size
+        if not all(0 <= t < vocab for t in prompt):
+            raise ConfigError(
+                f"the prompt has token ids outside 0..{vocab - 1}; "
+                "encode it with the model's tokenizer"
+            )
+        if params.stop and self.tokenizer is None:
+            raise ConfigError("stop strings need a tokenizer: make the engine with tokenizer=")
+        prompt = crop_prompts([prompt], self.max_len)[0]
+        handle = Handle(self, next(self._ids), prompt, params)
+        if self.tokenizer is not None:
+            stop, sampling = list(params.stop), {"stop_token_ids": params.stop_token_ids}
+            stops, _, hidden = _text_options(self.tokenizer, stop, sampling)
+            handle._stream = TextStream(self.tokenizer, prompt, stops, hidden)
+        if params.max_new_tokens == 0:
+            handle.finish_reason = "length"
+        else:
+            self._waiting.append(handle)
+        return handle
+
+    @property
+    def has_work(self) -> bool:
+        """True while a request waits or runs."""
+        return bool(self._waiting or self._running)
+
+    def run(self) -> None:
+        """Step until every request has ended."""
+        while self.has_work:
+            self.step()
+
+    # ------------------------------------------------------------ the step
+
+    def step(self) -> None:
+        """Admit, decode one token for every running sequence, prefill one chunk of joined ones."""
+        self._release_finished()
+        while self._free and self._waiting:
+            handle = self._waiting.popleft()
+            if handle.finished:  # cancelled while waiting
+                continue
+            handle.slot = self._free.pop(0)
+            self._running[handle.slot] = handle
+        running = list(self._running.values())
+        for handle in running:
+            if not handle.pending and handle.position == self.max_len:
+                # the slot is full: read the last max_len tokens again, from position 0
+                handle.pending = (handle.prompt + handle.tokens)[-self.max_len :]
+                handle.position = 0
+        was_training = self.model.training  # .eval() walks every module: only when needed
+        if was_training:
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                self._decode([h for h in running if not h.pending])
+                for handle in [h for h in running if h.pending]:
+                    self._prefill(handle)
+        finally:
+            if was_training:
+                self.model.train()
+        self._release_finished()
+
+    def _release_finished(self) -> None:
+        for slot in [s for s, h in self._running.items() if h.finished]:
+            del self._running[slot]
+            self._free.append(slot)
+        self._free.sort()
+
+    def _decode(self, handles: list[Handle]) -> None:
+        """One batched forward: every handle's last token at its own position."""
+        if not handles:
+            return
+        handles = sorted(handles, key=lambda h: h.slot)
+        rows = [h.slot for h in handles]
+        starts = [h.position for h in handles]
+        tokens = [h.tokens[-1] for h in handles]
+        picked = slice(None)
+        if getattr(self.model, "slot_span_is_a_view", False) and len(rows) < rows[-1] - rows[0] + 1:
+            # Read one span of slots side by side as a view of the cache (a gather would copy
+            # it at every layer). A slot in the span that is not decoding gets a dummy token at
+            # its next position: a free slot is overwritten when it is taken, a prefilling one
+            # by its own prefill, right after.
+            picked = [slot - rows[0] for slot in rows]
+            span = range(rows[0], rows[-1] + 1)
+            owners = [self._running.get(slot) for slot in span]  # None: a free slot
+            starts = [owner.position if owner else 0 for owner in owners]
+            tokens = [owner.tokens[-1] if owner in handles else 0 for owner in owners]
+            rows = list(span)
+        ids = torch.tensor(tokens, device=self.device)[:, None]
+        logits = self.model.step_slots(ids, self.state, rows, starts)
+        for h in handles:
+            h.position += 1
+        self._emit(handles, logits[picked, -1])
+
+    def _prefill(self, handle: Handle) -> None:
+        chunk, handle.pending = (
+            handle.pending[: self.prefill_chunk],
+            handle.pending[self.prefill_chunk :],
+        )
+        ids = torch.tensor([chunk], device=self.device)
+        logits = self.model.step_slots(ids, self.state, [handle.slot], [handle.position])
+        handle.position += len(chunk)
+        if not handle.pending:
+            self._emit([handle], logits[:, -1])
+
+    # ------------------------------------------------------------ sampling
+
+    def _emit(self, handles: list[Handle], logits: Tensor) -> None:
+        """Sample each handle's next token from its (V,) row of logits and record it."""
+        logits = logits.float()
+        raw = logits
+        greedy = logits.argmax(-1).tolist()
+        for i, handle in enumerate(handles):
+            p = handle.params
+            row = logits[i : i + 1]
+            if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
+                seen = handle.prompt + handle.tokens
+            if p.repetition_penalty != 1.0:
+                ids = torch.tensor(sorted(set(seen)), device=row.device)[None]
+                picked = row.gather(-1, ids)
+                picked = torch.where(
+                    picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty
+                )
+                row = row.scatter(-1, ids, picked)
+            if p.no_repeat_ngram_size:
+                history = torch.tensor([seen], device=row.device)
+                row = no_repeat_ngram_filter(row, history, p.no_repeat_ngram_size)
+            if p.temperature == 0 and p.repetition_penalty == 1.0 and not p.no_repeat_ngram_size:
+                token = greedy[i]
+            else:
+                options = (p.temperature, p.top_k, p.top_p, p.min_p)
+                token = int(sample_next_token(row, *options, generator=handle.generator))
+            self._record(handle, token, raw[i])
+
+    def _record(self, handle: Handle, token: int, logits: Tensor) -> None:
+        p = handle.params
+        if p.logprobs is not None:
+            logprobs = logits.log_softmax(-1)
+            top = logprobs.topk(min(p.logprobs, logprobs.shape[-1])) if p.logprobs else None
+            handle.logprobs.append(
+                TokenLogprob(
+                    token,
+                    float(logprobs[token]),
+                    [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())),
+                )
+            )
+        handle.tokens.append(token)
+        if handle._stream is not None:
+            handle.text += handle._stream.push(token)
+            if handle._stream.stopped:
+                handle.finish_reason = "stop"
+                return
+        if token in p.stop_token_ids:
+            handle.finish_reason = "stop"
+        elif len(handle.tokens) >= p.max_new_tokens:
+            handle.finish_reason = "length"
+        if handle.finished and handle._stream is not None:
+            handle.text += handle._stream.finish()
