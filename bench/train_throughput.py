@@ -151,7 +151,7 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
         if kind == "lmforge_adamw":
             cfg = dataclasses.replace(cfg, optimizer="adamw")
         optimizer = cfg.optimizer
-        precision = devices.resolve_precision(cfg.precision, torch.device("cpu"))
+        precision = devices.resolve_precision(cfg.precision, torch.device("cpu"), model)
         opt = make_optimizer(model, cfg)
         batch = {"token_ids": x, "labels": y}
 
@@ -172,7 +172,7 @@ def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
         from lmforge import device as devices
 
         model = _hf_model(preset, V)
-        precision = devices.resolve_precision("auto", torch.device("cpu"))
+        precision = devices.resolve_precision("auto", torch.device("cpu"), model)  # as ours
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step():

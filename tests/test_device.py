@@ -50,3 +50,21 @@ def test_machine_line_names_cpu_kernels_and_threads():
     line = device.machine_line()
     assert summary["cpu"] in line and f"CPU capability {summary['cpu_capability']}" in line
     assert f"{summary['threads']} threads" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "model, wide",
+    [
+        (torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 64)), True),
+        (torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.Linear(512, 128)), False),
+        (torch.nn.LSTM(256, 1024), True),
+        (torch.nn.Embedding(10, 4), None),  # no matmuls: the CPU alone decides
+    ],
+)
+def test_auto_keeps_narrow_models_in_fp32(monkeypatch, model, wide):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(device, "cpu_has_bf16_matmul", lambda: True)
+    want = "bf16" if wide in (True, None) else "fp32"
+    assert device.resolve_precision("auto", torch.device("cpu"), model) == want
+    monkeypatch.setattr(device, "cpu_has_bf16_matmul", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu"), model) == "fp32"

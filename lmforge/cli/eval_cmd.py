@@ -71,7 +71,7 @@ def run(args) -> int:
         from lmforge.data.windows import StrideWindows
 
         examples = StrideWindows(data.tokens(split), loaded.block_size, keep_partial=True)
-    precision = resolve_precision(cfg.precision, dev)
+    precision = resolve_precision(cfg.precision, dev, loaded.model)
     result = evaluate(loaded.model, examples, cfg.batch_size, precision)
     out = {"loss": result["loss"], "perplexity": result["perplexity"], "tokens": result["tokens"]}
     if loaded.tokenizer.kind == "char":

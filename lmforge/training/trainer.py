@@ -648,6 +648,7 @@ def _train(options: dict, held: ExitStack) -> dict:
             100 * task.num_params(trainable_only=True) / task.num_params(),
         )
     task = task.to(dev)
+    precision = devices.resolve_precision(cfg.precision, dev, task)  # auto: narrow models fp32
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tok.save(run_dir / "tokenizer")
