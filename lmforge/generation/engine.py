@@ -39,7 +39,12 @@ from lmforge.generation.generate import (
     _text_options,
     crop_prompts,
 )
-from lmforge.generation.sampling import check_sampling, no_repeat_ngram_filter, sample_next_token
+from lmforge.generation.sampling import (
+    apply_repetition_penalty,
+    check_sampling,
+    no_repeat_ngram_filter,
+    sample_next_token,
+)
 from lmforge.system import available_memory_bytes
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -340,17 +345,10 @@ class Engine:
             p = handle.params
             row = logits[i : i + 1]
             if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
-                seen = handle.prompt + handle.tokens
-            if p.repetition_penalty != 1.0:
-                ids = torch.tensor(sorted(set(seen)), device=row.device)[None]
-                picked = row.gather(-1, ids)
-                picked = torch.where(
-                    picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty
-                )
-                row = row.scatter(-1, ids, picked)
-            if p.no_repeat_ngram_size:
-                history = torch.tensor([seen], device=row.device)
-                row = no_repeat_ngram_filter(row, history, p.no_repeat_ngram_size)
+                history = torch.tensor([handle.prompt + handle.tokens], device=row.device)
+                row = apply_repetition_penalty(row, history, p.repetition_penalty)
+                if p.no_repeat_ngram_size:
+                    row = no_repeat_ngram_filter(row, history, p.no_repeat_ngram_size)
             if p.temperature == 0 and p.repetition_penalty == 1.0 and not p.no_repeat_ngram_size:
                 token = greedy[i]
             else:
