@@ -414,24 +414,17 @@ def _beam_texts(
         **beams,
     )
     return [
-        _cut(continuation(tokenizer, p, [t for t in h.token_ids if t not in hidden]), stops)
+        _text_of(tokenizer, p, h.token_ids, stops, hidden)
         for p, beams_of_prompt in zip(prompt_ids, results)
         for h in beams_of_prompt
     ]
 
 
-def continuation(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
-    """The text of new_ids as it continues the prompt: decoded after the prompt's last tokens, so
-    a word tokenizer's separating space (or a BPE merge's leading space) is kept."""
-    context = list(prompt_ids[-4:])
-    before = tokenizer.decode(context)
-    after = tokenizer.decode(context + list(new_ids))
-    return after[len(before) :] if after.startswith(before) else tokenizer.decode(list(new_ids))
-
-
-def _cut(text: str, stops: list[str]) -> str:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return text[: min(hits)] if hits else text
+def _text_of(tokenizer, prompt_ids, new_ids, stops: list[str], hidden) -> str:
+    """The whole text of new_ids after the prompt, as generate_text streams it (the space a word
+    tokenizer puts after the prompt kept, cut before the first stop string)."""
+    stream = TextStream(tokenizer, prompt_ids, stops, hidden)
+    return "".join(stream.push(t) for t in new_ids) + stream.finish()
 
 
 def generate_text(
@@ -596,6 +589,6 @@ def generate_texts(
                     row.append(token)
             bar.update(1)
     return [
-        _cut(continuation(tokenizer, prompt_ids[i // num_samples], row), stops)
+        _text_of(tokenizer, prompt_ids[i // num_samples], row, stops, hidden)
         for i, row in enumerate(rows)
     ]
