@@ -27,6 +27,7 @@ import numpy as np
 from lmforge import __version__, progress
 from lmforge.data.corpus import Document, Source, open_source
 from lmforge.errors import ConfigError, DataError
+from lmforge.files import replace_folder
 from lmforge.system import usable_cpus
 from lmforge.tokenizers.base import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from lmforge.tokenizers.char import CharTokenizer, UnknownCharacterError
@@ -256,13 +257,7 @@ def _replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
     tmp.mkdir()
     try:
         fill(tmp)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in created:  # leave no empty parent folders behind either

@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_file, save_model
 
 from lmforge import __version__
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.files import replace_folder
 
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
@@ -104,13 +105,7 @@ def write_folder(out: str | Path, write, source: Path | None = None, overwrite=F
     try:
         write(tmp)
         make_public(tmp)  # mkdtemp makes it private
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
