@@ -11,6 +11,7 @@ from safetensors import safe_open
 import lmforge
 from lmforge.cli.main import main
 from lmforge.layers.quant import Int8Linear
+from tests.cli.test_train import _error  # one line, exit 2, no traceback
 
 SHAPE = ["--num-layers", "2", "--embed-dim", "64", "--num-heads", "2", "--ffn-dim", "256"]
 
@@ -111,15 +112,6 @@ def test_sample_and_inspect_load_the_int8_folder_like_quantizing_in_memory(train
     report = run_int8.parent / "inspect.html"
     out = _run(capsys, ["inspect", str(run_int8), "--prompt", "ROMEO", "--out", str(report)])
     assert report.is_file() and "ROMEO" in out
-
-
-def _error(capsys, argv) -> str:
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_bad_input_is_one_line_naming_the_fix(trained, capsys, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import lmforge
 from lmforge.cli.main import main
 from lmforge.generation.beam import beam_search
+from tests.cli.test_train import _error  # one line, exit 2, no traceback
 
 
 @pytest.fixture
@@ -89,15 +90,6 @@ def test_top_k_and_top_p_reach_the_sampler_from_python(hf_folder, option):
     } == {greedy}
     unfiltered = {lmforge.generate_text(hf_folder, "Why is", seed=s, **kw) for s in (1, 2, 3)}
     assert unfiltered != {greedy}
-
-
-def _error(capsys, argv) -> str:
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("lmforge: error:") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")
