@@ -269,7 +269,7 @@ def main() -> None:
         "int8_bandwidth_fraction": _step_bytes(int8) * (int8_tps / B) / bw,
         "int8_weight_mb": _step_bytes(int8) / 1e6,
         "int8_kernel": int8_kernel,
-        "precision": "fp32",  # every contender decodes the fp32 weights
+        "precision": "fp32",  # ours, no cache and HF; hf_bf16 bf16 weights; int8: int8_kernel
         **_beams_and_mixed(model, hf, cfg, args),
         **machine_fields(),
     }
