@@ -1066,7 +1066,9 @@ def fit(
             log.warning("%s", warning)
     save("final")
     final_loss = result["loss"]
-    kept = _keep_best(cfg, run_dir, task, result, run_eval) if result["loss"] is not None else None
+    kept = (
+        _keep_best(cfg, run_dir, task, result, run_eval, step) if final_loss is not None else None
+    )
     if kept is not None:
         result = kept
     out = {
@@ -1101,7 +1103,7 @@ def keep_mode(cfg: TrainConfig) -> str:
     return "best" if cfg.max_time is not None or cfg.max_tokens is not None else "last"
 
 
-def _keep_best(cfg: TrainConfig, run_dir, task, last: dict, run_eval) -> dict | None:
+def _keep_best(cfg: TrainConfig, run_dir, task, last: dict, run_eval, step: int) -> dict | None:
     """With --keep best: score RUN/best's weights on the whole validation split, as the last
     model just was, and make them the run's top-level model when they are better. Returns their
     evaluation (with its "step"), or None when the last model stays (task then holds it)."""
@@ -1111,9 +1113,9 @@ def _keep_best(cfg: TrainConfig, run_dir, task, last: dict, run_eval) -> dict | 
     if not (best_dir / "best.json").is_file() or distributed.is_distributed():
         return None  # never beaten, or several ranks (whose weights are sharded): keep the last
     best_step = json.loads((best_dir / "best.json").read_text())["step"]
-    last_dir = ckpt.latest_checkpoint(run_dir)
-    if last_dir is None or best_step >= ckpt.load_state(last_dir)["step"]:
+    if best_step >= step:  # the last model is the best one
         return None
+    last_dir = ckpt.latest_checkpoint(run_dir)  # step's, saved just before
     ckpt.load_weights(task, best_dir / "model.safetensors")
     result = run_eval(final=True)
     if result["loss"] >= last["loss"]:
