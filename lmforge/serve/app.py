@@ -171,6 +171,7 @@ def create_app(
     max_body_bytes: int = 2**20,
     device: str = "auto",
     unknown_token: str | None = None,
+    model_name: str | None = None,
 ):
     """The FastAPI app serving `run` (a run folder, Hugging Face folder or name).
 
@@ -182,6 +183,8 @@ def create_app(
         api_key: when set, /v1/* need `Authorization: Bearer <api_key>`.
         max_tokens_limit: the most tokens one choice may ask for (max_tokens).
         max_body_bytes: larger request bodies get 413.
+        model_name: the id /v1/models lists and requests name (default: `run` as given); a
+            request without `model` is served too, as vLLM and llama.cpp do.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -190,6 +193,7 @@ def create_app(
 
     limits = (max_tokens_limit, max_body_bytes, api_key)
     state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits)
+    state.name = model_name or state.name
 
     @asynccontextmanager
     async def lifespan(app):
@@ -547,9 +551,9 @@ def _server(app, graceful_seconds: float):
 
 
 @contextlib.contextmanager
-def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: float = 60.0):
-    """Run `app` with uvicorn in a thread on host:port (0: a free port) and yield its base URL;
-    waits until the model is loaded (or failed) and stops the server on exit.
+def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: bool = True):
+    """Run `app` with uvicorn in a thread on host:port (0: a free port) and yield its base URL
+    once it listens and (wait_ready) the model is loaded or failed; stops the server on exit.
 
     Example:
         with running_server(create_app("runs/wine")) as url:
@@ -563,8 +567,8 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: floa
     thread.start()
     try:
         state: ServerState = app.state.lmforge
-        deadline = time.monotonic() + wait_ready
-        while not (server.started and state.ready.is_set()):
+        deadline = time.monotonic() + 120
+        while not (server.started and (state.ready.is_set() or not wait_ready)):
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.01)

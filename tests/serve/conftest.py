@@ -26,9 +26,32 @@ def serve_run(tmp_path_factory) -> Path:
         ffn_dim=64,
     )  # fmt: skip
     model = GPTCausalLM(config).eval()
-    with torch.no_grad():
-        model.backbone.embed.token.weight.normal_(std=0.3)  # peaky logits: sampled texts differ
+    with torch.no_grad():  # large random weights: greedy texts vary, not one repeated token
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.normal_(std=4 / weight.shape[-1] ** 0.5)
     write_config(folder, {"family": "gpt", "model": dataclasses.asdict(config)})
     save_weights(model, folder / "model.safetensors")
     tok.save(folder / "tokenizer")
     return folder
+
+
+@pytest.fixture(scope="session")
+def loaded(serve_run):
+    """The same run loaded directly: the reference the server's answers are checked against."""
+    from lmforge.api import load_run
+
+    return load_run(serve_run, "cpu")
+
+
+def alone(loaded, prompt_ids, **params) -> tuple[str, list]:
+    """(text, handle) of one request decoded alone on a fresh engine, stopping at eos as the
+    server does."""
+    from lmforge.generation.engine import Engine, SamplingParams
+
+    tok = loaded.tokenizer
+    engine = Engine(loaded.model, slots=1, tokenizer=tok)
+    params.setdefault("stop_token_ids", (tok.eos_id,))
+    handle = engine.submit(prompt_ids, SamplingParams(**params))
+    engine.run()
+    return handle.text, handle
