@@ -199,7 +199,7 @@ def test_penalties_and_extra_sampling_fields_reach_the_engine(client, loaded):
     expected, _ = alone(loaded, ids, **kw)
     plain, _ = alone(loaded, ids, max_new_tokens=12, temperature=0)
     assert expected != plain  # the penalties change the greedy text of this model
-    got = client.completions.create(model=MODEL, 
+    got = client.completions.create(model=MODEL,
         prompt="The wine", max_tokens=12, temperature=0, frequency_penalty=2.0,
         presence_penalty=2.0, extra_body={"top_k": 5, "min_p": 0.01, "repetition_penalty": 1.0},
     )  # fmt: skip
