@@ -540,6 +540,14 @@ def _free_socket(host: str, port: int) -> socket.socket:
 def _server(app, graceful_seconds: float):
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            log.info("lmforge serve: stopping (signal %d)", sig)
+            # uvicorn raises the signal again once it has shut down (exit code 128 + sig); a
+            # server that finished or cancelled its requests on Ctrl-C / SIGTERM exits with 0
+            getattr(self, "_captured_signals", []).clear()
+
     config = uvicorn.Config(
         app,
         access_log=False,  # ours is one line per request, with tokens and speed
@@ -547,7 +555,7 @@ def _server(app, graceful_seconds: float):
         lifespan="on",
         timeout_graceful_shutdown=graceful_seconds,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 @contextlib.contextmanager
@@ -593,4 +601,6 @@ def serve_forever(app, host: str, port: int) -> None:
             server.should_exit = True
 
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
+    shown = f"[{host}]" if ":" in host else host
+    log.info("lmforge serve: listening on http://%s:%d", shown, sock.getsockname()[1])
     server.run(sockets=[sock])
