@@ -114,7 +114,6 @@ class ServerState:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.loaded = self.worker = self.template = self.limits = None
-        self.admitted = 0  # sequences of requests in flight (running, waiting or queued)
         self.metrics = Metrics(self)
 
     def load(self) -> None:
@@ -264,7 +263,8 @@ def create_app(
         from fastapi.staticfiles import StaticFiles
 
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    if cors_origins:
+    app.add_middleware(_Outer, state=state)
+    if cors_origins:  # outermost: 401s and 500s carry the CORS headers too, so browsers see them
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(
@@ -273,7 +273,6 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(_Outer, state=state)  # added last: outermost, sees CORS preflights pass
     return app
 
 
@@ -321,7 +320,7 @@ class _Outer:
 
     def _refused(self, scope) -> APIError | None:
         key = self.state.api_key
-        if key is None or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
+        if key is None or not scope["path"].startswith("/v1"):
             return None
         headers = dict(scope["headers"])
         given = headers.get(b"authorization", b"").decode("latin-1")
@@ -378,7 +377,8 @@ async def _generate(state: ServerState, request, chat: bool):
         req = protocol.parse_completion(body, tokenizer, state.limits)
     state.check_model(req.model)
     needed = len(req.params)
-    if state.admitted + needed > state.slots + state.max_queue:
+    in_flight = state.worker.running + state.worker.waiting  # sequences, not HTTP requests
+    if in_flight + needed > state.slots + state.max_queue:
         raise APIError(
             429,
             f"the server is busy: {state.slots} slots and a queue of {state.max_queue} are full; "
@@ -389,7 +389,6 @@ async def _generate(state: ServerState, request, chat: bool):
     stats: RequestStats = request.scope["lmforge_stats"]
     stats.prompt_tokens = sum(len(p) for p in req.prompts)
     state.metrics.prompt_tokens.inc(stats.prompt_tokens)
-    state.admitted += needed
     queue: asyncio.Queue = asyncio.Queue()
     seqs = [
         state.worker.submit(req.prompt_of(i), params, queue, i)
@@ -397,22 +396,21 @@ async def _generate(state: ServerState, request, chat: bool):
     ]
     reply = _Reply(state, req, stats, f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}")
 
-    def release():
+    def release():  # no-op for sequences that ended
         for seq in seqs:
             state.worker.cancel(seq)
-        state.admitted -= needed
 
     if req.stream:
 
-        async def events():
-            try:
-                async for event in reply.stream(queue):
-                    yield event
-            finally:
-                release()
+        class EventStream(StreamingResponse):
+            async def __call__(self, scope, receive, send):
+                try:  # the client may leave before the first event: cancel here, not in events()
+                    await super().__call__(scope, receive, send)
+                finally:
+                    release()
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return EventStream(reply.stream(queue), media_type="text/event-stream", headers=headers)
     watch = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         work = asyncio.ensure_future(reply.collect(queue))
@@ -501,7 +499,19 @@ class _Reply:
         return protocol.sse(self._object([choice], chunk=True, **extra))
 
     async def stream(self, queue: asyncio.Queue):
-        """SSE strings: content chunks, a finish chunk per choice, usage if asked, [DONE]."""
+        """SSE strings: content chunks, a finish chunk per choice, usage if asked, [DONE]; an
+        error once the stream started is an error event before [DONE]."""
+        try:
+            async for event in self._events(queue):
+                yield event
+        except Exception as e:  # noqa: BLE001 - the status line is gone: tell it in the stream
+            log.info("streaming failed: %s: %s", type(e).__name__, e)
+            log.debug("streaming failed", exc_info=True)
+            failed = APIError(500, "the server failed while streaming the answer")
+            yield protocol.sse(failed.body())
+            yield protocol.sse("[DONE]")
+
+    async def _events(self, queue: asyncio.Queue):
         if self.req.chat:
             for i in range(self.num):
                 yield self._chunk(i, "", None, role=True)
