@@ -6,6 +6,9 @@ Python entry points (stable):
     with running_server(app) as url:                        # uvicorn in a thread on a free port
         ...  # url == "http://127.0.0.1:PORT"; OpenAI clients use base_url=url + "/v1"
     app.state.lmforge.ready.wait()                          # a threading.Event, set once loaded
+    serve_forever(app, "127.0.0.1", 8000)                   # `lmforge serve`: until SIGTERM
+
+--api-key guards /v1/* only: / (the playground), /static, /health and /metrics stay open.
 
 Every error a client sees is OpenAI's `{"error": {...}}` (lmforge.serve.protocol); no traceback
 leaves the process below DEBUG logging.
@@ -20,7 +23,6 @@ import secrets
 import socket
 import threading
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,6 @@ from lmforge.serve.protocol import APIError
 log = logging.getLogger("lmforge.serve")
 
 STATIC = Path(__file__).parent / "static"
-OPEN_PATHS = ("/", "/health", "/metrics", "/favicon.ico")  # no API key needed
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
 MAX_DRAIN = 64 * 2**20  # an oversized body is read (and dropped) up to this, then cut off
 
@@ -194,7 +195,7 @@ def create_app(
     state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits)
     state.name = model_name or state.name
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         threading.Thread(target=state.load, name="lmforge-load", daemon=True).start()
         yield
@@ -547,13 +548,22 @@ def _free_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+FINISH_SECONDS = 2.0  # on Ctrl-C / SIGTERM, running requests get this long, then are cancelled
+
+
 def _server(app, graceful_seconds: float):
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                log.info("lmforge serve: stopping (signal %d)", sig)
+                # streams still running then end with an error event and [DONE], not cut off
+                state: ServerState = app.state.lmforge
+                timer = threading.Timer(FINISH_SECONDS, state.close)
+                timer.daemon = True
+                timer.start()
             super().handle_exit(sig, frame)
-            log.info("lmforge serve: stopping (signal %d)", sig)
             # uvicorn raises the signal again once it has shut down (exit code 128 + sig); a
             # server that finished or cancelled its requests on Ctrl-C / SIGTERM exits with 0
             getattr(self, "_captured_signals", []).clear()
@@ -599,10 +609,10 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: bool
 
 
 def serve_forever(app, host: str, port: int) -> None:
-    """Run `app` until Ctrl-C or SIGTERM (uvicorn's handlers); running requests get a few
-    seconds to finish, then the engine cancels what is left."""
+    """Run `app` until Ctrl-C or SIGTERM (uvicorn's handlers); running requests get
+    FINISH_SECONDS to finish, then the engine cancels what is left."""
     sock = _free_socket(host, port)
-    server = _server(app, graceful_seconds=5.0)
+    server = _server(app, graceful_seconds=FINISH_SECONDS + 8)
 
     def stop_if_load_fails():
         state: ServerState = app.state.lmforge
