@@ -458,3 +458,14 @@ def test_cors_origins_are_allowed_when_given(serve_run):
         assert status == 401 and headers["access-control-allow-origin"] == "http://example.com"
         status, headers, _ = _raw(url, "GET", "/v1/models", headers={"Origin": "http://evil.com"})
         assert status == 401 and "access-control-allow-origin" not in headers
+
+
+def test_int8_weights_serve_what_the_int8_engine_makes(serve_run):
+    from lmforge.api import load_run
+
+    int8 = load_run(serve_run, "cpu", quantize="int8")
+    expected, _ = alone(int8, _ids(int8, "The wine"), max_new_tokens=8, temperature=0)
+    with running_server(create_app(serve_run, slots=1, quantize="int8")) as url:
+        body = {"prompt": "The wine", "max_tokens": 8, "temperature": 0}
+        status, _, raw = _raw(url, "POST", "/v1/completions", body)
+    assert status == 200 and json.loads(raw)["choices"][0]["text"] == expected
