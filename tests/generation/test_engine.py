@@ -342,3 +342,29 @@ def test_step_slots_reads_rows_that_are_not_side_by_side():
         both = model.step_slots(torch.tensor([[7, 8], [9, 10]]), caches, [0, 2], [4, 2])
         reference = [model(torch.tensor([p]))[0, -2:] for p in ([1, 2, 3, 4, 7, 8], [5, 6, 9, 10])]
     torch.testing.assert_close(both, torch.stack(reference), atol=1e-5, rtol=1e-4)
+
+
+def test_threads_change_no_token_and_torch_gets_its_count_back():
+    model = tiny_gpt()
+    before = torch.get_num_threads()
+    outs = []
+    for threads in (1, 2, None):
+        engine = Engine(model, slots=2, threads=threads)
+        handles = [engine.submit(p, SamplingParams(6, temperature=0)) for p in PROMPTS[:2]]
+        engine.run()
+        assert torch.get_num_threads() == before
+        outs.append([h.tokens for h in handles])
+    assert outs[0] == outs[1] == outs[2] == [greedy_alone(model, p, 6) for p in PROMPTS[:2]]
+
+
+def test_best_threads_is_one_or_every_core_and_probed_once(monkeypatch):
+    from lmforge.generation import engine as engine_module
+    from lmforge.system import usable_cpus
+
+    model = tiny_gpt(seed=3)
+    first = engine_module.best_threads(model, 1)
+    assert first in (1, usable_cpus())
+    monkeypatch.setattr(engine_module, "_probe_threads", lambda *a: pytest.fail("probed twice"))
+    assert engine_module.best_threads(model, 1) == first
+    with pytest.raises(ConfigError, match="threads=0"):
+        Engine(model, threads=0)
