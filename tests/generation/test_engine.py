@@ -368,3 +368,28 @@ def test_best_threads_is_one_or_every_core_and_probed_once(monkeypatch):
     assert engine_module.best_threads(model, 1) == first
     with pytest.raises(ConfigError, match="threads=0"):
         Engine(model, threads=0)
+
+
+def test_int8_streams_batched_decode_as_they_do_alone():
+    """Four rows run torch._int_mm (activations rounded per token), one row the packed kernel:
+    a row's tokens do not depend on its neighbours, and its log-probabilities stay close."""
+    from lmforge.layers.quant import quantize_
+
+    model = tiny_gpt(seed=1)
+    quantize_(model, "int8")
+    params = SamplingParams(8, temperature=0, logprobs=0)
+    alone = []
+    for prompt in PROMPTS:
+        engine = Engine(model, slots=1)
+        alone.append(engine.submit(prompt, params))
+        engine.run()
+    engine = Engine(model, slots=4)
+    together = [engine.submit(p, params) for p in PROMPTS]
+    engine.run()
+    assert len({t for h in together for t in h.tokens}) > 2  # the model's choice moves
+    for a, b in zip(alone, together):
+        assert a.tokens == b.tokens
+        got = torch.tensor([x.logprob for x in b.logprobs])
+        torch.testing.assert_close(
+            got, torch.tensor([x.logprob for x in a.logprobs]), atol=0.05, rtol=0
+        )
