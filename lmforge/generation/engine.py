@@ -69,7 +69,7 @@ def slots_that_fit(model, slots: int, max_len: int | None, device) -> tuple | No
     return fit, problem, "" if max_len is None else " or a smaller max_len"
 
 
-_best_threads: dict[tuple, int] = {}  # (model shape, rows, device) -> threads, per process
+_best_threads: dict[tuple, int] = {}  # (model shape, int8 kernel, rows) -> threads, per process
 
 
 def best_threads(model, rows: int = 1) -> int:
