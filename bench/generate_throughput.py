@@ -360,7 +360,9 @@ def _alternate(names: list[str], args, argv: list[str]) -> dict:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 raise RuntimeError(f"contender {name} failed:\n{proc.stderr[-3000:]}")
-            for key, value in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name}: {result['seconds']:.2f} s", file=sys.stderr, flush=True)
+            for key, value in result.items():
                 got[name].setdefault(key, []).append(value)
     return {name: {k: statistics.median(v) for k, v in d.items()} for name, d in got.items()}
 
