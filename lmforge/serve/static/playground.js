@@ -139,6 +139,8 @@ function showError(message) {
 function setRunning(running) {
   $("generate").disabled = running;
   $("stop").disabled = !running;
+  $("clear").disabled = running; // mode and history stay put while a reply streams
+  for (const radio of document.querySelectorAll('input[name="mode"]')) radio.disabled = running;
 }
 
 function bubble(role, text) {
@@ -154,10 +156,11 @@ function bubble(role, text) {
 async function generate(text) {
   showError("");
   const out = $("output");
-  let target;
-  if (mode() === "chat") {
+  const chat = mode() === "chat";
+  let target, asked;
+  if (chat) {
     messages.push({ role: "user", content: text });
-    bubble("user", text);
+    asked = bubble("user", text);
     target = bubble("assistant", "");
     $("prompt").value = "";
   } else {
@@ -221,7 +224,15 @@ async function generate(text) {
   } finally {
     controller = null;
     setRunning(false);
-    if (mode() === "chat" && reply) messages.push({ role: "assistant", content: reply });
+    if (chat && reply) {
+      messages.push({ role: "assistant", content: reply });
+    } else if (chat) {
+      // no answer (an error, or stopped before the first token): take the question back
+      messages.pop();
+      asked.remove();
+      target.remove();
+      if (!$("prompt").value) $("prompt").value = text;
+    }
   }
 }
 
@@ -300,6 +311,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("prompt-form").requestSubmit();
   });
+  $("settings").addEventListener("submit", (event) => event.preventDefault());
   $("stop").addEventListener("click", () => controller?.abort());
   $("clear").addEventListener("click", setMode);
   $("api_key").addEventListener("change", loadModels);
