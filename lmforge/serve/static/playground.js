@@ -176,6 +176,7 @@ async function generate(text) {
   const { url, body } = buildRequest(text);
   const stats = { start: performance.now(), first: 0, count: 0 };
   let reply = "";
+  let held = []; // tokens whose text has not come yet
   $("ttft").textContent = "-";
   $("tps").textContent = "-";
   $("ntokens").textContent = "0";
@@ -202,18 +203,23 @@ async function generate(text) {
       }
       for (const choice of chunk.choices ?? []) {
         const part = choiceParts(choice);
-        if (part.text) {
+        if (part.text || part.tokens.length) {
           const now = performance.now();
           if (!stats.first) {
             stats.first = now;
             $("ttft").textContent = `${Math.round(now - stats.start)} ms`;
           }
           stats.count += part.tokens.length || 1;
-          reply += part.text;
-          appendText(target, part.text, part.tokens);
           const seconds = (now - stats.first) / 1000;
           if (seconds > 0) $("tps").textContent = ((stats.count - 1) / seconds).toFixed(1);
           $("ntokens").textContent = stats.count;
+        }
+        // a token can come before its text (half a UTF-8 character, a possible stop string)
+        held.push(...part.tokens);
+        if (part.text) {
+          reply += part.text;
+          appendText(target, part.text, held);
+          held = [];
         }
         if (choice.finish_reason) $("finish").textContent = `finished: ${choice.finish_reason}`;
       }
@@ -245,7 +251,8 @@ function visible(token) {
 function showTooltip(span) {
   const tip = $("tooltip");
   const chosen = span.textContent;
-  const rows = JSON.parse(span.dataset.top).map(({ token, logprob }) => {
+  const top = JSON.parse(span.dataset.top).sort((a, b) => b.logprob - a.logprob);
+  const rows = top.map(({ token, logprob }) => {
     const row = document.createElement("div");
     row.className = token === chosen ? "row chosen" : "row";
     const name = document.createElement("code");
