@@ -1,7 +1,6 @@
 """`lmforge serve`: an OpenAI-compatible HTTP server (completions, chat, streaming) and a web
 playground for a run; the model loads after the server starts listening (/health says when)."""
 
-import logging
 from dataclasses import dataclass, field
 
 from lmforge.cli import options
@@ -32,6 +31,10 @@ class ServeConfig:
         default=4096, metadata={"help": "the most tokens one request may ask for (max_tokens)"}
     )
     max_body_bytes: int = field(default=2**20, metadata={"help": "larger request bodies get 413"})
+    model_name: str | None = field(
+        default=None,
+        metadata={"help": "the model id /v1/models lists", "default_help": "RUN as given"},
+    )
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
 
@@ -83,9 +86,7 @@ def run(args) -> int:
         max_body_bytes=cfg.max_body_bytes,
         device=cfg.device,
         unknown_token=cfg.unknown_token,
-    )
-    logging.getLogger("lmforge.serve").info(
-        "lmforge serve: http://%s:%d (loading %s)", cfg.host, cfg.port, args.run
+        model_name=cfg.model_name,
     )
     try:
         serve_forever(app, cfg.host, cfg.port)

@@ -171,6 +171,7 @@ def create_app(
     max_body_bytes: int = 2**20,
     device: str = "auto",
     unknown_token: str | None = None,
+    model_name: str | None = None,
 ):
     """The FastAPI app serving `run` (a run folder, Hugging Face folder or name).
 
@@ -182,6 +183,8 @@ def create_app(
         api_key: when set, /v1/* need `Authorization: Bearer <api_key>`.
         max_tokens_limit: the most tokens one choice may ask for (max_tokens).
         max_body_bytes: larger request bodies get 413.
+        model_name: the id /v1/models lists and requests name (default: `run` as given); a
+            request without `model` is served too, as vLLM and llama.cpp do.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -190,6 +193,7 @@ def create_app(
 
     limits = (max_tokens_limit, max_body_bytes, api_key)
     state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits)
+    state.name = model_name or state.name
 
     @asynccontextmanager
     async def lifespan(app):
@@ -536,6 +540,14 @@ def _free_socket(host: str, port: int) -> socket.socket:
 def _server(app, graceful_seconds: float):
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            log.info("lmforge serve: stopping (signal %d)", sig)
+            # uvicorn raises the signal again once it has shut down (exit code 128 + sig); a
+            # server that finished or cancelled its requests on Ctrl-C / SIGTERM exits with 0
+            getattr(self, "_captured_signals", []).clear()
+
     config = uvicorn.Config(
         app,
         access_log=False,  # ours is one line per request, with tokens and speed
@@ -543,13 +555,13 @@ def _server(app, graceful_seconds: float):
         lifespan="on",
         timeout_graceful_shutdown=graceful_seconds,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 @contextlib.contextmanager
-def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: float = 60.0):
-    """Run `app` with uvicorn in a thread on host:port (0: a free port) and yield its base URL;
-    waits until the model is loaded (or failed) and stops the server on exit.
+def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: bool = True):
+    """Run `app` with uvicorn in a thread on host:port (0: a free port) and yield its base URL
+    once it listens and (wait_ready) the model is loaded or failed; stops the server on exit.
 
     Example:
         with running_server(create_app("runs/wine")) as url:
@@ -563,8 +575,8 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: floa
     thread.start()
     try:
         state: ServerState = app.state.lmforge
-        deadline = time.monotonic() + wait_ready
-        while not (server.started and state.ready.is_set()):
+        deadline = time.monotonic() + 120
+        while not (server.started and (state.ready.is_set() or not wait_ready)):
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.01)
@@ -589,4 +601,6 @@ def serve_forever(app, host: str, port: int) -> None:
             server.should_exit = True
 
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
+    shown = f"[{host}]" if ":" in host else host
+    log.info("lmforge serve: listening on http://%s:%d", shown, sock.getsockname()[1])
     server.run(sockets=[sock])
