@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.api import load_tokenizer
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 from lmforge.serve.app import create_app, running_server
-from lmforge.tokenizers.base import train_tokenizer
 from lmforge.training.checkpoint import save_weights, write_config
 
 # root needs --no-sandbox; the rest keep Chromium off the network (this one has none)
@@ -34,7 +34,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-TEXT = "ROMEO: But soft, what light through yonder window breaks? It is the east.\n"
 LONG = 1500  # tokens: a stream that outlasts several observations on any machine
 
 
@@ -52,27 +51,25 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def play_run(tmp_path_factory) -> Path:
-    """A 2 x 64 GPT run (context 2048) over a byte-level BPE that writes printable text only."""
-    folder = tmp_path_factory.mktemp("play") / "run"
-    folder.mkdir()
-    tok = train_tokenizer("bpe", [TEXT * 20], vocab_size=300)
+def play_run(serve_run, tmp_path_factory) -> Path:
+    """serve_run's byte-level BPE with a 2 x 64 GPT of context 2048 that writes printable text
+    only (a lone byte of a UTF-8 character would print as U+FFFD) and never ends by itself."""
+    folder = tmp_path_factory.mktemp("play")
+    shutil.copytree(serve_run / "tokenizer", folder / "tokenizer")
+    tok = load_tokenizer(folder)
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=tok.vocab_size, max_seq_len=2048, embed_dim=64, num_heads=2, num_layers=2,
         ffn_dim=128, tie_embeddings=False,
     )  # fmt: skip
     model = GPTCausalLM(config).eval()
-    # printable tokens only (a lone byte of a UTF-8 character would print as U+FFFD) and never
-    # end-of-text; a few likely ones, so the top-5 shows a spread
     texts = [tok.decode([i]) for i in range(tok.vocab_size)]
     unprintable = [i for i, t in enumerate(texts) if "\ufffd" in t or not t.isprintable()]
     with torch.no_grad():
-        model.head.weight.normal_(std=0.25)
+        model.head.weight.normal_(std=0.25)  # a few likely tokens: the top-5 shows a spread
         model.head.bias[[tok.eos_id, *unprintable]] = -1e4
     write_config(folder, {"family": "gpt", "model": dataclasses.asdict(config)})
     save_weights(model, folder / "model.safetensors")
-    tok.save(folder / "tokenizer")
     return folder
 
 
