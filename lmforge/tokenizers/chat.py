@@ -36,9 +36,14 @@ class ChatTemplate:
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **tokens) -> str:
         """The prompt text of `messages` ([{"role": ..., "content": str}, ...])."""
         if self.name == "jinja":
-            return _jinja(self.source).render(
-                messages=messages, add_generation_prompt=add_generation_prompt, **tokens
-            )
+            from jinja2 import TemplateError
+
+            try:
+                return _jinja(self.source).render(
+                    messages=messages, add_generation_prompt=add_generation_prompt, **tokens
+                )
+            except TemplateError as e:  # a broken template, or one the sandbox refuses
+                raise DataError(f"the model's chat template failed: {e}") from None
         if self.name == "chatml":
             text = "".join(CHATML_MESSAGE.format(**m) for m in messages)
             return text + (CHATML_GENERATION if add_generation_prompt else "")
