@@ -1,5 +1,6 @@
-"""What the benchmarks share: the median wall time of a step after untimed warm-up steps, and
-the machine fields every JSON line carries (CPU, torch's kernels, threads, torch version)."""
+"""What the benchmarks share: the median wall time of a step after untimed warm-up steps, the
+machine fields every JSON line carries (CPU, torch's kernels, threads, torch version), and the
+printing of a result row."""
 
 import json
 import statistics

@@ -58,20 +58,24 @@ async function* sseData(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    const events = buffer.split(/\r?\n\r?\n/);
-    buffer = events.pop();
-    for (const event of events) {
-      const data = event
-        .split(/\r?\n/)
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).replace(/^ /, ""))
-        .join("\n");
-      if (data) yield data;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      const events = buffer.split(/\r?\n\r?\n/);
+      buffer = events.pop();
+      for (const event of events) {
+        const data = event
+          .split(/\r?\n/)
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (data) yield data;
+      }
     }
+  } finally {
+    reader.cancel().catch(() => {}); // a consumer that stops early closes the connection
   }
 }
 
@@ -137,6 +141,7 @@ function showError(message) {
 }
 
 function setRunning(running) {
+  $("output").setAttribute("aria-busy", running); // screen readers read the text once, at the end
   $("generate").disabled = running;
   $("stop").disabled = !running;
   $("clear").disabled = running; // mode and history stay put while a reply streams
@@ -194,11 +199,16 @@ async function generate(text) {
       showError(`HTTP ${response.status}: ${await errorMessage(response)}`);
       return;
     }
+    let done = false;
     for await (const data of sseData(response)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") {
+        done = true;
+        break;
+      }
       const chunk = JSON.parse(data);
       if (chunk.error) {
         showError(chunk.error.message ?? JSON.stringify(chunk.error));
+        done = true;
         break;
       }
       for (const choice of chunk.choices ?? []) {
@@ -224,6 +234,7 @@ async function generate(text) {
         if (choice.finish_reason) $("finish").textContent = `finished: ${choice.finish_reason}`;
       }
     }
+    if (!done) showError("the stream ended before data: [DONE] (did the server stop?)");
   } catch (err) {
     if (err.name === "AbortError") $("finish").textContent = "stopped";
     else showError(`${err.name}: ${err.message}`);
