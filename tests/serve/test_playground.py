@@ -6,7 +6,6 @@ its test on any console error or uncaught exception. LMFORGE_SCREENSHOT_DIR=docs
 README's screenshot (of LMFORGE_SCREENSHOT_RUN, a readable model, if set) instead of to tmp_path.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -227,15 +226,16 @@ def test_an_api_key_is_sent_as_a_bearer_token(browser, play_run):
         page.close()
 
 
-def test_screenshot_of_a_stream_with_a_hovered_token(browser, server, tmp_path):
+def test_screenshot_of_a_stream_with_a_hovered_token(browser, play_run, tmp_path):
     """The README's picture: streamed text with a token's alternatives showing."""
     out = Path(os.environ.get("LMFORGE_SCREENSHOT_DIR") or tmp_path)
-    run = os.environ.get("LMFORGE_SCREENSHOT_RUN")
-    with running_server(create_app(run)) if run else contextlib.nullcontext(server) as url:
-        page = browser.new_page(viewport={"width": 1200, "height": 640})
+    app = create_app(os.environ.get("LMFORGE_SCREENSHOT_RUN") or play_run)
+    with running_server(app) as url:
+        context = app.state.lmforge.limits.context or 1000
+        page = browser.new_page(viewport={"width": 1100, "height": 560})
         page.goto(url + "/")
         page.wait_for_function("document.querySelector('#model').options.length > 0")
-        generate(page, "ROMEO:", max_tokens=300, seed=4, temperature=0.8)
+        generate(page, "ROMEO:", max_tokens=min(300, context - 8), seed=4, temperature=0.8)
         finish(page)
         probs = hover_a_token(page)
         assert len(probs) == 5 and all(math.isfinite(p) for p in probs)
