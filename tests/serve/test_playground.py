@@ -166,9 +166,10 @@ def test_slider_and_field_values_reach_the_request(page):
     assert finish(page) in ("finished: length", "finished: stop")
 
 
-def hover_a_token(page):
-    """Hover a generated token with visible text; returns the tooltip's probabilities (%)."""
-    page.locator("#output .tok", has_text=re.compile(r"\w")).nth(2).hover()
+def hover_a_token(page, index: int = 2):
+    """Hover a generated token with visible text (the index-th; -1 the last); returns the
+    tooltip's probabilities (%)."""
+    page.locator("#output .tok", has_text=re.compile(r"\w")).nth(index).hover()
     tip = page.locator("#tooltip")
     tip.wait_for(state="visible")
     rows = tip.locator(".row").all_inner_texts()
@@ -237,7 +238,7 @@ def test_screenshot_of_a_stream_with_a_hovered_token(browser, play_run, tmp_path
         page.wait_for_function("document.querySelector('#model').options.length > 0")
         generate(page, "ROMEO:", max_tokens=min(300, context - 8), seed=4, temperature=0.8)
         finish(page)
-        probs = hover_a_token(page)
+        probs = hover_a_token(page, -1)  # the tooltip opens below the text
         assert len(probs) == 5 and all(math.isfinite(p) for p in probs)
         page.screenshot(path=out / "playground.png")
         page.close()
