@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-LONG = 1500  # tokens: a stream that outlasts several observations on any machine
+LONG = 4000  # tokens: a stream that outlasts several observations on any machine
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def play_run(serve_run, tmp_path_factory) -> Path:
-    """serve_run's byte-level BPE with a 2 x 64 GPT of context 2048 that writes printable text
+    """serve_run's byte-level BPE with a 2 x 64 GPT of context 4096 that writes printable text
     only (a lone byte of a UTF-8 character would print as U+FFFD) and never ends by itself."""
     folder = tmp_path_factory.mktemp("play")
     shutil.copytree(serve_run / "tokenizer", folder / "tokenizer")
     tok = load_tokenizer(folder)
     torch.manual_seed(0)
     config = GPTConfig(
-        vocab_size=tok.vocab_size, max_seq_len=2048, embed_dim=64, num_heads=2, num_layers=2,
+        vocab_size=tok.vocab_size, max_seq_len=4096, embed_dim=64, num_heads=2, num_layers=2,
         ffn_dim=128, tie_embeddings=False,
     )  # fmt: skip
     model = GPTCausalLM(config).eval()
@@ -150,6 +150,21 @@ def test_text_streams_in_and_stop_freezes_it_and_frees_the_slot(page, server):
     assert float(page.inner_text("#tps")) > 0
 
 
+def test_the_text_follows_only_a_reader_at_the_bottom(page, server):
+    page.set_viewport_size({"width": 900, "height": 420})  # a short box: it overflows soon
+    generate(page, max_tokens=LONG, seed=5)
+    overflow = "(e => e.scrollHeight - e.clientHeight)(document.querySelector('#output'))"
+    wait_until(lambda: page.evaluate(overflow) > 100)
+    assert page.evaluate(f"{overflow} - document.querySelector('#output').scrollTop") < 30
+
+    page.evaluate("document.querySelector('#output').scrollTop = 0")  # the reader scrolls up
+    grown = output_length(page)
+    wait_until(lambda: output_length(page) > grown + 50)
+    assert page.evaluate("document.querySelector('#output').scrollTop") == 0
+    page.click("#stop")
+    assert finish(page) == "stopped"
+
+
 def test_slider_and_field_values_reach_the_request(page):
     page.fill("#temperature", "0.35")  # range inputs take fill() as a value
     page.fill("#top_p", "0.9")
@@ -203,7 +218,7 @@ def test_chat_mode_streams_replies_and_sends_the_history(page):
 
 
 def test_an_error_is_shown_with_the_servers_message(page):
-    generate(page, max_tokens=5000)  # over the model's context of 2048
+    generate(page, max_tokens=4096)  # the prompt and these are over the context of 4096
     finish(page)
     error = page.inner_text("#error")
     assert error.startswith("HTTP 400: ") and "max_tokens" in error

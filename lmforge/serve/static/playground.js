@@ -113,25 +113,41 @@ function atBottom(el) {
   return el.scrollHeight - el.scrollTop - el.clientHeight < 4;
 }
 
-// Appends a chunk's text: one span per token when the tokens spell the text (a stop string or a
-// split UTF-8 character can make them differ: then one plain span).
+// A chunk's text as nodes: one span per token when the tokens spell the text (a stop string or a
+// split UTF-8 character can make them differ: then plain text).
+function textNodes(text, tokens) {
+  if (!tokens.length || tokens.map((t) => t.token).join("") !== text) {
+    return [document.createTextNode(text)];
+  }
+  return tokens.map((t) => {
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.textContent = t.token;
+    span.dataset.logprob = t.logprob;
+    span.dataset.top = JSON.stringify(t.top);
+    // rarer tokens get a warmer background
+    span.style.setProperty("--surprise", (1 - Math.exp(t.logprob)).toFixed(2));
+    return span;
+  });
+}
+
+// New text is appended once per frame: reading the scroll position lays the page out, and doing
+// that per token makes a long stream slower with every token.
+let unshown = []; // [target, nodes] not yet on the page
+let frame = 0;
+
 function appendText(target, text, tokens) {
+  unshown.push([target, textNodes(text, tokens)]);
+  if (!frame) frame = requestAnimationFrame(showText);
+}
+
+function showText() {
+  cancelAnimationFrame(frame);
+  frame = 0;
   const out = $("output");
   const follow = atBottom(out); // scroll along only if the reader is already at the bottom
-  if (tokens.length && tokens.map((t) => t.token).join("") === text) {
-    for (const t of tokens) {
-      const span = document.createElement("span");
-      span.className = "tok";
-      span.textContent = t.token;
-      span.dataset.logprob = t.logprob;
-      span.dataset.top = JSON.stringify(t.top);
-      // rarer tokens get a warmer background
-      span.style.setProperty("--surprise", (1 - Math.exp(t.logprob)).toFixed(2));
-      target.append(span);
-    }
-  } else if (text) {
-    target.append(document.createTextNode(text));
-  }
+  for (const [target, nodes] of unshown) target.append(...nodes);
+  unshown = [];
   if (follow) out.scrollTop = out.scrollHeight;
 }
 
@@ -239,6 +255,7 @@ async function generate(text) {
     if (err.name === "AbortError") $("finish").textContent = "stopped";
     else showError(`${err.name}: ${err.message}`);
   } finally {
+    showText();
     controller = null;
     setRunning(false);
     if (chat && reply) {
