@@ -5,8 +5,9 @@ threads are its own; clients are the `openai` package's, streaming over HTTP. On
 
 - server_overhead: one streamed request's tokens/s through HTTP over the engine's own tokens/s
   for the same prompt and max tokens (in this process, the same weights; trials alternate);
-- time to first token p50/p99 for 1 stream, and for streams arriving as a Poisson process at 8
-  times the rate one stream finishes (8 in flight on average); inter-token latency p50/p99;
+- time to first token p50/p99 for 1 stream, and for 8 concurrent streams with Poisson arrivals
+  (8 clients, each starting its next stream after an exponential pause: a new stream joins 7
+  that are decoding); inter-token latency p50/p99;
 - streams_held: 32 streams at once (8 slots + a queue of 24) complete without errors, and
   requests past the queue get 429 at once;
 - rss_growth: the server's resident memory after 1,000 short requests, 20% of them disconnected
@@ -166,12 +167,11 @@ def quantiles(values, *qs) -> list[float | None]:
     return [float(np.percentile(values, q)) if len(values) else None for q in qs]
 
 
-def engine_tokens_per_s(loaded, prompt: str, max_tokens: int, slots: int) -> float:
+def engine_tokens_per_s(engine, prompt: str, max_tokens: int) -> float:
     """The engine alone, for the same prompt and max tokens as one HTTP request."""
-    from lmforge.generation.engine import Engine, SamplingParams
+    from lmforge.generation.engine import SamplingParams
 
-    tok = loaded.tokenizer
-    engine = Engine(loaded.model, slots=slots, tokenizer=tok)
+    tok = engine.tokenizer
     t = time.perf_counter()
     handle = engine.submit(
         tok.encode(prompt),
@@ -184,13 +184,17 @@ def engine_tokens_per_s(loaded, prompt: str, max_tokens: int, slots: int) -> flo
 
 async def overhead(client, loaded, args) -> dict:
     """HTTP and the engine alone, alternating, `trials` each after one untimed run of each."""
+    from lmforge.generation.engine import Engine
+
+    # one engine for every trial, as the server keeps one: its cache is allocated and touched
+    engine = Engine(loaded.model, slots=args.slots, tokenizer=loaded.tokenizer)
     prompt = prompt_text(1, 12)
     http, alone = [], []
     for trial in range(args.trials + 1):
         r = await stream(client, prompt, args.new_tokens, seed=0)
         if r["error"]:
             raise RuntimeError(f"an overhead request failed: {r['error']}")
-        e = engine_tokens_per_s(loaded, prompt, args.new_tokens, args.slots)
+        e = engine_tokens_per_s(engine, prompt, args.new_tokens)
         if trial:  # the first of each warms up
             http.append(r["tokens"] / r["total"])
             alone.append(e)
@@ -199,23 +203,31 @@ async def overhead(client, loaded, args) -> dict:
 
 
 async def latency(client, args, truncated: list) -> dict:
-    """TTFT and inter-token gaps of single streams, then of Poisson arrivals 8x as frequent."""
+    """TTFT and inter-token gaps of single streams, then of 8 clients with Poisson arrivals."""
     singles, deadline = [], time.monotonic() + args.cap
     for i in range(args.singles):
         if time.monotonic() > deadline:
             truncated.append("ttft_1")
             break
         singles.append(await stream(client, prompt_text(100 + i, 12), args.new_tokens, seed=i))
-    rate = 8 / float(np.mean([r["total"] for r in singles]))  # 8 in flight on average
-    rng, tasks, deadline = random.Random(0), [], time.monotonic() + args.cap
-    for i in range(8 * args.singles):
-        if time.monotonic() > deadline:
-            truncated.append("ttft_8")
-            break
-        prompt = prompt_text(1000 + i, 12)
-        tasks.append(asyncio.create_task(stream(client, prompt, args.new_tokens, seed=i)))
-        await asyncio.sleep(rng.expovariate(rate))
-    poisson = await asyncio.gather(*tasks)
+    # 8 clients, each sending its next request after an exponential pause (mean: a quarter of a
+    # stream's time alone): arrivals at random moments, at most 8 streams at once
+    pause = float(np.mean([r["total"] for r in singles])) / 4
+    poisson, deadline, started = [], time.monotonic() + args.cap, time.perf_counter()
+
+    async def client_loop(c: int):
+        rng = random.Random(c)
+        for k in range(args.singles):
+            await asyncio.sleep(rng.expovariate(1 / pause))
+            if time.monotonic() > deadline:
+                return
+            i = 1000 + c * args.singles + k
+            poisson.append(await stream(client, prompt_text(i, 12), args.new_tokens, seed=i))
+
+    await asyncio.gather(*[client_loop(c) for c in range(8)])
+    if len(poisson) < 8 * args.singles:
+        truncated.append("ttft_8")
+    in_flight = sum(r["total"] for r in poisson) / (time.perf_counter() - started)
     errors = [r["error"] for r in singles + poisson if r["error"]]
     if errors:
         raise RuntimeError(f"{len(errors)} latency requests failed, e.g. {errors[0]}")
@@ -233,8 +245,9 @@ async def latency(client, args, truncated: list) -> dict:
         "itl_p99_1_s": itl1[1],
         "itl_p50_8_s": itl8[0],
         "itl_p99_8_s": itl8[1],
-        "poisson_rate_per_s": rate,
+        "poisson_mean_pause_s": pause,
         "poisson_requests": len(poisson),
+        "poisson_mean_in_flight": in_flight,
     }
 
 
@@ -265,7 +278,8 @@ async def held(client, server: Server, args, truncated: list) -> dict:
     return {
         "streams": args.streams,
         "streams_held": len(ok),
-        "stream_errors": args.streams - len(ok),
+        "stream_errors": len(results) - len(ok),
+        "streams_cut_by_cap": len(pending),
         "past_queue": args.extra,
         "past_queue_429": sum(r["status"] == 429 for r in extra),
         "past_queue_max_s": max((r["total"] for r in extra), default=None),
@@ -276,11 +290,10 @@ async def memory(client, server: Server, args, truncated: list) -> dict:
     """A warm-up round, then `requests` short ones (every 5th hung up after its first token)
     from 8 clients; the server's RSS and threads before and after, and its gauges once idle."""
 
-    async def round_of(count: int, offset: int, deadline: float) -> tuple[int, int]:
-        next_i, errors, hung_up = iter(range(count)), 0, 0
+    async def round_of(count: int, offset: int, deadline: float) -> dict:
+        next_i, n = iter(range(count)), {"done": 0, "errors": 0, "hung_up": 0}
 
         async def client_loop():
-            nonlocal errors, hung_up
             for i in next_i:
                 if time.monotonic() > deadline:
                     return
@@ -288,13 +301,15 @@ async def memory(client, server: Server, args, truncated: list) -> dict:
                 r = await stream(
                     client, prompt_text(offset + i, 6), 8, seed=i, hang_up_after=hang_up
                 )
-                errors += r["error"] is not None
-                hung_up += hang_up is not None
+                n["done"] += 1
+                n["errors"] += r["error"] is not None
+                n["hung_up"] += hang_up is not None
 
         await asyncio.gather(*[client_loop() for _ in range(8)])
-        return errors, hung_up
+        return n
 
     async def idle() -> dict:
+        """The gauges once both are 0 (or after 30 s), a second later."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             g = await asyncio.to_thread(server.gauges)
@@ -302,21 +317,21 @@ async def memory(client, server: Server, args, truncated: list) -> dict:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # hung-up streams are cancelled at the engine's next step
-        return g
+        return await asyncio.to_thread(server.gauges)
 
     await round_of(max(50, args.requests // 10), 200_000, time.monotonic() + args.cap)
     await idle()
     before = server.status()
     t = time.monotonic()
-    errors, hung_up = await round_of(args.requests, 300_000, t + args.memory_cap)
+    n = await round_of(args.requests, 300_000, t + args.memory_cap)
     if time.monotonic() > t + args.memory_cap:
         truncated.append("rss_growth")
     g = await idle()
     after = server.status()
     return {
-        "requests": args.requests,
-        "hung_up": hung_up,
-        "request_errors": errors,
+        "requests": n["done"],  # fewer than --requests only when the cap cut the phase
+        "hung_up": n["hung_up"],
+        "request_errors": n["errors"],
         "rss_warm_mb": before["rss"] / 2**20,
         "rss_after_mb": after["rss"] / 2**20,
         "rss_growth": after["rss"] / before["rss"],
@@ -352,7 +367,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000, help="short requests of the RSS phase")
     ap.add_argument("--singles", type=int, default=12, help="single streams; Poisson: 8x as many")
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens per latency stream")
-    ap.add_argument("--trials", type=int, default=3, help="trials of the overhead comparison")
+    ap.add_argument("--trials", type=int, default=5, help="trials of the overhead comparison")
     ap.add_argument("--cap", type=float, default=120, help="seconds each phase may take at most")
     ap.add_argument("--memory-cap", type=float, default=600, help="seconds for the RSS phase")
     ap.add_argument("--tiny", action="store_true", help="a 2 x 64 model and small counts")
