@@ -25,7 +25,11 @@ class ServeConfig:
     )
     cors_origin: list[str] | None = field(
         default=None,
-        metadata={"help": "allow browser requests from this origin (repeatable; * for any)"},
+        metadata={
+            "help": "allow browser requests from these origins (* for any)",
+            "nargs": "+",
+            "metavar": "ORIGIN",
+        },
     )
     max_tokens_limit: int = field(
         default=4096, metadata={"help": "the most tokens one request may ask for (max_tokens)"}

@@ -6,6 +6,9 @@ Python entry points (stable):
     with running_server(app) as url:                        # uvicorn in a thread on a free port
         ...  # url == "http://127.0.0.1:PORT"; OpenAI clients use base_url=url + "/v1"
     app.state.lmforge.ready.wait()                          # a threading.Event, set once loaded
+    serve_forever(app, "127.0.0.1", 8000)                   # `lmforge serve`: until SIGTERM
+
+--api-key guards /v1/* only: / (the playground), /static, /health and /metrics stay open.
 
 Every error a client sees is OpenAI's `{"error": {...}}` (lmforge.serve.protocol); no traceback
 leaves the process below DEBUG logging.
@@ -20,7 +23,6 @@ import secrets
 import socket
 import threading
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,6 @@ from lmforge.serve.protocol import APIError
 log = logging.getLogger("lmforge.serve")
 
 STATIC = Path(__file__).parent / "static"
-OPEN_PATHS = ("/", "/health", "/metrics", "/favicon.ico")  # no API key needed
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
 MAX_DRAIN = 64 * 2**20  # an oversized body is read (and dropped) up to this, then cut off
 
@@ -114,7 +115,6 @@ class ServerState:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.loaded = self.worker = self.template = self.limits = None
-        self.admitted = 0  # sequences of requests in flight (running, waiting or queued)
         self.metrics = Metrics(self)
 
     def load(self) -> None:
@@ -195,7 +195,7 @@ def create_app(
     state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits)
     state.name = model_name or state.name
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         threading.Thread(target=state.load, name="lmforge-load", daemon=True).start()
         yield
@@ -264,7 +264,8 @@ def create_app(
         from fastapi.staticfiles import StaticFiles
 
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    if cors_origins:
+    app.add_middleware(_Outer, state=state)
+    if cors_origins:  # outermost: 401s and 500s carry the CORS headers too, so browsers see them
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(
@@ -273,7 +274,6 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(_Outer, state=state)  # added last: outermost, sees CORS preflights pass
     return app
 
 
@@ -321,7 +321,7 @@ class _Outer:
 
     def _refused(self, scope) -> APIError | None:
         key = self.state.api_key
-        if key is None or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
+        if key is None or not scope["path"].startswith("/v1"):
             return None
         headers = dict(scope["headers"])
         given = headers.get(b"authorization", b"").decode("latin-1")
@@ -378,7 +378,8 @@ async def _generate(state: ServerState, request, chat: bool):
         req = protocol.parse_completion(body, tokenizer, state.limits)
     state.check_model(req.model)
     needed = len(req.params)
-    if state.admitted + needed > state.slots + state.max_queue:
+    in_flight = state.worker.running + state.worker.waiting  # sequences, not HTTP requests
+    if in_flight + needed > state.slots + state.max_queue:
         raise APIError(
             429,
             f"the server is busy: {state.slots} slots and a queue of {state.max_queue} are full; "
@@ -389,7 +390,6 @@ async def _generate(state: ServerState, request, chat: bool):
     stats: RequestStats = request.scope["lmforge_stats"]
     stats.prompt_tokens = sum(len(p) for p in req.prompts)
     state.metrics.prompt_tokens.inc(stats.prompt_tokens)
-    state.admitted += needed
     queue: asyncio.Queue = asyncio.Queue()
     seqs = [
         state.worker.submit(req.prompt_of(i), params, queue, i)
@@ -397,22 +397,21 @@ async def _generate(state: ServerState, request, chat: bool):
     ]
     reply = _Reply(state, req, stats, f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}")
 
-    def release():
+    def release():  # no-op for sequences that ended
         for seq in seqs:
             state.worker.cancel(seq)
-        state.admitted -= needed
 
     if req.stream:
 
-        async def events():
-            try:
-                async for event in reply.stream(queue):
-                    yield event
-            finally:
-                release()
+        class EventStream(StreamingResponse):
+            async def __call__(self, scope, receive, send):
+                try:  # the client may leave before the first event: cancel here, not in events()
+                    await super().__call__(scope, receive, send)
+                finally:
+                    release()
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return EventStream(reply.stream(queue), media_type="text/event-stream", headers=headers)
     watch = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         work = asyncio.ensure_future(reply.collect(queue))
@@ -501,7 +500,19 @@ class _Reply:
         return protocol.sse(self._object([choice], chunk=True, **extra))
 
     async def stream(self, queue: asyncio.Queue):
-        """SSE strings: content chunks, a finish chunk per choice, usage if asked, [DONE]."""
+        """SSE strings: content chunks, a finish chunk per choice, usage if asked, [DONE]; an
+        error once the stream started is an error event before [DONE]."""
+        try:
+            async for event in self._events(queue):
+                yield event
+        except Exception as e:  # noqa: BLE001 - the status line is gone: tell it in the stream
+            log.info("streaming failed: %s: %s", type(e).__name__, e)
+            log.debug("streaming failed", exc_info=True)
+            failed = APIError(500, "the server failed while streaming the answer")
+            yield protocol.sse(failed.body())
+            yield protocol.sse("[DONE]")
+
+    async def _events(self, queue: asyncio.Queue):
         if self.req.chat:
             for i in range(self.num):
                 yield self._chunk(i, "", None, role=True)
@@ -537,13 +548,22 @@ def _free_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+FINISH_SECONDS = 2.0  # on Ctrl-C / SIGTERM, running requests get this long, then are cancelled
+
+
 def _server(app, graceful_seconds: float):
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                log.info("lmforge serve: stopping (signal %d)", sig)
+                # streams still running then end with an error event and [DONE], not cut off
+                state: ServerState = app.state.lmforge
+                timer = threading.Timer(FINISH_SECONDS, state.close)
+                timer.daemon = True
+                timer.start()
             super().handle_exit(sig, frame)
-            log.info("lmforge serve: stopping (signal %d)", sig)
             # uvicorn raises the signal again once it has shut down (exit code 128 + sig); a
             # server that finished or cancelled its requests on Ctrl-C / SIGTERM exits with 0
             getattr(self, "_captured_signals", []).clear()
@@ -589,10 +609,10 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, wait_ready: bool
 
 
 def serve_forever(app, host: str, port: int) -> None:
-    """Run `app` until Ctrl-C or SIGTERM (uvicorn's handlers); running requests get a few
-    seconds to finish, then the engine cancels what is left."""
+    """Run `app` until Ctrl-C or SIGTERM (uvicorn's handlers); running requests get
+    FINISH_SECONDS to finish, then the engine cancels what is left."""
     sock = _free_socket(host, port)
-    server = _server(app, graceful_seconds=5.0)
+    server = _server(app, graceful_seconds=FINISH_SECONDS + 8)
 
     def stop_if_load_fails():
         state: ServerState = app.state.lmforge

@@ -75,9 +75,29 @@ def test_sigterm_shuts_a_real_server_down_cleanly(serve_run):
         )
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
         assert answer["usage"]["completion_tokens"] >= 1
+        body = json.dumps({"prompt": "The wine", "max_tokens": 500, "stream": True}).encode()
+        request = urllib.request.Request(
+            url + "/v1/completions", body, {"Content-Type": "application/json"}
+        )
+        stream = urllib.request.urlopen(request, timeout=30)
+        assert stream.readline().startswith(b"data: {")  # a stream is running
         proc.send_signal(signal.SIGTERM)
+        rest = stream.read().decode()  # it finishes, or is cancelled after 2 s: never cut off
+        assert rest.endswith("data: [DONE]\n\n")
+        if '"error"' in rest:
+            assert "shutting down" in rest
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "POST /v1/completions 200" in err
+
+
+def test_cors_origins_come_after_one_flag_or_several():
+    from lmforge.cli import options
+    from lmforge.cli.main import _parse
+    from lmforge.cli.serve_cmd import ServeConfig
+
+    argv = ["serve", "run", "--cors-origin", "http://a", "http://b", "--cors-origin", "http://c"]
+    cfg = options.from_args(_parse(argv), ServeConfig)
+    assert cfg.cors_origin == ["http://a", "http://b", "http://c"]

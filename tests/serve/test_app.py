@@ -316,16 +316,22 @@ def test_a_failing_route_is_a_500_in_openai_shape_logged_without_traceback(
     assert "RuntimeError: boom" in caplog.text and "Traceback" not in caplog.text
 
 
-def test_one_log_line_per_request_with_tokens_and_speed(server, caplog):
+def test_one_log_line_per_request_with_tokens_and_speed(server, caplog, loaded):
+    prompt_tokens = len(_ids(loaded, "oak oak"))
+    pattern = (
+        rf"POST /v1/completions 200 prompt_tokens={prompt_tokens} completion_tokens=3 "
+        r"ttft=[\d.]+s [\d.]+ tok/s [\d.]+s"
+    )
+
+    def lines():  # the line comes once the response is sent, maybe after the client has it
+        return [r.getMessage() for r in caplog.records if re.fullmatch(pattern, r.getMessage())]
+
     with caplog.at_level("INFO", logger="lmforge.serve"):
-        _raw(server[0], "POST", "/v1/completions", {"prompt": "oak", "max_tokens": 3})
-    lines = [r.getMessage() for r in caplog.records if r.name == "lmforge.serve"]
-    assert len(lines) == 1
-    assert re.match(
-        r"POST /v1/completions 200 prompt_tokens=\d+ completion_tokens=\d+ ttft=[\d.]+s "
-        r"[\d.]+ tok/s",
-        lines[0],
-    ), lines
+        body = {"prompt": "oak oak", "max_tokens": 3, "stop": ["never in this text"]}
+        assert _raw(server[0], "POST", "/v1/completions", body)[0] == 200
+        _wait_for(lambda: lines())
+        time.sleep(0.1)
+        assert len(lines()) == 1
 
 
 # ---------------------------------------------------------------- concurrency
@@ -400,3 +406,66 @@ def test_a_full_queue_gives_429_while_running_streams_finish(serve_run):
             assert rest.endswith("data: [DONE]\n\n") and '"error"' not in rest
             conn.close()
         assert _raw(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})[0] == 200
+
+
+def test_a_non_streamed_request_whose_client_leaves_is_cancelled(server):
+    url = server[0]
+    _wait_for(lambda: _metric(url, "lmforge_requests_running") == 0)
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    body = json.dumps({"prompt": "The wine", "max_tokens": 500, "temperature": 0})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    _wait_for(lambda: _metric(url, "lmforge_requests_running") == 1)
+    conn.close()
+    _wait_for(lambda: _metric(url, "lmforge_requests_running") == 0)
+    generated = _metric(url, "lmforge_tokens_generated_total")
+    time.sleep(0.2)
+    assert _metric(url, "lmforge_tokens_generated_total") == generated
+
+
+def test_an_error_after_the_stream_started_is_an_error_event_before_done(serve_run):
+    app = create_app(serve_run, slots=1)
+    with running_server(app) as url:
+
+        def broken():
+            raise RuntimeError("the accelerator fell over")
+
+        app.state.lmforge.worker.engine.step = broken
+        body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        status, _, raw = _raw(url, "POST", "/v1/chat/completions", body)
+    events = raw.decode().split("\n\n")
+    assert status == 200 and events[-2:] == ["data: [DONE]", ""]
+    assert json.loads(events[0].removeprefix("data: "))["choices"][0]["delta"]["role"]
+    error = json.loads(events[-3].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "accelerator" not in error["message"]
+
+
+def test_cors_origins_are_allowed_when_given(serve_run):
+    app = create_app(serve_run, slots=1, api_key="k", cors_origins=["http://example.com"])
+    with running_server(app) as url:
+        preflight = {
+            "Origin": "http://example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        status, headers, _ = _raw(url, "OPTIONS", "/v1/completions", headers=preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://example.com"
+        auth = {"Origin": "http://example.com", "Authorization": "Bearer k"}
+        status, headers, _ = _raw(url, "GET", "/v1/models", headers=auth)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://example.com"
+        wrong = {"Origin": "http://example.com", "Authorization": "Bearer nope"}
+        status, headers, _ = _raw(url, "GET", "/v1/models", headers=wrong)
+        assert status == 401 and headers["access-control-allow-origin"] == "http://example.com"
+        status, headers, _ = _raw(url, "GET", "/v1/models", headers={"Origin": "http://evil.com"})
+        assert status == 401 and "access-control-allow-origin" not in headers
+
+
+def test_int8_weights_serve_what_the_int8_engine_makes(serve_run):
+    from lmforge.api import load_run
+
+    int8 = load_run(serve_run, "cpu", quantize="int8")
+    expected, _ = alone(int8, _ids(int8, "The wine"), max_new_tokens=8, temperature=0)
+    with running_server(create_app(serve_run, slots=1, quantize="int8")) as url:
+        body = {"prompt": "The wine", "max_tokens": 8, "temperature": 0}
+        status, _, raw = _raw(url, "POST", "/v1/completions", body)
+    assert status == 200 and json.loads(raw)["choices"][0]["text"] == expected
