@@ -39,7 +39,10 @@ LONG = 4000  # tokens: a stream that outlasts several observations on any machin
 @pytest.fixture(scope="module")
 def browser():
     """Chromium (the system's, no Playwright download); fails, never skips, when missing."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("the playground tests need Playwright: pip install -e '.[dev]'", pytrace=False)
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(executable).is_file():
         pytest.fail("the playground tests need Chromium: apt-get install chromium", pytrace=False)
