@@ -20,6 +20,7 @@ venv: $(STAMP)
 # The playground's browser tests drive Debian's chromium through Playwright (no browser download):
 # installed with apt-get when missing and we are root or have passwordless sudo, else one line
 # saying how. A failed install does not stop `make test`: those tests then fail with that line.
+# `test` checks again (a kept .venv skips the $(STAMP) rule; the check costs nothing).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
@@ -37,7 +38,7 @@ demo: $(STAMP)
 
 # The first line names the machine (CPU, features, torch's kernels, threads), so a red CI run can
 # be attributed to a CPU.
-test: $(STAMP)
+test: $(STAMP) browser
 	@$(BIN)/python -m lmforge.device
 	LMFORGE_DATA_DIR=$${LMFORGE_DATA_DIR:-$(CURDIR)/../shared/data} $(BIN)/python -m pytest tests
 
