@@ -5,23 +5,40 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test test-portable venv lint clean
+.PHONY: demo test test-portable venv browser lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@# A bare `torch` requirement would pull GBs of CUDA wheels: install the pinned CPU build first.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[dev]'
+	@$(MAKE) --no-print-directory browser
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The playground's browser tests drive Debian's chromium through Playwright (no browser download):
+# installed with apt-get when missing and we are root or have passwordless sudo, else one line
+# saying how. A failed install does not stop `make test`: those tests then fail with that line.
+# `test` checks again (a kept .venv skips the $(STAMP) rule; the check costs nothing).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else sudo=no; fi; \
+	  if [ "$$sudo" = no ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "lmforge: the playground tests need Chromium: sudo apt-get install chromium"; \
+	  else \
+	    $$sudo apt-get install -y -q chromium || \
+	    { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; } || \
+	    echo "lmforge: could not install Chromium: sudo apt-get install chromium"; \
+	  fi; }
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # The first line names the machine (CPU, features, torch's kernels, threads), so a red CI run can
 # be attributed to a CPU.
-test: $(STAMP)
+test: $(STAMP) browser
 	@$(BIN)/python -m lmforge.device
 	LMFORGE_DATA_DIR=$${LMFORGE_DATA_DIR:-$(CURDIR)/../shared/data} $(BIN)/python -m pytest tests
 

@@ -1,6 +1,8 @@
-"""What the benchmarks share: the median wall time of a step after untimed warm-up steps, and
-the machine fields every JSON line carries (CPU, torch's kernels, threads, torch version)."""
+"""What the benchmarks share: the median wall time of a step after untimed warm-up steps, the
+machine fields every JSON line carries (CPU, torch's kernels, threads, torch version), and the
+printing of a result row."""
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -38,3 +40,12 @@ def use_all_cpus() -> int:
 
     torch.set_num_threads(usable_cpus())
     return torch.get_num_threads()
+
+
+def print_row(row: dict, as_json: bool) -> None:
+    """One JSON line (--json), else one `name: value` line per field."""
+    if as_json:
+        print(json.dumps(row))
+        return
+    for k, v in row.items():
+        print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
