@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # task classes `--task` picks among ("classify", "mlm"), when it has more than one
 FAMILIES = {
     "gpt": ("lmforge.models.gpt", "GPTConfig", "GPTCausalLM"),
+    "llama": ("lmforge.models.llama", "LlamaConfig", "LlamaCausalLM"),
     "bert": ("lmforge.models.bert", "BertConfig", "BertTextClassifier"),
     "char_rnn": ("lmforge.models.char_rnn", "CharRNNConfig", "CharRNNCausalLM"),
 }

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import KVCache, SlotBatch, SlotKVCache
+from lmforge.layers.attention import KVCache, KVState, SlotBatch, SlotKVCache
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
@@ -168,40 +168,6 @@ class GPTBackbone(Backbone):
         return self.final_norm(x) if self.final_norm is not None else x
 
 
-# ---------------------------------------------------------------- decoding state
-
-
-class GPTState:
-    """What a GPT carries between decoding steps: one KVCache per block, and the (B, S) padding
-    mask of every cached position once some input was padded (None while none was)."""
-
-    def __init__(self, caches: list[KVCache]):
-        self.caches = caches
-        self.padding_mask: Tensor | None = None
-
-    def extend_mask(self, padding_mask: Tensor | None, token_ids: Tensor) -> Tensor | None:
-        """Append the new tokens' (B, t) mask (None = all real); return the (B, S) mask or None."""
-        if padding_mask is not None and self.padding_mask is None and bool(padding_mask.all()):
-            padding_mask = None  # nothing padded: keep the faster unmasked attention
-        if padding_mask is None and self.padding_mask is None:
-            return None
-        if self.padding_mask is None:  # the first padded input: everything cached was real
-            B, S = token_ids.shape[0], self.caches[0].length
-            self.padding_mask = torch.ones(B, S, dtype=torch.bool, device=token_ids.device)
-        if padding_mask is None:
-            padding_mask = torch.ones_like(token_ids, dtype=torch.bool)
-        self.padding_mask = torch.cat([self.padding_mask, padding_mask.to(torch.bool)], dim=1)
-        return self.padding_mask
-
-    def reorder(self, rows: Tensor) -> "GPTState":
-        """Keep (and repeat) batch rows: row i of the result is old row rows[i]."""
-        for cache in self.caches:
-            cache.reorder(rows)
-        if self.padding_mask is not None:
-            self.padding_mask = self.padding_mask.index_select(0, rows)
-        return self
-
-
 # ---------------------------------------------------------------- tasks
 
 
@@ -243,13 +209,13 @@ class GPTCausalLM(CausalLM):
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> GPTState:
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> KVState:
         """One empty KVCache of max_seq_len positions per block (allocated on the first step)."""
-        return GPTState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
+        return KVState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
 
     def step(
-        self, token_ids: Tensor, state: GPTState, padding_mask: Tensor | None = None
-    ) -> tuple[Tensor, GPTState]:
+        self, token_ids: Tensor, state: KVState, padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVState]:
         """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place.
 
         Args:
@@ -259,7 +225,7 @@ class GPTCausalLM(CausalLM):
         mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
         return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
 
-    def reorder_state(self, state: GPTState, rows: Tensor) -> GPTState:
+    def reorder_state(self, state: KVState, rows: Tensor) -> KVState:
         """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
         return state.reorder(rows)
 
