@@ -27,7 +27,7 @@ from lmforge.models.base import Backbone, CausalLM, check_config, init_normal
 class LlamaConfig:
     """Shape and switches of a Llama-style decoder; the defaults are a tiny model for a CPU.
 
-    num_kv_heads: key/value heads of grouped-query attention (equal to num_heads: plain
+    num_kv_heads: key/value heads of grouped-query attention (None or num_heads: plain
     multi-head). head_dim None means embed_dim // num_heads. qkv_bias: biases on the q, k and v
     projections (Qwen2). qk_norm: RMSNorm over each head's queries and keys (Qwen3).
     sliding_window: each token sees itself and the sliding_window - 1 tokens before it (Mistral);
@@ -39,7 +39,7 @@ class LlamaConfig:
     max_seq_len: int = 64
     embed_dim: int = 64
     num_heads: int = 4
-    num_kv_heads: int = 2
+    num_kv_heads: int | None = 2
     head_dim: int | None = None
     num_layers: int = 2
     ffn_dim: int = 172
@@ -64,13 +64,17 @@ class LlamaConfig:
                 "max_seq_len",
                 "embed_dim",
                 "num_heads",
-                "num_kv_heads",
                 "num_layers",
                 "ffn_dim",
                 "rope_original_max_len",
             ),
             {"rope_scaling": ROPE_SCALINGS},
         )
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        kv = self.num_kv_heads
+        if not isinstance(kv, int) or isinstance(kv, bool) or kv < 1:
+            raise ConfigError(f"num_kv_heads={kv!r} must be a positive integer or None")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_heads={self.num_heads} do not divide into num_kv_heads={self.num_kv_heads} "
@@ -429,5 +433,119 @@ PRESETS = {
         hf_repo="TinyLlama/TinyLlama_v1.1",
         about="TinyLlama 1.1B: 22 x 2048 Llama 2, 32 query / 4 key-value heads, context 2048",
         train=_FINE_TUNE,
+    ),
+}
+
+# ---------------------------------------------------------------- Hugging Face names
+
+# Keyed by the Hugging Face `model_type`; interop/hf.py applies the tables (its docstring says
+# what each entry means). "{i}" stands for the block index. The four layouts are one model: they
+# differ in which of our switches they fix. `rope=True`: the rotary fields (rope_base and
+# rope_scaling with its arguments) are read from rope_theta/rope_scaling or from the newer
+# rope_parameters, and both forms are written.
+_LAYER = "model.layers.{i}."
+_ATTN = _LAYER + "self_attn."
+_QKV = "backbone.blocks.{i}.attn.qkv."
+_WEIGHTS = {
+    "backbone.embed.weight": "model.embed_tokens.weight",
+    "backbone.blocks.{i}.attn_norm.weight": _LAYER + "input_layernorm.weight",
+    _QKV + "weight": tuple(_ATTN + f"{x}_proj.weight" for x in "qkv"),
+    "backbone.blocks.{i}.attn.out.weight": _ATTN + "o_proj.weight",
+    "backbone.blocks.{i}.ffn_norm.weight": _LAYER + "post_attention_layernorm.weight",
+    "backbone.blocks.{i}.ffn.gate.weight": _LAYER + "mlp.gate_proj.weight",
+    "backbone.blocks.{i}.ffn.up.weight": _LAYER + "mlp.up_proj.weight",
+    "backbone.blocks.{i}.ffn.down.weight": _LAYER + "mlp.down_proj.weight",
+    "backbone.final_norm.weight": "model.norm.weight",
+    "head.weight": "lm_head.weight",
+}
+_QKV_BIAS = {_QKV + "bias": tuple(_ATTN + f"{x}_proj.bias" for x in "qkv")}
+_QK_NORM = {
+    "backbone.blocks.{i}.attn.q_norm.weight": _ATTN + "q_norm.weight",
+    "backbone.blocks.{i}.attn.k_norm.weight": _ATTN + "k_norm.weight",
+}
+_CONFIG = {
+    "vocab_size": "vocab_size",
+    "max_seq_len": "max_position_embeddings",
+    "embed_dim": "hidden_size",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",  # None there: as many as num_attention_heads
+    "head_dim": "head_dim",  # None or absent: hidden_size // num_attention_heads
+    "num_layers": "num_hidden_layers",
+    "ffn_dim": "intermediate_size",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "dropout": "attention_dropout",
+}
+_SHARED = dict(
+    rope=True,
+    # their config classes' defaults (LlamaConfig's), for a config.json that leaves one out
+    defaults=dict(
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=None,
+        head_dim=None,
+        num_hidden_layers=32,
+        intermediate_size=11008,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+    ),
+    base_prefix="model.",
+    split={
+        _QKV + "weight": ("num_heads", "num_kv_heads", "num_kv_heads"),
+        _QKV + "bias": ("num_heads", "num_kv_heads", "num_kv_heads"),
+    },
+    tied={"head.weight": "backbone.embed.weight"},
+    ignored=("rotary_emb.inv_freq",),  # a buffer older Llama checkpoints store
+    why=dict(
+        qkv_bias="only Qwen2 has q/k/v biases",
+        qk_norm="only Qwen3 norms queries and keys",
+        sliding_window="only Mistral has a sliding window",
+    ),
+    fits="train a llama preset (e.g. --preset llama-shakespeare)",
+    token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
+    written=dict(dtype="float32"),
+)
+HF_NAMES = {
+    "llama": dict(
+        _SHARED,
+        config=_CONFIG,
+        # attention_bias there biases q, k, v and o alike; mlp_bias the feed-forward
+        requires=dict(hidden_act="silu", attention_bias=False, mlp_bias=False),
+        fixed=dict(qkv_bias=False, qk_norm=False, sliding_window=None),
+        architecture="LlamaForCausalLM",
+        tasks={"LlamaForCausalLM": "LlamaCausalLM"},
+        weights=_WEIGHTS,
+    ),
+    "mistral": dict(
+        _SHARED,
+        config={**_CONFIG, "sliding_window": "sliding_window"},
+        requires=dict(hidden_act="silu"),
+        fixed=dict(qkv_bias=False, qk_norm=False),
+        architecture="MistralForCausalLM",
+        tasks={"MistralForCausalLM": "LlamaCausalLM"},
+        weights=_WEIGHTS,
+    ),
+    "qwen2": dict(
+        _SHARED,
+        config=_CONFIG,
+        # use_sliding_window=True windows only the layers past max_window_layers
+        requires=dict(hidden_act="silu", use_sliding_window=False),
+        fixed=dict(qkv_bias=True, qk_norm=False, sliding_window=None),
+        exports_too=dict(qkv_bias=False),  # no biases are zero biases
+        architecture="Qwen2ForCausalLM",
+        tasks={"Qwen2ForCausalLM": "LlamaCausalLM"},
+        weights={**_WEIGHTS, **_QKV_BIAS},
+    ),
+    "qwen3": dict(
+        _SHARED,
+        config=_CONFIG,
+        requires=dict(hidden_act="silu", use_sliding_window=False, attention_bias=False),
+        fixed=dict(qkv_bias=False, qk_norm=True, sliding_window=None),
+        architecture="Qwen3ForCausalLM",
+        tasks={"Qwen3ForCausalLM": "LlamaCausalLM"},
+        weights={**_WEIGHTS, **_QK_NORM},
     ),
 }
