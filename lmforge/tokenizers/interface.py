@@ -3,7 +3,6 @@ kind shares. Kind modules (char, word, subword) import this one; base.py loads a
 """
 
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import DataError
+from lmforge.files import write_atomic
 
 TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "unigram")
 
@@ -36,13 +36,6 @@ def detect_special_tokens(token_to_id: Callable[[str], int | None]) -> dict[str,
     for role, candidates in SPECIAL_CANDIDATES.items():
         found[role] = next((t for t in candidates if token_to_id(t) is not None), None)
     return found
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, so a crash leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Tokenizer(ABC):

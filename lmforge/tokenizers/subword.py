@@ -13,6 +13,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.files import write_atomic
 from lmforge.tokenizers.interface import (
     HF_TOKENIZER_FILE,
     Tokenizer,
@@ -78,9 +79,7 @@ class SubwordTokenizer(Tokenizer):
         return super().special_ids() | {i for i, t in added.items() if t.special}
 
     def _kind_state(self, directory: Path) -> dict[str, Any]:
-        tmp = directory / (HF_TOKENIZER_FILE + ".tmp")
-        self.tokenizer.save(str(tmp))
-        tmp.replace(directory / HF_TOKENIZER_FILE)
+        write_atomic(directory / HF_TOKENIZER_FILE, self.tokenizer.save)
         return {"tokenizer_file": HF_TOKENIZER_FILE}
 
 
