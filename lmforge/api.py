@@ -132,7 +132,7 @@ def load_run(
     from lmforge.device import pick_device
     from lmforge.layers.quant import check_kind, quantize_
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, is_hf_folder, load_folder
-    from lmforge.training.checkpoint import read_config
+    from lmforge.run_folder import read_config
 
     dev = pick_device(device)
     if quantize is not None:
@@ -209,9 +209,9 @@ def save_quantized(
         save_quantized("runs/shakespeare", "runs/shakespeare-int8")
         model = lmforge.load("runs/shakespeare-int8")  # int8 weights, as quantized in memory
     """
+    from lmforge import run_folder as ckpt
     from lmforge.interop.hf import run_config
     from lmforge.layers.quant import check_kind, quantize_
-    from lmforge.training import checkpoint as ckpt
 
     check_kind(kind)
     ckpt.check_new_folder(out, None, overwrite)  # before the slow part

@@ -239,7 +239,7 @@ def check_model_folder(folder: Path) -> None:
 
 def load_folder(folder: Path):
     """The task model of a run folder or a Hugging Face folder, in eval mode, on the CPU."""
-    from lmforge.training.checkpoint import load_weights, read_config
+    from lmforge.run_folder import load_weights, read_config
 
     folder = Path(folder)
     if is_hf_folder(folder):

@@ -33,18 +33,14 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.generate import (
-    TextStream,
-    _model_device,
-    _text_options,
-    crop_prompts,
-)
+from lmforge.generation.prompts import crop_prompts, model_device
 from lmforge.generation.sampling import (
     apply_repetition_penalty,
     check_sampling,
     no_repeat_ngram_filter,
     sample_next_token,
 )
+from lmforge.generation.text import TextStream, text_options
 from lmforge.system import available_memory_bytes
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -208,7 +204,7 @@ class Engine:
         self.model, self.slots, self.max_len = model, slots, max_len
         self.prefill_chunk = prefill_chunk
         self.tokenizer = tokenizer
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self._check_memory()
         with torch.inference_mode():
             self.state = model.init_slots(slots, max_len, self.device)
@@ -243,7 +239,7 @@ class Engine:
         handle = Handle(self, next(self._ids), prompt, params)
         if self.tokenizer is not None:
             stop, sampling = list(params.stop), {"stop_token_ids": params.stop_token_ids}
-            stops, _, hidden = _text_options(self.tokenizer, stop, sampling)
+            stops, _, hidden = text_options(self.tokenizer, stop, sampling)
             handle._stream = TextStream(self.tokenizer, prompt, stops, hidden)
         if params.max_new_tokens == 0:
             handle.finish_reason = "length"

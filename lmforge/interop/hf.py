@@ -331,7 +331,7 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     BertForMaskedLM or BertForSequenceClassification. ConfigError lists every reason the model
     or tokenizer cannot be written exactly, before anything is written.
     """
-    from lmforge.training.checkpoint import save_tensors
+    from lmforge.run_folder import save_tensors
 
     problems = _model_problems(model)
     hf_tokenizer = _hf_tokenizer(tokenizer)
@@ -425,7 +425,7 @@ def _write_hf_tokenizer(tokenizer, library, folder: Path, max_len: int) -> None:
 
 def write_lmforge_folder(model, tokenizer, folder: str | Path, source: str = "") -> None:
     """Write our run-folder layout: config.json ("family"), model.safetensors, tokenizer/."""
-    from lmforge.training import checkpoint as ckpt
+    from lmforge import run_folder as ckpt
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -473,9 +473,9 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
         convert("runs/eli5", "hf", "export/eli5")
         transformers.AutoModelForCausalLM.from_pretrained("export/eli5")
     """
+    from lmforge import run_folder as ckpt
     from lmforge.api import load_tokenizer
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
-    from lmforge.training import checkpoint as ckpt
 
     if to not in FORMATS:
         raise ConfigError(f"unknown format --to {to!r}; use one of {', '.join(FORMATS)}")

@@ -24,6 +24,7 @@ import torch
 
 from lmforge import device as devices
 from lmforge import progress
+from lmforge import run_folder as ckpt
 from lmforge.data.batching import (
     ConsecutiveBatcher,
     EpochBatcher,
@@ -33,7 +34,7 @@ from lmforge.data.batching import (
 from lmforge.data.windows import IGNORE
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
 from lmforge.evaluate.metrics import constant_predictions
-from lmforge.training import checkpoint as ckpt
+from lmforge.files import write_atomic
 from lmforge.training import distributed, optim
 from lmforge.training.pretrained import (
     _init_from_options,
@@ -823,7 +824,7 @@ def fit(
             return
         (run_dir / "best").mkdir(exist_ok=True)
         ckpt.save_weights(task, run_dir / "best" / "model.safetensors", weights=weights)
-        ckpt.atomic_write_text(
+        write_atomic(
             run_dir / "best" / "best.json", json.dumps({"step": step, "val_loss": val_loss}) + "\n"
         )
 
@@ -1257,7 +1258,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= step
     ]
-    ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
+    write_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _print_sample(task, tokenizer) -> None:

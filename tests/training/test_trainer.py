@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 import lmforge
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.run_folder import list_checkpoints
 from lmforge.training import trainer
-from lmforge.training.checkpoint import list_checkpoints
 
 TINY = dict(
     preset="gpt-baby",
