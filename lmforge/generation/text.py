@@ -6,7 +6,11 @@ from lmforge.errors import ConfigError
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids, after bos where the tokenizer says prompts start with it (Llama's)."""
     ids = list(tokenizer.encode(prompt))
+    bos = getattr(tokenizer, "bos_id", None)
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None:
+        return [bos] + ids
     if ids:
         return ids
     # An empty prompt starts from the start token, else from end-of-text (GPT-2's convention).
@@ -23,11 +27,13 @@ def text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int], set[in
     """(stop strings, stop token ids, ids left out of the text): texts are decoded without
     special tokens (end-of-text, padding, ...) even where they do not stop a row; the unknown
     token stays, as it stands for text."""
-    # Without an end-of-text token, documents were trained to end with padding (Keras-style).
+    # Every end-of-text id (a Hugging Face generation_config.json may list several); without
+    # one, documents were trained to end with padding (Keras-style).
     eos = getattr(tokenizer, "eos_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "pad_id", None)
-    sampling.setdefault("stop_token_ids", () if eos is None else (eos,))
+    ends = tuple(getattr(tokenizer, "eos_ids", ())) or (() if eos is None else (eos,))
+    if not ends and getattr(tokenizer, "pad_id", None) is not None:
+        ends = (tokenizer.pad_id,)
+    sampling.setdefault("stop_token_ids", ends)
     stop = [stop] if isinstance(stop, str) else stop or ()
     stop_ids = set(sampling["stop_token_ids"])
     special = tokenizer.special_ids() if hasattr(tokenizer, "special_ids") else set()

@@ -64,15 +64,60 @@ def _load_folder(folder: Path) -> Tokenizer:
     if (folder / CONFIG_FILE).is_file():
         return _load_saved(folder)
     if (folder / HF_TOKENIZER_FILE).is_file():
-        return load_tokenizer_json(folder / HF_TOKENIZER_FILE)
+        return _with_hf_metadata(load_tokenizer_json(folder / HF_TOKENIZER_FILE), folder)
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return subword.load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        tok = subword.load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        return _with_hf_metadata(tok, folder)
     if (folder / "vocab.txt").is_file():
         return subword.load_bert_vocab(folder / "vocab.txt")
     raise DataError(
         f"{folder}: found none of {CONFIG_FILE}, {HF_TOKENIZER_FILE}, vocab.json + merges.txt, "
         "vocab.txt; pass a folder saved by lmforge or a Hugging Face model folder"
     )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} when it is absent; DataError when it is not valid JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); download or export it again") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _with_hf_metadata(tok: Tokenizer, folder: Path) -> Tokenizer:
+    """A Hugging Face folder's tokenizer with what tokenizer_config.json says (special tokens,
+    add_bos_token, chat_template) and generation_config.json's eos ids (one or a list)."""
+    config = _read_json(folder / "tokenizer_config.json")
+    special = tok.special_tokens()
+    for role in SPECIAL_ROLES:
+        if f"{role}_token" not in config:
+            continue  # not said: the detected token stays
+        token = config[f"{role}_token"]
+        token = token.get("content") if isinstance(token, dict) else token
+        if token is None or tok.token_to_id(token) is not None:
+            special[role] = token
+    tok._set_special_tokens(special)
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the "default" one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").is_file():  # transformers >= 4.51
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    eos = _read_json(folder / "generation_config.json").get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
+    if tok.eos_id is None and eos and tok.id_to_token(eos[0]) is not None:
+        tok._set_special_tokens({**tok.special_tokens(), "eos": tok.id_to_token(eos[0])})
+    tok.set_metadata(
+        {
+            "add_bos_token": config.get("add_bos_token", False) and tok.bos_id is not None,
+            "chat_template": template if isinstance(template, str) else None,
+            "extra_eos_ids": [i for i in eos if i != tok.eos_id],
+        }
+    )
+    return tok
 
 
 def _load_saved(folder: Path) -> Tokenizer:
@@ -87,7 +132,9 @@ def _load_saved(folder: Path) -> Tokenizer:
     if kind == "char":
         from lmforge.tokenizers.char import CharTokenizer
 
-        return CharTokenizer.from_state(state)
+        tok = CharTokenizer.from_state(state)
+        tok.set_metadata(state)
+        return tok
     if kind not in TOKENIZER_KINDS:
         raise DataError(
             f"{folder / CONFIG_FILE}: unknown tokenizer kind {kind!r}; expected one of "
@@ -99,7 +146,9 @@ def _load_saved(folder: Path) -> Tokenizer:
             f"{folder}: {CONFIG_FILE} says kind {kind!r} but {HF_TOKENIZER_FILE} is missing; "
             "save the tokenizer again"
         )
-    return load_tokenizer_json(folder / HF_TOKENIZER_FILE, kind=kind, special=special)
+    tok = load_tokenizer_json(folder / HF_TOKENIZER_FILE, kind=kind, special=special)
+    tok.set_metadata(state)
+    return tok
 
 
 def load_tokenizer_json(

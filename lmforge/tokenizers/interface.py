@@ -56,6 +56,12 @@ class Tokenizer(ABC):
     bos_id: int | None = None
     eos_id: int | None = None
     mask_id: int | None = None
+    # What a Hugging Face folder's tokenizer_config.json and generation_config.json add, kept
+    # when saved: prompts start with bos (Llama's tokenizers); the chat models' Jinja template;
+    # more ids that end a text (generation_config's eos list: Llama 3's <|eot_id|>, ...).
+    add_bos_token: bool = False
+    chat_template: str | None = None
+    extra_eos_ids: tuple[int, ...] = ()
 
     # ---- what each kind implements
 
@@ -114,6 +120,12 @@ class Tokenizer(ABC):
             if i is not None
         }
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a text: eos_id first, then the extra ones."""
+        first = () if self.eos_id is None else (self.eos_id,)
+        return first + tuple(i for i in self.extra_eos_ids if i != self.eos_id)
+
     def special_tokens(self) -> dict[str, str | None]:
         """Role -> token string, e.g. {"pad": "[PAD]", "unk": "[UNK]", "bos": None, ...}."""
         return {role: getattr(self, f"{role}_token") for role in SPECIAL_ROLES}
@@ -124,8 +136,31 @@ class Tokenizer(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         state = {"kind": self.kind}
         state.update({f"{role}_token": token for role, token in self.special_tokens().items()})
+        state.update({name: value for name, value in self.metadata().items() if value})
         state.update(self._kind_state(directory))
         write_atomic(directory / CONFIG_FILE, json.dumps(state, ensure_ascii=False, indent=1))
+
+    def metadata(self) -> dict[str, Any]:
+        """add_bos_token, chat_template and extra_eos_ids, as saved (see set_metadata)."""
+        return {
+            "add_bos_token": self.add_bos_token,
+            "chat_template": self.chat_template,
+            "extra_eos_ids": list(self.extra_eos_ids),
+        }
+
+    def set_metadata(self, state: dict[str, Any]) -> None:
+        """Take add_bos_token, chat_template and extra_eos_ids from a dict (absent: defaults);
+        an extra eos id outside the vocabulary is an error."""
+        self.add_bos_token = bool(state.get("add_bos_token", False))
+        self.chat_template = state.get("chat_template") or None
+        extra = tuple(int(i) for i in state.get("extra_eos_ids") or ())
+        bad = [i for i in extra if not 0 <= i < self.vocab_size]
+        if bad:
+            raise DataError(
+                f"eos id {bad[0]} is outside the {self.kind} tokenizer's vocabulary of "
+                f"{self.vocab_size}; fix generation_config.json or lmforge_tokenizer.json"
+            )
+        self.extra_eos_ids = extra
 
     def _set_special_tokens(self, tokens: dict[str, str | None]) -> None:
         """Set `<role>_token` and `<role>_id` for every role; a token must be in the vocabulary."""
