@@ -94,6 +94,17 @@ class SlotKVCache:
         self.v = torch.zeros_like(self.k)
 
 
+def slot_caches(attns: list, slots: int, max_len: int, dtype, device) -> list[SlotKVCache]:
+    """One SlotKVCache of (slots, KV, max_len, D) per MultiHeadAttention in `attns`: key/value
+    heads only, so a grouped-query cache is num_heads / num_kv_heads times smaller."""
+    return [SlotKVCache(slots, a.num_kv_heads, max_len, a.head_dim, dtype, device) for a in attns]
+
+
+def slot_cache_bytes(attns: list, slots: int, max_len: int, itemsize: int) -> int:
+    """Bytes that slot_caches(attns, slots, max_len, ...) allocates, `itemsize` bytes a value."""
+    return sum(2 * slots * a.num_kv_heads * max_len * a.head_dim for a in attns) * itemsize
+
+
 class SlotBatch:
     """The rows of one forward over an engine's slot caches: row i is slot rows[i], whose T new
     tokens sit at positions starts[i] .. starts[i] + T - 1 of that slot.

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import KVCache, KVState, SlotBatch, SlotKVCache
+from lmforge.layers.attention import (
+    KVCache,
+    KVState,
+    SlotBatch,
+    SlotKVCache,
+    slot_cache_bytes,
+    slot_caches,
+)
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
@@ -236,20 +243,15 @@ class GPTCausalLM(CausalLM):
 
     def slot_bytes(self, slots: int, max_len: int) -> int:
         """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
-        c, attn = self.config, self.backbone.blocks[0].attn
-        itemsize = self.head.weight.element_size()
-        return 2 * c.num_layers * slots * attn.num_heads * max_len * attn.head_dim * itemsize
+        itemsize = self.backbone.embed.token.weight.element_size()
+        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
 
     def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
-        """One SlotKVCache of (slots, H, max_len, D) per block, in the weights' dtype."""
-        weight = self.head.weight
-        attn = self.backbone.blocks[0].attn
-        return [
-            SlotKVCache(
-                slots, attn.num_heads, max_len, attn.head_dim, weight.dtype, device or weight.device
-            )
-            for _ in self.backbone.blocks
-        ]
+        """One SlotKVCache of (slots, H, max_len, D) per block, in the embedding's dtype (not
+        the head's: int8 once quantized)."""
+        weight = self.backbone.embed.token.weight
+        attns = [b.attn for b in self.backbone.blocks]
+        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
 
     def step_slots(
         self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]

@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import KVCache, KVState, MultiHeadAttention, SlotBatch, SlotKVCache
+from lmforge.layers.attention import (
+    KVCache,
+    KVState,
+    MultiHeadAttention,
+    SlotBatch,
+    SlotKVCache,
+    slot_cache_bytes,
+    slot_caches,
+)
 from lmforge.layers.embeddings import ROPE_SCALINGS, RotaryEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.models.base import Backbone, CausalLM, check_config, init_normal
@@ -293,21 +301,15 @@ class LlamaCausalLM(CausalLM):
 
     def slot_bytes(self, slots: int, max_len: int) -> int:
         """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
-        attn = self.backbone.blocks[0].attn
         itemsize = self.backbone.embed.weight.element_size()
-        per_slot = 2 * len(self.backbone.blocks) * attn.num_kv_heads * max_len * attn.head_dim
-        return slots * per_slot * itemsize
+        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
 
     def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
         """One SlotKVCache of (slots, KV, max_len, D) per block, in the embedding's dtype (int8
         weights leave the embedding as it is)."""
         weight = self.backbone.embed.weight
-        attn = self.backbone.blocks[0].attn
-        kv, D = attn.num_kv_heads, attn.head_dim
-        device = device or weight.device
-        return [
-            SlotKVCache(slots, kv, max_len, D, weight.dtype, device) for _ in self.backbone.blocks
-        ]
+        attns = [b.attn for b in self.backbone.blocks]
+        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
 
     def step_slots(
         self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]

@@ -248,3 +248,14 @@ def test_parity_with_transformers_gpt2():
     with torch.no_grad():
         expected = reference(ids).logits
     assert (model(ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_int8_weights_keep_a_float_kv_cache():
+    from lmforge.layers.quant import quantize_
+
+    model = tiny_gpt()
+    quantize_(model, "int8")
+    assert model.head.weight.dtype == torch.int8  # the head is int8 now; the cache must not be
+    caches = model.init_slots(2, 8)
+    assert caches[0].k.dtype == torch.float32 and len(caches) == 2
+    assert model.slot_bytes(2, 8) == 2 * 2 * 2 * 4 * 8 * 8 * 4  # k+v, layers, slots, H, L, D, fp32

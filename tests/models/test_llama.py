@@ -216,3 +216,16 @@ def test_shakespeare_preset_matches_the_gpt_one_in_size():
     assert abs(llama.num_params() - gpt.num_params()) < 0.05 * gpt.num_params()
     ids = torch.randint(0, 65, (1, 128))
     assert llama(ids).shape == (1, 128, 65)
+
+
+def test_int8_weights_decode_like_float_ones():
+    from lmforge.generation.generate import generate
+    from lmforge.layers.quant import quantize_
+
+    model = tiny_llama()
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # peaky logits: int8 rounding keeps the argmax
+    expected = [int(t) for t in generate(model, [1, 2, 3], 6, temperature=0)]
+    quantize_(model, "int8")
+    assert model.init_slots(1, 8)[0].k.dtype == torch.float32
+    assert [int(t) for t in generate(model, [1, 2, 3], 6, temperature=0)] == expected
