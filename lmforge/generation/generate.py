@@ -117,7 +117,8 @@ def generate(
     device = torch.device(device) if device is not None else model_device(model)
     engine = hasattr(model, "step_slots")  # GPT and char-RNN: the engine, one slot per row
     if engine:
-        fit = slots_that_fit(model, len(prompts) * num_samples, context, device)
+        length = _slot_length(context, prompts, max_new_tokens)
+        fit = slots_that_fit(model, len(prompts) * num_samples, length, device)
         if fit is not None:
             raise ConfigError(
                 f"{fit[1]}: one slot per row (prompts x num_samples); make at most {fit[0]} "
@@ -153,13 +154,24 @@ def generate(
     )
 
 
+def _slot_length(context: int | None, prompts: list[list[int]], max_new_tokens: int) -> int | None:
+    """Positions a slot needs for these rows: what the longest will hold, or the whole context
+    when a row would pass it (rows then slide); None without a context (RNNs). A model with a
+    long context (Qwen's 32k) so gets a cache for the tokens it will see, not for 32k."""
+    if context is None:
+        return None
+    return min(context, max(len(p) for p in prompts) + max_new_tokens)
+
+
 def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad):
     """generate()'s rows on an Engine, one slot each, row r seeded with seed + r. Without
     left_pad a row yields its first token `len(prompt) - shortest` steps late, as if it read its
     prompt's extra tokens one a step, so steps keep the meaning they have for other models."""
     if max_new_tokens == 0:
         return
-    engine = Engine(model, slots=len(prompts), device=device)
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    length = _slot_length(context, prompts, max_new_tokens)
+    engine = Engine(model, slots=len(prompts), max_len=length, device=device)
     handles = [
         engine.submit(
             prompt,

@@ -229,3 +229,22 @@ def test_int8_weights_decode_like_float_ones():
     quantize_(model, "int8")
     assert model.init_slots(1, 8)[0].k.dtype == torch.float32
     assert [int(t) for t in generate(model, [1, 2, 3], 6, temperature=0)] == expected
+
+
+def test_generate_sizes_the_cache_for_the_tokens_it_will_see(monkeypatch):
+    from lmforge.generation.generate import generate
+    from lmforge.layers.attention import SlotKVCache
+
+    seen = []
+    monkeypatch.setattr(SlotKVCache, "__init__", _spy(SlotKVCache.__init__, seen))
+    model = tiny_llama(max_seq_len=32768)  # Qwen's context: a full cache would be 32k long
+    assert len(list(generate(model, [[1, 2, 3], [4, 5]], 5, temperature=0))) == 5
+    assert seen == [8, 8]  # one cache per layer, 3 prompt + 5 new positions each
+
+
+def _spy(init, seen):
+    def wrapped(self, slots, heads, max_len, head_dim, dtype, device):
+        seen.append(max_len)
+        init(self, slots, heads, max_len, head_dim, dtype, device)
+
+    return wrapped
