@@ -480,7 +480,9 @@ HF_NAMES = {
             add_cross_attention=False,
             tie_word_embeddings=True,
         ),
+        fits="train one with GPT-2's switches (e.g. --preset gpt-baby)",
         architecture="GPT2LMHeadModel",
+        tasks={"GPT2LMHeadModel": "GPTCausalLM"},
         base_prefix="transformer.",  # missing in checkpoints saved from GPT2Model
         weights={
             "backbone.embed.token.weight": "transformer.wte.weight",
@@ -508,5 +510,9 @@ HF_NAMES = {
             "backbone.blocks.{i}.ffn.up.weight",
             "backbone.blocks.{i}.ffn.down.weight",
         ),
+        tied={"head.weight": "backbone.embed.token.weight"},
+        ignored=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers; we build our own
+        token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
+        written=dict(dtype="float32"),
     ),
 }

@@ -434,3 +434,66 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
         assert "\n" not in message and "--to lmforge" in message
         assert all(reason in message for reason in reasons), message
         assert not (tmp_path / "out").exists()
+
+
+def test_model_types_come_from_the_families_tables():
+    from lmforge.interop import hf
+
+    assert hf.model_types() == {"gpt2": "gpt", "bert": "bert"}
+    assert hf.MODEL_TYPES == hf.model_types()  # the old name still reads
+
+
+def test_a_new_table_is_all_a_family_needs(monkeypatch):
+    """A table with separate q/k/v of unequal sizes (as grouped-query attention stores them),
+    no transposes and an untied head round-trips through the one applier."""
+    from lmforge.interop import hf
+    from lmforge.models import gpt
+
+    layer = "model.layers.{i}."
+    weights = {
+        "backbone.embed.token.weight": "model.embed.weight",
+        "backbone.embed.position.weight": "model.pos.weight",
+        "backbone.blocks.{i}.attn_norm.weight": layer + "norm1.weight",
+        "backbone.blocks.{i}.attn_norm.bias": layer + "norm1.bias",
+        "backbone.blocks.{i}.attn.qkv.weight": tuple(layer + f"{n}.weight" for n in "qkv"),
+        "backbone.blocks.{i}.attn.qkv.bias": tuple(layer + f"{n}.bias" for n in "qkv"),
+        "backbone.blocks.{i}.attn.out.weight": layer + "o.weight",
+        "backbone.blocks.{i}.attn.out.bias": layer + "o.bias",
+        "backbone.blocks.{i}.ffn_norm.weight": layer + "norm2.weight",
+        "backbone.blocks.{i}.ffn_norm.bias": layer + "norm2.bias",
+        "backbone.blocks.{i}.ffn.up.weight": layer + "up.weight",
+        "backbone.blocks.{i}.ffn.up.bias": layer + "up.bias",
+        "backbone.blocks.{i}.ffn.down.weight": layer + "down.weight",
+        "backbone.blocks.{i}.ffn.down.bias": layer + "down.bias",
+        "backbone.final_norm.weight": "model.norm.weight",
+        "backbone.final_norm.bias": "model.norm.bias",
+        "head.weight": "lm_head.weight",
+        "head.bias": "lm_head.bias",
+    }
+    table = dict(
+        config={"embed_dim": "hidden_size", "num_heads": "heads", "num_layers": "layers"},
+        architecture="ToyForCausalLM",
+        base_prefix="model.",
+        weights=weights,
+        split={
+            "backbone.blocks.{i}.attn.qkv.weight": ("num_heads",) * 3,
+            "backbone.blocks.{i}.attn.qkv.bias": ("num_heads",) * 3,
+        },
+        tied={"head.weight": "backbone.embed.token.weight"},
+    )
+    monkeypatch.setitem(gpt.HF_NAMES, "toy", table)
+    hf.model_types.cache_clear()
+    monkeypatch.setattr(hf, "model_types", lambda: {"gpt2": "gpt", "toy": "gpt"})
+    model = GPTCausalLM(
+        GPTConfig(vocab_size=40, max_seq_len=8, embed_dim=16, num_heads=2, tie_embeddings=False)
+    )
+    theirs = to_hf_state_dict(model, "toy")
+    assert theirs["model.layers.1.k.weight"].shape == (16, 16)
+    assert torch.equal(theirs["model.layers.0.v.bias"], model.backbone.blocks[0].attn.qkv.bias[32:])
+    back = from_hf_state_dict(theirs, model.config, "toy")
+    assert back.keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(back[key], value), key
+    del theirs["model.layers.1.q.weight"]
+    with pytest.raises(CheckpointError, match="lack 'model.layers.1.q.weight'"):
+        from_hf_state_dict(theirs, model.config, "toy")
