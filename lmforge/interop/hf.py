@@ -37,6 +37,12 @@ A table (only `config`, `weights` and `architecture` are required):
     token_ids    {their field: (tokenizer roles tried in order, then a default)}, written
     written      {their field: value}, written as it is (dtype)
     packs_tokens True: their tokenizer adds the start/end tokens itself (BERT's [CLS] a [SEP])
+    rope         True: our rotary fields (rope_base, rope_scaling and its rope_* arguments) are
+                 read from their rope_theta + rope_scaling or the newer rope_parameters, and
+                 written in both forms
+
+A family with several tables exports as the first whose fixed switches its model matches
+(llama: llama, mistral, qwen2 or qwen3).
 """
 
 import inspect
@@ -136,6 +142,8 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
                 f"{family} family loads only {key}={supported!r}"
             )
     ours = {mine: values.get(_theirs(t)[0]) for mine, t in table["config"].items()}
+    if table.get("rope"):
+        ours.update(_rope_from_hf(values, where))
     if "ffn_dim" in ours and ours["ffn_dim"] is None:  # GPT-2's n_inner = None: 4 * n_embd
         ours["ffn_dim"] = 4 * ours["embed_dim"]
     if "activations" in table:
@@ -153,6 +161,65 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
         raise CheckpointError(f"{where}: {e}") from None
 
 
+# Our rotary fields <- the keys of their rope_parameters (rope_scaling in older files, where the
+# base is the top-level rope_theta and "type" may stand for "rope_type").
+_ROPE = {
+    "rope_base": "rope_theta",
+    "rope_scaling": "rope_type",
+    "rope_factor": "factor",
+    "rope_low_freq_factor": "low_freq_factor",
+    "rope_high_freq_factor": "high_freq_factor",
+    "rope_original_max_len": "original_max_position_embeddings",
+}
+# their rope_type -> our rope_scaling: the rules lmforge implements
+_ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
+
+
+def _rope_from_hf(values: dict, where) -> dict:
+    """Our rope_* fields from either form of their rotary settings; CheckpointError for a rule
+    we do not implement (dynamic, yarn, longrope, ...) or per-layer-type rotary settings."""
+    params = {**(values.get("rope_parameters") or {}), **(values.get("rope_scaling") or {})}
+    if any(isinstance(v, dict) for v in params.values()):
+        raise CheckpointError(
+            f"{where}: rotary settings per layer type are not supported; lmforge gives every "
+            "layer the same rope_parameters"
+        )
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in _ROPE_TYPES:
+        raise CheckpointError(
+            f"{where}: rope type {kind!r} is not supported; lmforge knows {', '.join(_ROPE_TYPES)}"
+        )
+    if params.get("partial_rotary_factor", values.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise CheckpointError(
+            f"{where}: partial_rotary_factor is not supported; lmforge rotates whole heads"
+        )
+    defaults = {
+        "rope_theta": values.get("rope_theta", 10000.0),
+        "factor": 1.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": values.get("max_position_embeddings"),
+    }
+    ours = {mine: params.get(theirs, defaults.get(theirs)) for mine, theirs in _ROPE.items()}
+    ours["rope_scaling"] = _ROPE_TYPES[kind]
+    return ours
+
+
+def _rope_to_hf(config) -> dict:
+    """Their rotary settings for one of our configs: rope_theta + rope_scaling (what older
+    transformers read) and rope_parameters (what transformers 5 writes)."""
+    kind = {ours: theirs for theirs, ours in _ROPE_TYPES.items()}[config.rope_scaling]
+    used = {"rope_base", "rope_scaling"}
+    if kind != "default":
+        used.add("rope_factor")
+    if kind == "llama3":
+        used |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"}
+    params = {_ROPE[mine]: getattr(config, mine) for mine in _ROPE if mine in used}
+    params["rope_type"] = kind
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"} if kind != "default" else None
+    return {"rope_theta": config.rope_base, "rope_scaling": scaling, "rope_parameters": params}
+
+
 def _architecture(model, table: dict) -> str | None:
     """The architecture a model of ours exports as: the first whose task class it is."""
     name = type(model).__name__
@@ -166,6 +233,8 @@ def export_problems(config, model_type: str = "gpt2", model=None) -> list[str]:
     table = _table(model_type)
     problems = []
     checks = {**table.get("fixed", {}), "head_dim": None} if "fixed" in table else {}
+    if "head_dim" in table["config"]:  # their config says it: any head_dim exports
+        checks.pop("head_dim", None)
     for key, needed in checks.items():
         value = getattr(config, key)
         if key == "head_dim" and value in (None, config.embed_dim // config.num_heads):
@@ -210,6 +279,8 @@ def hf_config_from(config, model_type: str = "gpt2", tokenizer=None, model=None)
         value = getattr(config, mine)
         for their in _theirs(theirs):
             out[their] = activations[value] if mine == "activation" else value
+    if table.get("rope"):
+        out.update(_rope_to_hf(config))
     out.update(table.get("requires", {}))
     for field, roles in table.get("token_ids", {}).items():
         found = [getattr(tokenizer, f"{r}_id", None) if isinstance(r, str) else r for r in roles]
@@ -474,7 +545,7 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     """
     from lmforge.run_folder import save_tensors
 
-    model_type = _export_type(model.family)
+    model_type = _export_type(model)
     problems = _model_problems(model, model_type)
     hf_tokenizer = _hf_tokenizer(tokenizer)
     if hf_tokenizer is None:
@@ -510,9 +581,13 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
 _FITS = "train a gpt preset (e.g. --preset gpt-baby)"
 
 
-def _export_type(family: str) -> str | None:
-    """The model_type a family exports as: the first its HF_NAMES lists (gpt -> gpt2)."""
-    return next((t for t, f in model_types().items() if f == family), None)
+def _export_type(model) -> str | None:
+    """The model_type a model exports as: the first of its family's HF_NAMES whose switches it
+    matches (llama -> llama, mistral, qwen2 or qwen3), else the first (gpt -> gpt2), which then
+    names what does not fit; None for a family without any."""
+    types = [t for t, f in model_types().items() if f == model.family]
+    fits = (t for t in types if not export_problems(model.config, t, model))
+    return next(fits, types[0] if types else None)
 
 
 def _model_problems(model, model_type: str | None) -> list[str]:

@@ -36,11 +36,11 @@ class LlamaConfig:
     """Shape and switches of a Llama-style decoder; the defaults are a tiny model for a CPU.
 
     num_kv_heads: key/value heads of grouped-query attention (None or num_heads: plain
-    multi-head). head_dim None means embed_dim // num_heads. qkv_bias: biases on the q, k and v
-    projections (Qwen2). qk_norm: RMSNorm over each head's queries and keys (Qwen3).
-    sliding_window: each token sees itself and the sliding_window - 1 tokens before it (Mistral);
-    None sees all. rope_base is the rotary base ("rope_theta"); rope_scaling "none", "linear" or
-    "llama3" with the rope_* values it reads (see layers.embeddings.rotary_inv_freq).
+    multi-head). head_dim None means embed_dim // num_heads (and is set so). qkv_bias: biases
+    on the q, k and v projections (Qwen2). qk_norm: RMSNorm over each head's queries and keys
+    (Qwen3). sliding_window: each token sees itself and the sliding_window - 1 tokens before it
+    (Mistral); None sees all. rope_base is the rotary base ("rope_theta"); rope_scaling "none",
+    "linear" or "llama3" with the rope_* values it reads (layers.embeddings.rotary_inv_freq).
     """
 
     vocab_size: int = 256
@@ -94,9 +94,10 @@ class LlamaConfig:
                     f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
                     "change one of them or set head_dim"
                 )
+            self.head_dim = self.embed_dim // self.num_heads
         elif not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ConfigError(f"head_dim={self.head_dim!r} must be a positive integer or None")
-        if (self.head_dim or self.embed_dim // self.num_heads) % 2:
+        if self.head_dim % 2:
             raise ConfigError(
                 "rotary positions need an even head_dim; change embed_dim, num_heads or head_dim"
             )
@@ -189,10 +190,9 @@ class LlamaBackbone(Backbone):
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         c = config
-        head_dim = c.head_dim or c.embed_dim // c.num_heads
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         # one table for every block: max_seq_len x head_dim floats, not one per layer
-        self.rotary = RotaryEmbedding(head_dim, c.max_seq_len, c.rope_base, c.rope())
+        self.rotary = RotaryEmbedding(c.head_dim, c.max_seq_len, c.rope_base, c.rope())
         self.blocks = nn.ModuleList(LlamaBlock(c, self.rotary) for _ in range(c.num_layers))
         self.final_norm = nn.RMSNorm(c.embed_dim, eps=c.norm_eps)
         self.apply(init_normal)

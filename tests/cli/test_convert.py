@@ -142,8 +142,8 @@ def _damage(hf: Path, folder: Path, how: str) -> Path:
         (folder / "config.json").unlink()
     elif how == "no-weights":
         (folder / "model.safetensors").unlink()
-    elif how == "llama":
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    elif how == "gemma":
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gemma"}))
     elif how == "big-vocab":
         train_tokenizer("bpe", [TEXT, TEXT.upper()], vocab_size=400).tokenizer.save(
             str(folder / "tokenizer.json")
@@ -164,7 +164,11 @@ class _Payload:
     [
         ("no-config", "config.json"),
         ("no-weights", "no weights (model.safetensors or pytorch_model.bin)"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
+        (
+            "gemma",
+            "model_type 'gemma' is not supported; supported: gpt2, llama, mistral, qwen2, qwen3, "
+            "bert",
+        ),
         ("big-vocab", "tokens but the model embeds only 300"),
         ("pickle", "needs full pickle loading"),
     ],

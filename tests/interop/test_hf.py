@@ -209,8 +209,8 @@ def test_config_round_trip_and_refusals():
         to_hf_state_dict(GPTCausalLM(GPTConfig(position="rotary")))
     with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx"):
         config_from_hf({**hf, "scale_attn_by_inverse_layer_idx": True})
-    with pytest.raises(CheckpointError, match="model_type 'llama'.*gpt2"):
-        config_from_hf({**hf, "model_type": "llama"})
+    with pytest.raises(CheckpointError, match="model_type 'gemma'.*gpt2, llama"):
+        config_from_hf({**hf, "model_type": "gemma"})
 
 
 # ---------------------------------------------------------------- names -> folders
@@ -304,7 +304,11 @@ def test_pickled_code_is_refused_and_never_run(hf_folder, tmp_path):
     [
         ("no_config", "config.json"),
         ("no_weights", "no weights"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
+        (
+            "gemma",
+            "model_type 'gemma' is not supported; supported: gpt2, llama, mistral, qwen2, qwen3, "
+            "bert",
+        ),
         ("big_vocab", "embeds only 300"),
         ("missing_weight", "lack"),
     ],
@@ -317,8 +321,8 @@ def test_broken_folders_raise_one_line(hf_folder, tmp_path, damage, message):
         (folder / "config.json").unlink()
     elif damage == "no_weights":
         (folder / "model.safetensors").unlink()
-    elif damage == "llama":
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    elif damage == "gemma":
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gemma"}))
     elif damage == "big_vocab":
         (folder / "vocab.json").unlink()
         big = train_tokenizer("bpe", CORPUS * 5, vocab_size=400)
@@ -439,7 +443,8 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
 def test_model_types_come_from_the_families_tables():
     from lmforge.interop import hf
 
-    assert hf.model_types() == {"gpt2": "gpt", "bert": "bert"}
+    llama = {t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3")}
+    assert hf.model_types() == {"gpt2": "gpt", **llama, "bert": "bert"}
     assert hf.MODEL_TYPES == hf.model_types()  # the old name still reads
 
 

@@ -2,6 +2,7 @@
 sliding window, rotary scaling against transformers' rules, config checks and presets."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -248,3 +249,198 @@ def _spy(init, seen):
         init(self, slots, heads, max_len, head_dim, dtype, device)
 
     return wrapped
+
+
+# ---------------------------------------------------------------- Hugging Face parity
+
+HF_SHAPE = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=500000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=16,
+)
+# name -> (transformers config class name, its arguments)
+HF_VARIANTS = {
+    "llama-gqa-tied-llama3": (
+        "LlamaConfig",
+        dict(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+    ),
+    "llama-untied-linear": (
+        "LlamaConfig",
+        dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+    ),
+    "mistral-window": ("MistralConfig", dict(sliding_window=5)),
+    "qwen2": ("Qwen2Config", dict(rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    "qwen3-head-dim": ("Qwen3Config", dict(head_dim=32)),
+}
+
+
+def hf_reference(variant: str):
+    """A tiny transformers causal LM with non-trivial norms and biases and peaky logits."""
+    transformers = pytest.importorskip("transformers")
+    name, extra = HF_VARIANTS[variant]
+    config = getattr(transformers, name)(**HF_SHAPE, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if "norm" in key:
+                p.normal_(1.0, 0.1)
+            elif key.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "embed_tokens" in key or "lm_head" in key:
+                p.normal_(0.0, 0.3)  # peakier distributions: greedy has no near-ties
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(HF_VARIANTS))
+def hf_pair(request, tmp_path_factory):
+    """(variant, folder as save_pretrained writes it, the transformers model)."""
+    torch.manual_seed(0)
+    reference = hf_reference(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    reference.save_pretrained(folder)
+    return request.param, folder, reference
+
+
+def test_logits_match_transformers(hf_pair):
+    import lmforge
+
+    variant, folder, reference = hf_pair
+    model = lmforge.load(folder)
+    assert model.family == "llama" and model.config.num_kv_heads == 2
+    ids = torch.randint(0, 300, (2, 24))  # longer than the window and the llama3 context
+    with torch.no_grad():
+        assert (model(ids) - reference(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_greedy_tokens_match_transformers_generate(hf_pair):
+    import lmforge
+    from lmforge.generation.generate import generate
+
+    variant, folder, reference = hf_pair
+    model = lmforge.load(folder)
+    for prompt in ([5, 17, 42], [100, 3, 9, 250, 7, 1, 44, 2]):
+        ours = [int(t) for t in generate(model, prompt, 16, temperature=0)]
+        ids = torch.tensor([prompt])
+        theirs = reference.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=16,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+        assert ours == theirs
+
+
+def test_export_round_trips_through_transformers(hf_pair, tmp_path):
+    import lmforge
+    from lmforge.interop.hf import write_hf_folder
+    from lmforge.tokenizers.base import train_tokenizer
+
+    transformers = pytest.importorskip("transformers")
+    variant, folder, reference = hf_pair
+    model = lmforge.load(folder)
+    tok = train_tokenizer("bpe", ["the cat sat on the mat. " * 20], vocab_size=300)
+    write_hf_folder(model, tok, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == json.loads((folder / "config.json").read_text())["model_type"]
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 300, (1, 24))
+    with torch.no_grad():
+        assert (again(ids).logits - reference(ids).logits).abs().max().item() <= 1e-4
+    assert (lmforge.load(tmp_path / "out").state_dict().keys()) == model.state_dict().keys()
+
+
+def test_older_rope_theta_and_rope_scaling_fields_read_the_same(tmp_path):
+    import lmforge
+
+    torch.manual_seed(0)
+    reference = hf_reference("llama-gqa-tied-llama3")
+    reference.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    params = config.pop("rope_parameters")  # transformers 4's spelling: theta outside, "type"
+    config["rope_theta"] = params.pop("rope_theta")
+    config["rope_scaling"] = {"type" if k == "rope_type" else k: v for k, v in params.items()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = lmforge.load(tmp_path)
+    assert model.config.rope_scaling == "llama3" and model.config.rope_base == 500000.0
+    ids = torch.randint(0, 300, (1, 24))
+    with torch.no_grad():
+        assert (model(ids) - reference(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_our_models_export_to_the_layout_their_switches_name(tmp_path):
+    from lmforge.interop.hf import write_hf_folder
+    from lmforge.tokenizers.base import train_tokenizer
+
+    transformers = pytest.importorskip("transformers")
+    tok = train_tokenizer("char", ["abcdefgh"])
+    expected = {
+        "llama": {},
+        "mistral": dict(sliding_window=4),
+        "qwen2": dict(qkv_bias=True),
+        "qwen3": dict(qk_norm=True, head_dim=16),
+    }
+    for model_type, switches in expected.items():
+        model = tiny_llama(vocab_size=tok.vocab_size, **switches)
+        write_hf_folder(model, tok, tmp_path / model_type)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / model_type).eval()
+        assert hf.config.model_type == model_type
+        ids = torch.randint(0, tok.vocab_size, (1, 12))
+        with torch.no_grad():
+            assert (hf(ids).logits - model(ids)).abs().max().item() <= 1e-4
+    with pytest.raises(ConfigError, match="only Qwen3 norms queries and keys") as err:
+        write_hf_folder(tiny_llama(qk_norm=True, qkv_bias=True), tok, tmp_path / "both")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("kv-heads", "num_heads=4 do not divide into num_kv_heads=3 groups"),
+        ("rope-type", "rope type 'yarn' is not supported; lmforge knows default, linear, llama3"),
+        ("missing-weight", "the weights lack 'model.layers.1.mlp.up_proj.weight'"),
+        ("model-type", "model_type 'gemma' is not supported; supported: gpt2, llama, mistral"),
+    ],
+)
+def test_bad_folders_are_one_line_exit_2(tmp_path, capsys, damage, message):
+    from safetensors.torch import load_file, save_file
+
+    from lmforge.cli.main import main
+    from lmforge.tokenizers.base import train_tokenizer
+
+    torch.manual_seed(0)
+    hf_reference("qwen2").save_pretrained(tmp_path)
+    train_tokenizer("bpe", ["the cat sat. " * 20], vocab_size=300).tokenizer.save(
+        str(tmp_path / "tokenizer.json")
+    )
+    config = json.loads((tmp_path / "config.json").read_text())
+    if damage == "kv-heads":
+        config["num_key_value_heads"] = 3
+    elif damage == "rope-type":
+        config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}
+    elif damage == "model-type":
+        config["model_type"] = "gemma"
+    else:
+        weights = load_file(tmp_path / "model.safetensors")
+        del weights["model.layers.1.mlp.up_proj.weight"]
+        save_file(weights, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()  # transformers' progress bar
+    code = main(["sample", str(tmp_path), "--max-new-tokens", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("lmforge: error:") and "\n" not in err, err
+    assert message in err
