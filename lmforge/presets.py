@@ -73,6 +73,7 @@ _DOWNLOAD_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
     "vocab.json",
     "merges.txt",
     "model.safetensors",

@@ -444,3 +444,31 @@ def test_bad_folders_are_one_line_exit_2(tmp_path, capsys, damage, message):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("lmforge: error:") and "\n" not in err, err
     assert message in err
+
+
+def test_names_resolve_and_init_from_fine_tunes(tmp_path, monkeypatch, capsys):
+    """qwen2.5-0.5b resolves through the Hugging Face cache as gpt2 does (here a tiny random
+    Qwen2 under that repo id), and `train --init-from` fine-tunes it with its own tokenizer."""
+    import lmforge
+    from lmforge.cli.main import main
+    from lmforge.tokenizers.base import train_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("LMFORGE_MODELS_DIR", raising=False)
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B" / "snapshots" / "abc"
+    torch.manual_seed(0)
+    hf_reference("qwen2").save_pretrained(snapshot)
+    text = "Why is the sky blue? Light scatters off the air.\n" * 40
+    train_tokenizer("bpe", [text], vocab_size=300).tokenizer.save(str(snapshot / "tokenizer.json"))
+    assert lmforge.load("qwen2.5-0.5b").config.embed_dim == 64  # the snapshot, not 896 wide
+    data = tmp_path / "notes.txt"
+    data.write_text(text)
+    for i, source in enumerate(["qwen2.5-0.5b", str(snapshot)]):  # a name, a folder
+        out = tmp_path / f"ft{i}"
+        argv = ["train", "--init-from", source, "--data", str(data), "--block-size", "16"]
+        argv += ["--max-steps", "2", "--threads", "1", "--out", str(out)]
+        capsys.readouterr()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert json.loads((out / "config.json").read_text())["family"] == "llama"
+    assert main(["sample", str(out), "--prompt", "Why", "--max-new-tokens", "4"]) == 0
