@@ -574,6 +574,8 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
         generation = {
             k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None
         }
+        if len(tokenizer.eos_ids) > 1:  # generation stops at any of them
+            generation["eos_token_id"] = list(tokenizer.eos_ids)
         _write_json(folder / "generation_config.json", generation)
     _write_hf_tokenizer(tokenizer, hf_tokenizer, folder, model.config.max_seq_len)
 
@@ -641,6 +643,10 @@ def _write_hf_tokenizer(tokenizer, library, folder: Path, max_len: int) -> None:
     if tokenizer.kind == "bpe":
         library.model.save(str(folder))  # vocab.json + merges.txt, for GPT-2's slow tokenizer
         settings["add_prefix_space"] = False
+    if tokenizer.add_bos_token:
+        settings["add_bos_token"] = True
+    if tokenizer.chat_template:
+        settings["chat_template"] = tokenizer.chat_template
     _write_json(folder / "tokenizer_config.json", settings)
     _write_json(folder / "special_tokens_map.json", special)
 

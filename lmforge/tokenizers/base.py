@@ -50,6 +50,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             return subword.load_bert_vocab(path)
         if path.name in ("vocab.json", "merges.txt"):
             return _load_folder(path.parent)
+        if path.name == HF_TOKENIZER_FILE:  # a model folder's: its metadata files sit beside
+            return _with_hf_metadata(load_tokenizer_json(path), path.parent)
         if path.suffix == ".json":
             return load_tokenizer_json(path)
         raise DataError(
@@ -92,12 +94,10 @@ def _with_hf_metadata(tok: Tokenizer, folder: Path) -> Tokenizer:
     add_bos_token, chat_template) and generation_config.json's eos ids (one or a list)."""
     config = _read_json(folder / "tokenizer_config.json")
     special = tok.special_tokens()
-    for role in SPECIAL_ROLES:
-        if f"{role}_token" not in config:
-            continue  # not said: the detected token stays
-        token = config[f"{role}_token"]
+    for role in SPECIAL_ROLES:  # a token it names; null or absent: the detected one stays
+        token = config.get(f"{role}_token")  # (GPT-2's null pad: <|endoftext|> pads, as ever)
         token = token.get("content") if isinstance(token, dict) else token
-        if token is None or tok.token_to_id(token) is not None:
+        if isinstance(token, str) and tok.token_to_id(token) is not None:
             special[role] = token
     tok._set_special_tokens(special)
     template = config.get("chat_template")

@@ -472,3 +472,18 @@ def test_names_resolve_and_init_from_fine_tunes(tmp_path, monkeypatch, capsys):
         assert main(argv) == 0, capsys.readouterr().err
         assert json.loads((out / "config.json").read_text())["family"] == "llama"
     assert main(["sample", str(out), "--prompt", "Why", "--max-new-tokens", "4"]) == 0
+
+
+def test_export_keeps_the_tokenizer_metadata(tmp_path):
+    import lmforge
+    from lmforge.interop.hf import write_hf_folder
+    from tests.tokenizers.test_base import llama_style_folder
+
+    llama_style_folder(tmp_path / "tok")
+    tok = lmforge.load_tokenizer(tmp_path / "tok")
+    write_hf_folder(tiny_llama(vocab_size=tok.vocab_size), tok, tmp_path / "out")
+    again = lmforge.load_tokenizer(tmp_path / "out")
+    assert again.metadata() == tok.metadata() and again.eos_ids == tok.eos_ids
+    assert again.special_tokens() == tok.special_tokens()
+    generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == list(tok.eos_ids)

@@ -140,7 +140,7 @@ def llama_style_folder(folder, chat_template_file=False):
         "bos_token": "<|begin|>",
         "eos_token": {"content": "<|end|>", "special": True},
         "pad_token": "<|pad|>",
-        "unk_token": None,
+        "unk_token": None,  # null: the detected token (none here) stays
         "add_bos_token": True,
     }
     if chat_template_file:
