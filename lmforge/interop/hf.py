@@ -29,6 +29,8 @@ A table (only `config`, `weights` and `architecture` are required):
                  dim (num_heads, num_kv_heads, num_kv_heads), where the parts differ in size
     heads        {their architecture: {our key: their key, or None where it has no such weight}}
     transpose    our keys whose tensors are stored (in, out) there (GPT-2's Conv1D)
+    per_head     our fused [q | k | v] keys whose rows are head by head there, [q k v] of head
+                 0, then of head 1, ... (GPT-NeoX's query_key_value): reordered both ways
     optional     our keys a file may lack (BERT's pooler)
     tied         {our key: our key it shares}: filled from the other weight when the config ties
                  (no `tie_embeddings` field counts as tied); their copy is not needed
@@ -39,12 +41,14 @@ A table (only `config`, `weights` and `architecture` are required):
     packs_tokens True: their tokenizer adds the start/end tokens itself (BERT's [CLS] a [SEP])
     rope         True: our rotary fields (rope_base, rope_scaling and its rope_* arguments) are
                  read from their rope_theta + rope_scaling or the newer rope_parameters, and
-                 written in both forms
+                 written in both forms; a family without them (gpt) loads only base 10000
+                 without scaling
 
 A family with several tables exports as the first whose fixed switches its model matches
 (llama: llama, mistral, qwen2 or qwen3).
 """
 
+import dataclasses
 import inspect
 import json
 import pickle
@@ -142,8 +146,17 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
                 f"{family} family loads only {key}={supported!r}"
             )
     ours = {mine: values.get(_theirs(t)[0]) for mine, t in table["config"].items()}
+    cfg_cls, _ = family_classes(family)
     if table.get("rope"):
-        ours.update(_rope_from_hf(values, where))
+        rope = _rope_from_hf(values, where)
+        if "rope_base" in {f.name for f in dataclasses.fields(cfg_cls)}:
+            ours.update(rope)
+        elif (rope["rope_base"], rope["rope_scaling"]) != (10000.0, "none"):
+            raise CheckpointError(
+                f"{where}: rope_theta={rope['rope_base']!r} with {rope['rope_scaling']!r} "
+                f"scaling is not supported; lmforge's {family} family rotates with base 10000 "
+                "and no scaling"
+            )
     if "ffn_dim" in ours and ours["ffn_dim"] is None:  # GPT-2's n_inner = None: 4 * n_embd
         ours["ffn_dim"] = 4 * ours["embed_dim"]
     if "activations" in table:
@@ -154,7 +167,6 @@ def config_from_hf(hf_config: dict, where: str | Path = "config.json"):
                 f"supported; supported: {', '.join(table['activations'])}"
             )
         ours["activation"] = activation
-    cfg_cls, _ = family_classes(family)
     try:
         return cfg_cls(**ours, **table.get("fixed", {}))
     except (LmforgeError, TypeError) as e:
@@ -189,12 +201,14 @@ def _rope_from_hf(values: dict, where) -> dict:
         raise CheckpointError(
             f"{where}: rope type {kind!r} is not supported; lmforge knows {', '.join(_ROPE_TYPES)}"
         )
-    if params.get("partial_rotary_factor", values.get("partial_rotary_factor", 1.0)) != 1.0:
+    # GPT-NeoX's older files: rotary_pct (0.25 when absent there) and rotary_emb_base
+    partial = values.get("partial_rotary_factor", values.get("rotary_pct", 1.0))
+    if params.get("partial_rotary_factor", partial) != 1.0:
         raise CheckpointError(
             f"{where}: partial_rotary_factor is not supported; lmforge rotates whole heads"
         )
     defaults = {
-        "rope_theta": values.get("rope_theta", 10000.0),
+        "rope_theta": values.get("rope_theta", values.get("rotary_emb_base", 10000.0)),
         "factor": 1.0,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
@@ -208,16 +222,19 @@ def _rope_from_hf(values: dict, where) -> dict:
 def _rope_to_hf(config) -> dict:
     """Their rotary settings for one of our configs: rope_theta + rope_scaling (what older
     transformers read) and rope_parameters (what transformers 5 writes)."""
-    kind = {ours: theirs for theirs, ours in _ROPE_TYPES.items()}[config.rope_scaling]
+    ours = {"rope_base": 10000.0, "rope_scaling": "none"}  # a family without rope fields (gpt)
+    ours.update({mine: getattr(config, mine) for mine in _ROPE if hasattr(config, mine)})
+    kind = {o: t for t, o in _ROPE_TYPES.items()}[ours["rope_scaling"]]
     used = {"rope_base", "rope_scaling"}
     if kind != "default":
         used.add("rope_factor")
     if kind == "llama3":
         used |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"}
-    params = {_ROPE[mine]: getattr(config, mine) for mine in _ROPE if mine in used}
+    params = {_ROPE[mine]: ours[mine] for mine in _ROPE if mine in used}
     params["rope_type"] = kind
     scaling = {k: v for k, v in params.items() if k != "rope_theta"} if kind != "default" else None
-    return {"rope_theta": config.rope_base, "rope_scaling": scaling, "rope_parameters": params}
+    params["partial_rotary_factor"] = 1.0  # whole heads (GPT-NeoX's default is 0.25)
+    return {"rope_theta": ours["rope_base"], "rope_scaling": scaling, "rope_parameters": params}
 
 
 def _architecture(model, table: dict) -> str | None:
@@ -241,6 +258,18 @@ def export_problems(config, model_type: str = "gpt2", model=None) -> list[str]:
             continue
         if value != needed and table.get("exports_too", {}).get(key, needed) != value:
             problems.append(f"{key}={value!r}, but {table['why'][key]}")
+    if model is not None and not problems:  # a weight the layout has no place for (a head bias)
+        names = _names(table, _architecture(model, table) or table["architecture"])
+        placed = {k.format(i=i) for k in names for i in _layers(k, config.num_layers)}
+        placed |= set(table.get("tied", {}))  # the weight it shares is written
+        prefix = "backbone." if isinstance(model, Backbone) else ""
+        state = {prefix + k: v for k, v in model.state_dict().items()}
+        optional = table.get("optional", ())  # exact without it while it holds zeros
+        homeless = sorted(
+            k for k, v in state.items() if k not in placed and not (k in optional and not v.any())
+        )
+        if homeless and "tasks" in table and _architecture(model, table) is not None:
+            problems.append(f"its weight {homeless[0]!r} has no place in the {model_type} layout")
     if model is not None and "tasks" in table:
         if _architecture(model, table) is None:
             family = model_types()[model_type]
@@ -347,7 +376,10 @@ def from_hf_state_dict(
             parts = [
                 theirs[k].t() if mine in table.get("transpose", ()) else theirs[k] for k in keys
             ]
-            ours[mine.format(i=i)] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if mine in table.get("per_head", ()):  # (H, 3, D, ...) rows -> (3, H, D, ...)
+                tensor = _regroup(tensor, config.num_heads, 3)
+            ours[mine.format(i=i)] = tensor
     if missing:
         raise CheckpointError(
             f"{where}: the weights lack {missing[0]!r} ({len(missing)} missing in all); "
@@ -390,12 +422,21 @@ def to_hf_state_dict(model, model_type: str = "gpt2") -> dict[str, Tensor]:
             tensor = mine.get(key.format(i=i))
             if tensor is None:
                 tensor = _stand_in(model, mine, key.format(i=i))
+            if key in table.get("per_head", ()):  # (3, H, D, ...) rows -> (H, 3, D, ...)
+                tensor = _regroup(tensor, 3, model.config.num_heads)
             keys = [t.format(i=i) for t in _theirs(their)]
             for k, part in zip(keys, _split(tensor.detach(), key, len(keys), model.config, table)):
                 theirs[k] = part.t().contiguous() if key in table.get("transpose", ()) else part
     if isinstance(model, Backbone) and table.get("base_prefix"):  # the bare base model's names
         theirs = {k.removeprefix(table["base_prefix"]): v for k, v in theirs.items()}
     return theirs
+
+
+def _regroup(tensor: Tensor, outer: int, inner: int) -> Tensor:
+    """Rows grouped (outer, inner, D) regrouped as (inner, outer, D): [q | k | v] <-> head by
+    head, along dim 0 (weights and biases alike)."""
+    rows = tensor.reshape(outer, inner, -1, *tensor.shape[1:])
+    return rows.transpose(0, 1).reshape(tensor.shape)
 
 
 def _split(tensor: Tensor, key: str, n: int, config, table: dict) -> tuple[Tensor, ...]:
@@ -539,9 +580,10 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     """Write config.json, generation_config.json (decoders), model.safetensors and the tokenizer
     files that transformers' from_pretrained and pipeline() read.
 
-    GPT models go to GPT-2's layout (GPT2LMHeadModel), BERT ones to BertModel,
-    BertForMaskedLM or BertForSequenceClassification. ConfigError lists every reason the model
-    or tokenizer cannot be written exactly, before anything is written.
+    GPT models go to GPT-2's layout (GPT2LMHeadModel), rotary ones to GPT-NeoX's; Llama-style
+    ones to Llama, Mistral, Qwen2 or Qwen3 (whichever their switches name); BERT ones to
+    BertModel, BertForMaskedLM or BertForSequenceClassification. ConfigError lists every reason
+    the model or tokenizer cannot be written exactly, before anything is written.
     """
     from lmforge.run_folder import save_tensors
 

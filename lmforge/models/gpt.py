@@ -426,6 +426,8 @@ PRESETS = {
 
 # ---------------------------------------------------------------- Hugging Face names
 
+_NEOX = "gpt_neox.layers.{i}."  # a GPT-NeoX block's weights
+
 # Keyed by the Hugging Face `model_type`. "{i}" stands for the block index. Checkpoints saved from
 # GPT2Model (the hub's gpt2 weights) lack the "transformer." prefix; tied checkpoints may lack
 # "lm_head.weight"; the "attn.bias" / "attn.masked_bias" buffers of old checkpoints are unused.
@@ -456,8 +458,7 @@ HF_NAMES = {
         # What GPT-2's layout needs instead, per switch: one refusal lists every reason.
         why=dict(
             norm_first="GPT-2's blocks are pre-norm",
-            position="GPT-2 adds a learned position table (rotary decoders will export to a "
-            "modern-decoder, Llama-style layout: a later issue)",
+            position="GPT-2 adds a learned position table (rotary models export as gpt_neox)",
             tie_embeddings="GPT-2's LM head is the token embedding, with no bias",
             head_dim="GPT-2's heads split embed_dim (head_dim=None)",
         ),
@@ -514,5 +515,81 @@ HF_NAMES = {
         ignored=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers; we build our own
         token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
         written=dict(dtype="float32"),
+    ),
+    # lmforge's rotary GPTs (gpt-shakespeare) leave as GPT-NeoX: pre-norm with sequential
+    # residuals, rotate-half RoPE on whole heads; a model without biases exports zero ones.
+    "gpt_neox": dict(
+        config={
+            "vocab_size": "vocab_size",
+            "max_seq_len": "max_position_embeddings",
+            "embed_dim": "hidden_size",
+            "num_heads": "num_attention_heads",
+            "num_layers": "num_hidden_layers",
+            "ffn_dim": "intermediate_size",
+            "activation": "hidden_act",
+            "layer_norm_eps": "layer_norm_eps",
+            "tie_embeddings": "tie_word_embeddings",
+            "dropout": ("hidden_dropout", "attention_dropout"),
+        },
+        activations={
+            "gelu": "gelu",
+            "gelu_new": "gelu_tanh",
+            "gelu_pytorch_tanh": "gelu_tanh",
+            "relu": "relu",
+        },
+        rope=True,
+        fixed=dict(norm_first=True, position="rotary", use_bias=True),
+        exports_too=dict(use_bias=False),
+        why=dict(
+            norm_first="GPT-NeoX's blocks are pre-norm",
+            position="GPT-NeoX rotates q and k (learned positions export as gpt2)",
+            use_bias="GPT-NeoX has biases",
+            head_dim="GPT-NeoX's heads split hidden_size (head_dim=None)",
+        ),
+        # GPTNeoXConfig's defaults, for a config.json that leaves a field out
+        defaults=dict(
+            vocab_size=50432,
+            max_position_embeddings=2048,
+            hidden_size=6144,
+            num_attention_heads=64,
+            num_hidden_layers=44,
+            intermediate_size=24576,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            hidden_dropout=0.0,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+        ),
+        requires=dict(use_parallel_residual=False, attention_bias=True),
+        fits="train a pre-norm rotary gpt (e.g. --preset gpt-shakespeare)",
+        architecture="GPTNeoXForCausalLM",
+        tasks={"GPTNeoXForCausalLM": "GPTCausalLM"},
+        base_prefix="gpt_neox.",
+        weights={
+            "backbone.embed.token.weight": "gpt_neox.embed_in.weight",
+            "backbone.blocks.{i}.attn_norm.weight": "gpt_neox.layers.{i}.input_layernorm.weight",
+            "backbone.blocks.{i}.attn_norm.bias": "gpt_neox.layers.{i}.input_layernorm.bias",
+            "backbone.blocks.{i}.attn.qkv.weight": _NEOX + "attention.query_key_value.weight",
+            "backbone.blocks.{i}.attn.qkv.bias": _NEOX + "attention.query_key_value.bias",
+            "backbone.blocks.{i}.attn.out.weight": _NEOX + "attention.dense.weight",
+            "backbone.blocks.{i}.attn.out.bias": _NEOX + "attention.dense.bias",
+            "backbone.blocks.{i}.ffn_norm.weight": _NEOX + "post_attention_layernorm.weight",
+            "backbone.blocks.{i}.ffn_norm.bias": _NEOX + "post_attention_layernorm.bias",
+            "backbone.blocks.{i}.ffn.up.weight": _NEOX + "mlp.dense_h_to_4h.weight",
+            "backbone.blocks.{i}.ffn.up.bias": _NEOX + "mlp.dense_h_to_4h.bias",
+            "backbone.blocks.{i}.ffn.down.weight": _NEOX + "mlp.dense_4h_to_h.weight",
+            "backbone.blocks.{i}.ffn.down.bias": _NEOX + "mlp.dense_4h_to_h.bias",
+            "backbone.final_norm.weight": "gpt_neox.final_layer_norm.weight",
+            "backbone.final_norm.bias": "gpt_neox.final_layer_norm.bias",
+            "head.weight": "lm_head.weight",
+        },
+        per_head=("backbone.blocks.{i}.attn.qkv.weight", "backbone.blocks.{i}.attn.qkv.bias"),
+        optional=("head.bias",),  # their head has none: ours stays zero
+        tied={"head.weight": "backbone.embed.token.weight"},
+        renames={"embed_out.": "lm_head."},  # the head's name before transformers 4.50
+        ignored=(".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"),
+        token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
+        written=dict(dtype="float32", rotary_pct=1.0, rotary_emb_base=10000),
     ),
 }

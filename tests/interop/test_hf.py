@@ -209,7 +209,7 @@ def test_config_round_trip_and_refusals():
         to_hf_state_dict(GPTCausalLM(GPTConfig(position="rotary")))
     with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx"):
         config_from_hf({**hf, "scale_attn_by_inverse_layer_idx": True})
-    with pytest.raises(CheckpointError, match="model_type 'gemma'.*gpt2, llama"):
+    with pytest.raises(CheckpointError, match="model_type 'gemma'.*gpt2, gpt_neox, llama"):
         config_from_hf({**hf, "model_type": "gemma"})
 
 
@@ -306,8 +306,8 @@ def test_pickled_code_is_refused_and_never_run(hf_folder, tmp_path):
         ("no_weights", "no weights"),
         (
             "gemma",
-            "model_type 'gemma' is not supported; supported: gpt2, llama, mistral, qwen2, qwen3, "
-            "bert",
+            "model_type 'gemma' is not supported; supported: gpt2, gpt_neox, llama, mistral, "
+            "qwen2, qwen3, bert",
         ),
         ("big_vocab", "embeds only 300"),
         ("missing_weight", "lack"),
@@ -412,8 +412,9 @@ def test_bert_tasks_export_to_their_bert_classes(tmp_path, task):
 
 
 def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
-    """gpt-tiny-wine's post-norm block, untied biased head and wide heads all at once; rotary,
-    char-RNN and a classifier's extra layers each name their reason; nothing is written."""
+    """gpt-tiny-wine's post-norm block, untied biased head and wide heads all at once; post-norm
+    rotary, char-RNN and a classifier's extra layers each name their reason; nothing is
+    written."""
     from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
     from lmforge.models.gpt import PRESETS
 
@@ -427,7 +428,10 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
             GPTCausalLM(GPTConfig(**wine)),
             ["norm_first=False", "tie_embeddings=False", "head_dim=16"],
         ),
-        (GPTCausalLM(GPTConfig(**shakespeare)), ["position='rotary'", "modern-decoder"]),
+        (  # a rotary GPT exports as gpt_neox, but not a post-norm one
+            GPTCausalLM(GPTConfig(**{**shakespeare, "norm_first": False})),
+            ["norm_first=False", "position='rotary'", "gpt_neox"],
+        ),
         (CharRNNCausalLM(CharRNNConfig(vocab_size=char.vocab_size)), ["char_rnn", "architecture"]),
         (classifier, ["extra_layers=1"]),
     ]
@@ -444,7 +448,7 @@ def test_model_types_come_from_the_families_tables():
     from lmforge.interop import hf
 
     llama = {t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3")}
-    assert hf.model_types() == {"gpt2": "gpt", **llama, "bert": "bert"}
+    assert hf.model_types() == {"gpt2": "gpt", "gpt_neox": "gpt", **llama, "bert": "bert"}
     assert hf.MODEL_TYPES == hf.model_types()  # the old name still reads
 
 

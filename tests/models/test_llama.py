@@ -413,7 +413,7 @@ def test_our_models_export_to_the_layout_their_switches_name(tmp_path):
         ("kv-heads", "num_heads=4 do not divide into num_kv_heads=3 groups"),
         ("rope-type", "rope type 'yarn' is not supported; lmforge knows default, linear, llama3"),
         ("missing-weight", "the weights lack 'model.layers.1.mlp.up_proj.weight'"),
-        ("model-type", "model_type 'gemma' is not supported; supported: gpt2, llama, mistral"),
+        ("model-type", "model_type 'gemma' is not supported; supported: gpt2, gpt_neox, llama"),
     ],
 )
 def test_bad_folders_are_one_line_exit_2(tmp_path, capsys, damage, message):
