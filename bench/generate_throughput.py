@@ -45,29 +45,19 @@ def _copy_bandwidth() -> float:
 
 
 def _hf_from_ours(model, cfg):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """transformers' model of the layout our model exports as (GPT2LMHeadModel for gpt2,
+    LlamaForCausalLM for smollm2-135m), with our weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=cfg["vocab_size"],
-            n_positions=cfg["max_seq_len"],
-            n_embd=cfg["embed_dim"],
-            n_layer=cfg["num_layers"],
-            n_head=cfg["num_heads"],
-            n_inner=cfg["ffn_dim"],
-            activation_function="gelu_new",
-            layer_norm_epsilon=cfg.get("layer_norm_eps", 1e-5),
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            # GPT-2's end-of-text is its last id; min_new_tokens masks it, so it must exist
-            bos_token_id=cfg["vocab_size"] - 1,
-            eos_token_id=cfg["vocab_size"] - 1,
-        )
-    )
-    from lmforge.interop.hf import to_hf_state_dict
+    from lmforge.interop.hf import export_type, hf_config_from, to_hf_state_dict
 
-    hf.load_state_dict(to_hf_state_dict(model, "gpt2"), strict=False)  # tied lm_head: re-tied
+    model_type = export_type(model)
+    config = hf_config_from(model.config, model_type, model=model)
+    config.pop("model_type")
+    # the end-of-text is the last id; min_new_tokens masks it, so it must exist
+    config.update(bos_token_id=cfg["vocab_size"] - 1, eos_token_id=cfg["vocab_size"] - 1)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    hf.load_state_dict(to_hf_state_dict(model, model_type), strict=False)  # tied head: re-tied
     hf.eval()
     ids = torch.randint(0, cfg["vocab_size"], (1, 16))
     with torch.inference_mode():
@@ -204,7 +194,7 @@ def main() -> None:
     if args.tiny:
         cfg.update(TINY)
         args.new_tokens, args.prompt_len, args.trials = 8, 8, 1
-    model = build_task("gpt", cfg).eval()
+    model = build_task(get_preset(args.preset)["family"], cfg).eval()
     B, N = args.batch, args.new_tokens
     prompt = torch.randint(0, cfg["vocab_size"], (B, args.prompt_len))
 

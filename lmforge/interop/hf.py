@@ -587,7 +587,7 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     """
     from lmforge.run_folder import save_tensors
 
-    model_type = _export_type(model)
+    model_type = export_type(model)
     problems = _model_problems(model, model_type)
     hf_tokenizer = _hf_tokenizer(tokenizer)
     if hf_tokenizer is None:
@@ -625,7 +625,7 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
 _FITS = "train a gpt preset (e.g. --preset gpt-baby)"
 
 
-def _export_type(model) -> str | None:
+def export_type(model) -> str | None:
     """The model_type a model exports as: the first of its family's HF_NAMES whose switches it
     matches (llama -> llama, mistral, qwen2 or qwen3), else the first (gpt -> gpt2), which then
     names what does not fit; None for a family without any."""

@@ -17,9 +17,11 @@ from lmforge.layers.embeddings import RotaryEmbedding
 class KVCache:
     """Keys and values of one attention layer during decoding, written in place.
 
-    The (B, H, max_len, D) tensors are allocated on the first write, in the dtype and device of
-    the keys written, so a cache made before `model.to(...)` or under autocast still fits.
-    `length` counts the positions already written; attention reads `[0:length]`.
+    The (B, H, P, D) tensors are allocated on the first write, in the dtype and device of the
+    keys written, so a cache made before `model.to(...)` or under autocast still fits. P starts
+    at 256 positions (or what the first write needs) and doubles when full, up to max_len: a
+    model with a 32k context does not hold 32k positions for a short reply. `length` counts
+    the positions already written; attention reads `[0:length]`.
     """
 
     def __init__(self, max_len: int):
@@ -36,10 +38,17 @@ class KVCache:
                 f"the KV cache holds {self.max_len} positions and {end} were needed; "
                 "start a new state with init_state() or keep inputs within max_seq_len"
             )
-        if self.k is None:
+        held = 0 if self.k is None else self.k.shape[-2]
+        if end > held:  # allocate, or grow: twice as many positions, at most max_len
             B, H, _, D = k.shape
-            self.k = k.new_empty(B, H, self.max_len, D)
-            self.v = v.new_empty(B, H, self.max_len, D)
+            size = min(self.max_len, max(end, 2 * held, 256))
+            grown_k, grown_v = k.new_empty(B, H, size, D), v.new_empty(B, H, size, D)
+            if start:
+                grown_k[:, :, :start], grown_v[:, :, :start] = (
+                    self.k[:, :, :start],
+                    self.v[:, :, :start],
+                )
+            self.k, self.v = grown_k, grown_v
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         self.length = end

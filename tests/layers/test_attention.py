@@ -111,3 +111,16 @@ def test_grouped_windowed_and_normed_attention_capture_matches_sdpa(kwargs):
 def test_query_heads_must_divide_into_key_value_groups():
     with pytest.raises(ConfigError, match="num_heads=4 do not divide into num_kv_heads=3"):
         MultiHeadAttention(32, 4, num_kv_heads=3)
+
+
+def test_cache_grows_by_doubling_up_to_max_len():
+    attn = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(1, 600, 32)
+    cache = KVCache(1000)
+    parts = [attn(x[:, :200], cache=cache)]
+    assert cache.k.shape[-2] == 256  # not 1000 positions for a short sequence
+    parts.append(attn(x[:, 200:300], cache=cache))  # past 256: twice as many
+    assert cache.k.shape[-2] == 512
+    parts.append(attn(x[:, 300:600], cache=cache))  # past 512: at most max_len
+    assert cache.k.shape[-2] == 1000 and cache.length == 600
+    torch.testing.assert_close(torch.cat(parts, 1), attn(x), atol=1e-5, rtol=0)
