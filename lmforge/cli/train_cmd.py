@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lmforge.cli import options
 from lmforge.presets import FAMILIES, family_classes, get_preset
-from lmforge.training.trainer import TrainConfig, train
+from lmforge.training.config import TrainConfig
+from lmforge.training.setup import train
 
 
 def add_parser(sub):
