@@ -32,7 +32,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from lmforge.interop.hf import convert
+    from lmforge.api import convert
 
     cfg = options.from_args(args, ConvertConfig)
     out = convert(args.source, cfg.to, args.out, overwrite=cfg.overwrite)
