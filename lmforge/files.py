@@ -1,6 +1,7 @@
 """File-system steps that every writer shares: one atomic file write, one folder swap (no torch,
 no lmforge imports). Write through these, never into a file in place."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -44,6 +45,26 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[str], None]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_folder_atomic(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """fill(tmp) a fresh sibling folder of `out`, then swap it in (replace_folder): `out` is
+    complete or untouched, and a failure leaves no temporary or newly made parent folder."""
+    out = Path(out)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        fill(tmp)
+        make_public(tmp)  # mkdtemp makes it private
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return out
 
 
 def replace_folder(tmp: Path, out: Path) -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_file, save_model
 
 from lmforge import __version__
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.files import make_public, replace_folder, write_atomic
+from lmforge.files import make_public, write_atomic, write_folder_atomic
 
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
@@ -62,17 +62,7 @@ def write_folder(out: str | Path, write, source: Path | None = None, overwrite=F
     """Make a new folder `out` with write(tmp): filled under a temporary name, then renamed, so
     it is complete or absent. `out` may not be `source`, nor (without overwrite) a non-empty
     folder."""
-    out = check_new_folder(out, source, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        write(tmp)
-        make_public(tmp)  # mkdtemp makes it private
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_folder_atomic(check_new_folder(out, source, overwrite), write)
 
 
 def save_weights(model: torch.nn.Module, path: Path, weights: dict | None = None) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmforge.files import write_atomic
+from lmforge.files import write_atomic, write_folder_atomic
 
 
 def test_text_bytes_and_writer_functions_land_whole(tmp_path):
@@ -27,3 +27,20 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_atomic(path, half_then_crash)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "new" / "deeper" / "out"
+
+    def crash(tmp):
+        (tmp / "half.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_atomic(out, crash)
+    assert list(tmp_path.iterdir()) == []  # no temporary folder, no parents left behind
+
+    write_folder_atomic(out, lambda tmp: (tmp / "a.txt").write_text("one"))
+    write_folder_atomic(out, lambda tmp: (tmp / "b.txt").write_text("two"))
+    assert [p.name for p in out.iterdir()] == ["b.txt"]  # the new folder, not a mix
+    assert [p.name for p in out.parent.iterdir()] == ["out"]

@@ -31,6 +31,10 @@ from lmforge.generation.sampling import (
 )
 from lmforge.generation.text import TextStream, encode_prompt, text_options  # noqa: F401
 
+# The names these helpers had when they lived here, for code written against them (the server's).
+_as_prompts, _model_device = as_prompts, model_device
+_prompt_ids, _text_options = encode_prompt, text_options
+
 FINISHED = -1  # what generate() yields for a row that has no new token at this step
 
 

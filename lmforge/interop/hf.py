@@ -547,6 +547,8 @@ def load_hf_model(folder: str | Path):
     config = config_from_hf(hf_config, folder / "config.json")
     architecture = (hf_config.get("architectures") or [table["architecture"]])[0]
     tasks = table.get("tasks", {})
+    if tasks and architecture not in tasks:  # a head we have no task for: the table's own
+        architecture = table["architecture"]
     state = from_hf_state_dict(read_hf_weights(folder), config, model_type, folder, architecture)
     family = model_types()[model_type]
     task_cls = family_classes(family)[1]  # the family's own task unless the table names one
