@@ -132,16 +132,17 @@ class LlamaConfig:
 
 
 class LlamaFeedForward(nn.Module):
-    """SwiGLU (Shazeer, 2020): down(silu(gate(x)) * up(x)), no biases."""
+    """SwiGLU (Shazeer, 2020): down(silu(gate(x)) * up(x)), no biases; gate and up are one
+    fused projection, rows [gate | up], so both come from one matmul."""
 
     def __init__(self, embed_dim: int, ffn_dim: int):
         super().__init__()
-        self.gate = nn.Linear(embed_dim, ffn_dim, bias=False)
-        self.up = nn.Linear(embed_dim, ffn_dim, bias=False)
+        self.gate_up = nn.Linear(embed_dim, 2 * ffn_dim, bias=False)
         self.down = nn.Linear(ffn_dim, embed_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))  # (B, T, C)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # 2 x (B, T, F)
+        return self.down(F.silu(gate) * up)  # (B, T, C)
 
 
 class LlamaBlock(nn.Module):
@@ -454,8 +455,9 @@ _WEIGHTS = {
     _QKV + "weight": tuple(_ATTN + f"{x}_proj.weight" for x in "qkv"),
     "backbone.blocks.{i}.attn.out.weight": _ATTN + "o_proj.weight",
     "backbone.blocks.{i}.ffn_norm.weight": _LAYER + "post_attention_layernorm.weight",
-    "backbone.blocks.{i}.ffn.gate.weight": _LAYER + "mlp.gate_proj.weight",
-    "backbone.blocks.{i}.ffn.up.weight": _LAYER + "mlp.up_proj.weight",
+    "backbone.blocks.{i}.ffn.gate_up.weight": tuple(
+        _LAYER + f"mlp.{x}_proj.weight" for x in ("gate", "up")
+    ),
     "backbone.blocks.{i}.ffn.down.weight": _LAYER + "mlp.down_proj.weight",
     "backbone.final_norm.weight": "model.norm.weight",
     "head.weight": "lm_head.weight",
