@@ -159,6 +159,22 @@ class SlotView:
         self.cache, self.batch = cache, batch
 
 
+# torch 2.5 added enable_gqa: SDPA reads each key/value head for its group of query heads.
+GQA_IN_SDPA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
+    """F.scaled_dot_product_attention of (B, H, T, D) queries over (B, KV, S, D) keys and
+    values, KV dividing H: the groups are shared inside SDPA where torch has enable_gqa, else
+    the key/value heads are repeated first (torch 2.4)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and GQA_IN_SDPA:
+        options["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, **options)
+
+
 def attention_mask(
     padding_mask: Tensor | None,
     T: int,
@@ -293,19 +309,14 @@ class MultiHeadAttention(nn.Module):
         S = k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
         window = self.sliding_window
-        gqa = self.num_kv_heads != self.num_heads
         if self.capture_probs:  # on the side: the output below is the same with or without
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)
             self.last_probs = self._probabilities(q, k, mask)
         if padding_mask is None and self.is_causal and S == T and (window or S) >= S:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa
-            )
+            y = sdpa(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa
-            )
+            y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H * D)
         return self.out(y)
 
@@ -333,8 +344,7 @@ class MultiHeadAttention(nn.Module):
             keys = torch.arange(batch.length, device=q.device)  # (S,)
             near = keys > batch.positions[:, None, :, None] - self.sliding_window  # (n, 1, T, S)
             mask = near if mask is None else mask & near
-        gqa = self.num_kv_heads != self.num_heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = sdpa(q, k, v, attn_mask=mask)
         B, _, T, _ = q.shape
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner_dim))
 

@@ -124,3 +124,13 @@ def test_cache_grows_by_doubling_up_to_max_len():
     parts.append(attn(x[:, 300:600], cache=cache))  # past 512: at most max_len
     assert cache.k.shape[-2] == 1000 and cache.length == 600
     torch.testing.assert_close(torch.cat(parts, 1), attn(x), atol=1e-5, rtol=0)
+
+
+def test_grouped_heads_without_enable_gqa_give_the_same_output(monkeypatch):
+    from lmforge.layers import attention
+
+    attn = MultiHeadAttention(32, 4, num_kv_heads=2, rotary=True, max_seq_len=16).eval()
+    x = torch.randn(2, 7, 32)
+    shared = attn(x)
+    monkeypatch.setattr(attention, "GQA_IN_SDPA", False)  # torch 2.4: heads repeated first
+    torch.testing.assert_close(attn(x), shared, atol=1e-6, rtol=0)
