@@ -35,6 +35,7 @@ from torch import Tensor
 from lmforge.errors import ConfigError
 from lmforge.generation.prompts import crop_prompts, model_device
 from lmforge.generation.sampling import (
+    apply_presence_frequency_penalty,
     apply_repetition_penalty,
     check_sampling,
     no_repeat_ngram_filter,
@@ -85,11 +86,16 @@ class SamplingParams:
     stop: Sequence[str] = ()
     seed: int | None = None
     logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         check_sampling(
             self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
         )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be between -2 and 2")
         for name in ("max_new_tokens", "no_repeat_ngram_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -345,7 +351,18 @@ class Engine:
                 row = apply_repetition_penalty(row, history, p.repetition_penalty)
                 if p.no_repeat_ngram_size:
                     row = no_repeat_ngram_filter(row, history, p.no_repeat_ngram_size)
-            if p.temperature == 0 and p.repetition_penalty == 1.0 and not p.no_repeat_ngram_size:
+            penalized = bool(p.presence_penalty or p.frequency_penalty)
+            if penalized:
+                generated = torch.tensor([handle.tokens], dtype=torch.long, device=row.device)
+                row = apply_presence_frequency_penalty(
+                    row, generated, p.presence_penalty, p.frequency_penalty
+                )
+            if (
+                p.temperature == 0
+                and p.repetition_penalty == 1.0
+                and not p.no_repeat_ngram_size
+                and not penalized
+            ):
                 token = greedy[i]
             else:
                 options = (p.temperature, p.top_k, p.top_p, p.min_p)
