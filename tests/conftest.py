@@ -1,5 +1,6 @@
 """Shared test fixtures: a fixed seed, tiny corpora in tmp_path, and the shared data folder."""
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -101,3 +102,34 @@ def char_run(tmp_path_factory) -> Path:
                 "--out", str(root / "run")]  # fmt: skip
         assert main(argv) == 0
     return root / "run"
+
+
+SERVE_TEXT = (
+    "The wine is red and dry, with notes of cherry and oak. A bright white, crisp and fresh.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory) -> Path:
+    """A run folder: GPT (context 512) with random weights and a byte-level BPE of 300 tokens."""
+    from lmforge.models.gpt import GPTCausalLM, GPTConfig
+    from lmforge.tokenizers.base import train_tokenizer
+    from lmforge.training.checkpoint import save_weights, write_config
+
+    folder = tmp_path_factory.mktemp("serve") / "run"
+    folder.mkdir()
+    tok = train_tokenizer("bpe", [SERVE_TEXT * 20], vocab_size=300)
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=tok.vocab_size, max_seq_len=512, embed_dim=32, num_heads=2, num_layers=2,
+        ffn_dim=64,
+    )  # fmt: skip
+    model = GPTCausalLM(config).eval()
+    with torch.no_grad():  # large random weights: greedy texts vary, not one repeated token
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.normal_(std=4 / weight.shape[-1] ** 0.5)
+    write_config(folder, {"family": "gpt", "model": dataclasses.asdict(config)})
+    save_weights(model, folder / "model.safetensors")
+    tok.save(folder / "tokenizer")
+    return folder

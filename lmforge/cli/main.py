@@ -27,6 +27,7 @@ COMMANDS = {
     "plot": "plot loss curves of runs",
     "convert": "convert between run folders and Hugging Face folders",
     "quantize": "write a run with int8 weights",
+    "serve": "serve a run over an OpenAI-compatible HTTP API",
     "presets": "list model presets",
 }
 

@@ -42,7 +42,8 @@ class _Append(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = getattr(namespace, self.dest, None)
-        setattr(namespace, self.dest, [*(items if isinstance(items, list) else []), values])
+        values = values if isinstance(values, list) else [values]  # nargs="+" gives a list
+        setattr(namespace, self.dest, [*(items if isinstance(items, list) else []), *values])
 
 
 def _base_type(tp):
@@ -118,8 +119,10 @@ def add_options(
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif is_list:
-            parser.add_argument(flag, action=_Append, type=tp, **kw)
+        elif is_list:  # repeatable; metadata nargs="+" also takes several after one flag
+            nargs = f.metadata.get("nargs")
+            metavar = f.metadata.get("metavar")
+            parser.add_argument(flag, action=_Append, type=tp, nargs=nargs, metavar=metavar, **kw)
         else:
             parser.add_argument(flag, type=tp, metavar=f.metadata.get("metavar"), **kw)
 

@@ -50,6 +50,10 @@ class SampleConfig:
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
     quantize: str | None = options.quantize_option()
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads while decoding (default: the fastest of 1 and all cores)"},
+    )
 
 
 def add_parser(sub):
@@ -86,6 +90,7 @@ def run(args) -> int:
         num_beams=cfg.num_beams,
         length_penalty=cfg.length_penalty,
         early_stopping={"false": False, "true": True}.get(cfg.early_stopping, cfg.early_stopping),
+        threads=cfg.threads,
     )
     if cfg.num_samples == 1:
         sys.stdout.write(cfg.prompt)

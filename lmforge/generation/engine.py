@@ -25,8 +25,10 @@ Example:
 
 import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -35,13 +37,14 @@ from torch import Tensor
 from lmforge.errors import ConfigError
 from lmforge.generation.prompts import crop_prompts, model_device
 from lmforge.generation.sampling import (
+    apply_presence_frequency_penalty,
     apply_repetition_penalty,
     check_sampling,
     no_repeat_ngram_filter,
     sample_next_token,
 )
 from lmforge.generation.text import TextStream, text_options
-from lmforge.system import available_memory_bytes
+from lmforge.system import available_memory_bytes, usable_cpus
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -61,6 +64,72 @@ def slots_that_fit(model, slots: int, max_len: int | None, device) -> tuple | No
         f"{free / 2**30:.1f} GiB is free"
     )
     return fit, problem, "" if max_len is None else " or a smaller max_len"
+
+
+_best_threads: dict[tuple, int] = {}  # (model shape, int8 kernel, rows) -> threads, per process
+
+
+def best_threads(model, rows: int = 1) -> int:
+    """The intra-op thread count that decodes `model` fastest here, 1 or every usable core.
+
+    One decode step of `rows` rows (1, or 8 standing for any batch) is timed at both counts,
+    alternated, best of three each; all cores must win by 5% (on a tie fewer threads leave cores
+    to others). Cached per process per model shape, so a process probes a model once.
+    A tiny model often decodes faster on one thread: its steps are too short to share.
+    """
+    most = usable_cpus()
+    device = model_device(model)
+    if most == 1 or device.type != "cpu" or not hasattr(model, "step_slots"):
+        return 1 if most == 1 else torch.get_num_threads()
+    rows = 1 if rows <= 1 else 8
+    tensors = [*model.parameters(), *model.buffers()]
+    if not tensors:  # nothing to read: nothing to share between threads
+        return 1
+    shape = (type(model).__name__, sum(t.numel() for t in tensors), str(tensors[0].dtype))
+    key = (shape, getattr(model, "int8_kernel", None), rows)
+    if key not in _best_threads:
+        _best_threads[key] = _probe_threads(model, rows, most, device)
+    return _best_threads[key]
+
+
+def _probe_threads(model, rows: int, most: int, device) -> int:
+    ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
+    best = {1: math.inf, most: math.inf}
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        state = model.init_slots(rows, 2, device)
+        for trial in range(4):  # the first round warms up and is not counted
+            for threads in best:
+                with decode_threads(threads):
+                    start = time.perf_counter()
+                    model.step_slots(ids, state, list(range(rows)), [0] * rows)
+                    seconds = time.perf_counter() - start
+                if trial:
+                    best[threads] = min(best[threads], seconds)
+    model.train(was_training)
+    return most if best[most] < 0.95 * best[1] else 1
+
+
+@contextmanager
+def decode_threads(threads: int):
+    """Run the block on `threads` intra-op threads, then give torch back its count."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+def check_threads(threads) -> None:
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(
+            f"threads={threads!r} must be an integer >= 1; leave it out (no --threads) to pick "
+            "the fastest count automatically"
+        )
 
 
 @dataclass
@@ -85,11 +154,16 @@ class SamplingParams:
     stop: Sequence[str] = ()
     seed: int | None = None
     logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         check_sampling(
             self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
         )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be between -2 and 2")
         for name in ("max_new_tokens", "no_repeat_ngram_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -177,6 +251,8 @@ class Engine:
             for an RNN). Longer sequences slide: the last max_len tokens are read again.
         prefill_chunk: most prompt tokens a sequence reads in one step.
         tokenizer: for stop strings and `Handle.text`; special tokens stay out of the text.
+        threads: intra-op threads while a step runs (torch's count is restored after it);
+            None picks `best_threads(model, rows)` for the rows decoding.
     """
 
     def __init__(
@@ -187,6 +263,7 @@ class Engine:
         prefill_chunk: int = 256,
         tokenizer=None,
         device: torch.device | str | None = None,
+        threads: int | None = None,
     ):
         if not hasattr(model, "step_slots"):
             raise ConfigError(
@@ -201,7 +278,10 @@ class Engine:
             raise ConfigError(f"max_len={max_len!r} must be an integer >= 1 or None")
         if context is not None:
             max_len = context if max_len is None else min(max_len, context)
+        check_threads(threads)
         self.model, self.slots, self.max_len = model, slots, max_len
+        self.threads = threads
+        self._auto: dict[bool, int] = {}  # batched? -> best_threads, asked once per engine
         self.prefill_chunk = prefill_chunk
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else model_device(model)
@@ -274,18 +354,25 @@ class Engine:
                 # the slot is full: read the last max_len tokens again, from position 0
                 handle.pending = (handle.prompt + handle.tokens)[-self.max_len :]
                 handle.position = 0
+        decoding = [h for h in running if not h.pending]
         was_training = self.model.training  # .eval() walks every module: only when needed
         if was_training:
             self.model.eval()
         try:
-            with torch.inference_mode():
-                self._decode([h for h in running if not h.pending])
+            threads = self.threads or self._auto_threads(len(decoding))
+            with torch.inference_mode(), decode_threads(threads):
+                self._decode(decoding)
                 for handle in [h for h in running if h.pending]:
                     self._prefill(handle)
         finally:
             if was_training:
                 self.model.train()
         self._release_finished()
+
+    def _auto_threads(self, rows: int) -> int:
+        if (rows > 1) not in self._auto:
+            self._auto[rows > 1] = best_threads(self.model, rows)
+        return self._auto[rows > 1]
 
     def _release_finished(self) -> None:
         for slot in [s for s, h in self._running.items() if h.finished]:
@@ -345,7 +432,18 @@ class Engine:
                 row = apply_repetition_penalty(row, history, p.repetition_penalty)
                 if p.no_repeat_ngram_size:
                     row = no_repeat_ngram_filter(row, history, p.no_repeat_ngram_size)
-            if p.temperature == 0 and p.repetition_penalty == 1.0 and not p.no_repeat_ngram_size:
+            penalized = bool(p.presence_penalty or p.frequency_penalty)
+            if penalized:
+                generated = torch.tensor([handle.tokens], dtype=torch.long, device=row.device)
+                row = apply_presence_frequency_penalty(
+                    row, generated, p.presence_penalty, p.frequency_penalty
+                )
+            if (
+                p.temperature == 0
+                and p.repetition_penalty == 1.0
+                and not p.no_repeat_ngram_size
+                and not penalized
+            ):
                 token = greedy[i]
             else:
                 options = (p.temperature, p.top_k, p.top_p, p.min_p)

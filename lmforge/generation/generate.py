@@ -14,7 +14,14 @@ from torch import Tensor
 from lmforge import progress
 from lmforge.errors import ConfigError
 from lmforge.generation.beam import beam_search
-from lmforge.generation.engine import Engine, SamplingParams, slots_that_fit
+from lmforge.generation.engine import (
+    Engine,
+    SamplingParams,
+    best_threads,
+    check_threads,
+    decode_threads,
+    slots_that_fit,
+)
 from lmforge.generation.prompts import (  # noqa: F401  (their old import path)
     as_prompts,
     crop_prompts,
@@ -66,6 +73,7 @@ def generate(
     seed: int | None = None,
     device: torch.device | str | None = None,
     left_pad: bool = False,
+    threads: int | None = None,
 ) -> Iterator[Tensor]:
     """Sample new tokens from a causal LM; yields a (B,) long tensor per step as they come.
 
@@ -90,6 +98,8 @@ def generate(
         left_pad: pad shorter prompts on the left and read all prompts in one batched forward,
             so every row emits from the first step (models whose step() takes padding_mask,
             like GPT; positions count real tokens only, so each row decodes as it would alone).
+        threads: intra-op threads while decoding on the engine (torch's count is restored
+            between steps); None picks the fastest for the model (`engine.best_threads`).
 
     Example:
         rows = [[] for _ in range(2)]
@@ -98,6 +108,7 @@ def generate(
                 row += [t] if t >= 0 else []
     """
     check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    check_threads(threads)
     if not (hasattr(model, "init_state") and hasattr(model, "step")):
         raise ConfigError(
             f"{type(model).__name__} does not generate text: generate() needs a causal language "
@@ -139,7 +150,9 @@ def generate(
             no_repeat_ngram_size=no_repeat_ngram_size,
             stop_token_ids=tuple(stop_token_ids),
         )
-        return _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad)
+        return _decode_on_engine(
+            model, prompts, max_new_tokens, options, seed, device, left_pad, threads
+        )
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     penalties = dict(penalty=repetition_penalty, ngram=no_repeat_ngram_size)
@@ -167,7 +180,7 @@ def _slot_length(context: int | None, prompts: list[list[int]], max_new_tokens: 
     return min(context, max(len(p) for p in prompts) + max_new_tokens)
 
 
-def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad):
+def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad, threads):
     """generate()'s rows on an Engine, one slot each, row r seeded with seed + r. Without
     left_pad a row yields its first token `len(prompt) - shortest` steps late, as if it read its
     prompt's extra tokens one a step, so steps keep the meaning they have for other models."""
@@ -175,7 +188,7 @@ def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, lef
         return
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
     length = _slot_length(context, prompts, max_new_tokens)
-    engine = Engine(model, slots=len(prompts), max_len=length, device=device)
+    engine = Engine(model, slots=len(prompts), max_len=length, device=device, threads=threads)
     handles = [
         engine.submit(
             prompt,
@@ -289,6 +302,8 @@ def _beam_texts(
         ids: (stop token ids, ids left out of the text), as text_options gives them.
     """
     stop_ids, hidden = ids
+    threads = sampling.get("threads")
+    check_threads(threads)
 
     if sampling.get("repetition_penalty", 1.0) != 1.0:
         raise ConfigError(
@@ -302,17 +317,18 @@ def _beam_texts(
         text = text_of(ids)
         return any(s in text for s in stops)
 
-    results = beam_search(
-        model,
-        prompt_ids,
-        max_new_tokens,
-        num_return=num_return,
-        no_repeat_ngram_size=sampling.get("no_repeat_ngram_size", 0),
-        stop_token_ids=sorted(stop_ids),
-        is_stopped=is_stopped if stops else None,
-        device=sampling.get("device"),
-        **beams,
-    )
+    with decode_threads(threads or best_threads(model, beams["num_beams"])):
+        results = beam_search(
+            model,
+            prompt_ids,
+            max_new_tokens,
+            num_return=num_return,
+            no_repeat_ngram_size=sampling.get("no_repeat_ngram_size", 0),
+            stop_token_ids=sorted(stop_ids),
+            is_stopped=is_stopped if stops else None,
+            device=sampling.get("device"),
+            **beams,
+        )
     return [
         _text_of(tokenizer, p, h.token_ids, stops, hidden)
         for p, beams_of_prompt in zip(prompt_ids, results)
@@ -344,7 +360,8 @@ def generate_text(
     tokens come out whole. Generation ends at the tokenizer's eos id (unless `stop_token_ids`
     says otherwise), after max_new_tokens, or at the first of the `stop` strings, which is not
     yielded. Other keyword arguments are generate()'s sampling options (temperature, top_k,
-    top_p, min_p, repetition_penalty, no_repeat_ngram_size, stop_token_ids, seed, device).
+    top_p, min_p, repetition_penalty, no_repeat_ngram_size, stop_token_ids, seed, device,
+    threads).
     With num_beams > 1 the best beam of a beam search (see `beam.beam_search` for
     length_penalty and early_stopping) comes out as one piece; sampling options are ignored.
 

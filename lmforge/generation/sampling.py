@@ -86,6 +86,27 @@ def apply_repetition_penalty(logits: Tensor, previous_ids: Tensor, penalty: floa
     return logits.scatter(-1, previous_ids, seen)
 
 
+def apply_presence_frequency_penalty(
+    logits: Tensor, generated_ids: Tensor, presence: float, frequency: float
+) -> Tensor:
+    """OpenAI's penalties: logits[t] -= presence * (count[t] > 0) + frequency * count[t], where
+    count[t] is how often t occurs among the tokens generated so far (the prompt does not count).
+
+    Args:
+        generated_ids: (B, L) long, each row's generated tokens (L may be 0).
+        presence, frequency: in [-2, 2]; positive values discourage repeats, 0 is off.
+    """
+    for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
+        if not -2.0 <= value <= 2.0:
+            raise ConfigError(f"{name}={value} must be between -2 and 2 (0 turns it off)")
+    if (presence == 0 and frequency == 0) or generated_ids.shape[-1] == 0:
+        return logits
+    counts = torch.zeros_like(logits).scatter_add_(
+        -1, generated_ids, torch.ones_like(generated_ids, dtype=logits.dtype)
+    )  # (B, V)
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+
+
 def no_repeat_ngram_filter(
     logits: Tensor, previous_ids: Tensor, n: int, is_real: Tensor | None = None
 ) -> Tensor:

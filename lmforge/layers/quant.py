@@ -2,10 +2,11 @@
 LM head of a model for one, in place.
 
 Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
-in [-127, 127]. On the CPU the matmul runs in `torch._weight_int8pack_mm` where the running torch
-has it and it passes a probe; elsewhere a plain fallback dequantizes the weight on the fly.
-Before editing: that kernel's bfloat16 path gives wrong sums or segfaults for widths not a
-multiple of 16 (torch 2.13), so `pack_dtype` keeps such layers off it.
+in [-127, 127]. On the CPU a few rows (decoding one stream) run in `torch._weight_int8pack_mm`,
+more rows (a batch of streams, a prompt) in `torch._int_mm` on activations quantized to int8 per
+row, each where the running torch has it and it passes a probe; elsewhere a plain fallback
+dequantizes the weight on the fly. Before editing: the packed kernel's bfloat16 path gives wrong
+sums or segfaults for widths not a multiple of 16 (torch 2.13): `pack_dtype` keeps them off it.
 """
 
 import logging
@@ -22,14 +23,19 @@ from lmforge.layers.heads import LMHead
 log = logging.getLogger(__name__)
 
 KINDS = ("int8",)  # what `--quantize` accepts
-PACK = "int8pack"  # torch._weight_int8pack_mm: int8 weights read as they are
+PACK = "int8pack"  # torch's int8 kernels: _weight_int8pack_mm and _int_mm
 DEQUANT = "dequant"  # fallback: weight.to(x.dtype) * scale, then a plain matmul
 
 _pack_dtypes: tuple | None = None  # probed once, fastest first
+_int_mm_works: bool | None = None  # probed once
 # The packed kernel reads each weight once per row: it beats a float32 matmul for a few rows
 # (decoding: 1.7-2x at 1-8 rows, GPT-2 small's 768 x 3072) and loses from 16 rows on (2x slower
 # at 64), where dequantizing once and one float32 matmul win (prefill, eval).
 PACK_MAX_ROWS = 8
+# torch._int_mm (int8 x int8 -> int32, VNNI/AMX) reads the weight once for all rows: measured on
+# an AMX Xeon, GPT-2 small's layers, 2 threads: 0.8x the packed kernel at 2 rows, 1.8x at 8, 4x
+# at 32, and 20x the fallback. Its activations are rounded to int8 per row (per token).
+INT_MM_MIN_ROWS = 4
 
 
 def pack_dtypes() -> tuple:
@@ -68,6 +74,30 @@ def _pack_works(dtype: torch.dtype) -> bool:
     return out.shape == ref.shape and bool((out - ref).abs().max() <= 0.05 * ref.abs().max())
 
 
+def int_mm_works() -> bool:
+    """Whether `torch._int_mm` multiplies int8 matrices exactly here (probed once). On AVX2
+    without VNNI (torch 2.13, oneDNN) pairs of products saturate at int16: sums come out wrong
+    for values past about +-90, so there it is off."""
+    global _int_mm_works
+    if _int_mm_works is None:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(-127, 128, (INT_MM_MIN_ROWS, 40), generator=g, dtype=torch.int8)
+        b = torch.randint(-127, 128, (24, 40), generator=g, dtype=torch.int8)
+        try:
+            out = torch._int_mm(a, b.t())
+            _int_mm_works = bool(torch.equal(out, a.int() @ b.int().t()))
+        except (AttributeError, RuntimeError, NotImplementedError, TypeError):
+            _int_mm_works = False
+    return _int_mm_works
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 (M, K), float32 scale (M, 1)) with x ~= int8 * scale, one scale per row (token)."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
+    return torch.round(x / scale).to(torch.int8), scale
+
+
 def _pack_seconds(dtype: torch.dtype) -> float:
     """Best of a few (1, 1024) x (1024, 1024) products, a decoding step's shape, on one thread
     (a busy second core would time the thread pool instead)."""
@@ -100,8 +130,9 @@ class Int8Linear(nn.Module):
     (N,) stored as buffers (state_dict keys `weight`, `scale`, `bias`).
 
     Args:
-        kernel: PACK (torch._weight_int8pack_mm on the CPU for up to PACK_MAX_ROWS rows, its
-            activations in `pack_dtype()`; else the fallback) or DEQUANT (the fallback always).
+        kernel: PACK (on the CPU: torch._int_mm from INT_MM_MIN_ROWS rows on, else
+            torch._weight_int8pack_mm for up to PACK_MAX_ROWS rows, its activations in
+            `pack_dtype()`; else the fallback) or DEQUANT (the fallback always).
     """
 
     def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None, kernel: str):
@@ -126,17 +157,29 @@ class Int8Linear(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = None
-        if self.kernel == PACK and x.is_cpu and x.numel() <= PACK_MAX_ROWS * x.shape[-1]:
-            dtype = pack_dtype(self.in_features)
-        if dtype is None:
+        path = self.path(x.numel() // max(1, x.shape[-1])) if x.is_cpu else None
+        if path is None:
             out = F.linear(x, self.weight.to(x.dtype))
-        else:  # the kernel takes (M, K) only
-            out = self._packed(x.reshape(-1, self.in_features).to(dtype), dtype)
+        else:  # the kernels take (M, K) only
+            flat = x.reshape(-1, self.in_features)
+            if path == "int_mm":
+                xq, row_scale = quantize_rows(flat)
+                out = torch._int_mm(xq, self.weight.t()) * row_scale  # int32 sums, exact
+            else:
+                out = self._packed(flat.to(path), path)
             out = out.view(*x.shape[:-1], self.out_features)
         # the scales (and bias) in float32: a bfloat16 kernel rounds activations and sums only
         out = out * self.scale if self.bias is None else torch.addcmul(self.bias, out, self.scale)
         return out.to(x.dtype)
+
+    def path(self, rows: int) -> str | torch.dtype | None:
+        """What runs `rows` CPU rows: "int_mm", the packed kernel's activation dtype, or None
+        (the fallback)."""
+        if self.kernel != PACK:
+            return None
+        if rows >= INT_MM_MIN_ROWS and int_mm_works():
+            return "int_mm"
+        return pack_dtype(self.in_features) if rows <= PACK_MAX_ROWS else None
 
     def _packed(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         """x (M, K) @ weight.T in the kernel, unscaled (scales of one)."""
@@ -158,8 +201,9 @@ def check_kind(kind: str) -> None:
 
 
 def pick_kernel(device: torch.device | str = "cpu") -> str:
-    """PACK where torch._weight_int8pack_mm works on `device` (the CPU), else DEQUANT."""
-    return PACK if torch.device(device).type == "cpu" and pack_dtypes() else DEQUANT
+    """PACK where torch's int8 kernels work on `device` (the CPU), else DEQUANT."""
+    usable = pack_dtypes() or int_mm_works()
+    return PACK if torch.device(device).type == "cpu" and usable else DEQUANT
 
 
 def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -> str:
@@ -190,11 +234,10 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
             elif isinstance(child, Int8Linear):
                 child.kernel = kernel
     if count:
-        what = (
-            f"torch._weight_int8pack_mm, {str(pack_dtypes()[0])[6:]} activations"
-            if kernel == PACK
-            else "dequantize-on-the-fly matmul"
-        )
+        packed = f"torch._weight_int8pack_mm ({str(pack_dtypes()[0])[6:]})" if pack_dtypes() else ""
+        batched = f"torch._int_mm from {INT_MM_MIN_ROWS} rows" if int_mm_works() else ""
+        what = ", ".join(filter(None, (packed, batched)))
+        what = what if kernel == PACK else "dequantize-on-the-fly matmul"
         log.info("int8 weights: %d linear layers, kernel %s (%s)", count, kernel, what)
     model.quantized = kind
     model.int8_kernel = kernel

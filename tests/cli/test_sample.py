@@ -157,3 +157,11 @@ def test_more_samples_than_memory_holds_is_one_line_naming_the_flag(hf_folder, c
     argv = ["sample", str(hf_folder), "--prompt", "Why is", "--num-samples", "10000000000"]
     err = _error(capsys, argv)
     assert "GiB" in err and "--num-samples" in err
+
+
+def test_threads_gives_the_same_text_and_a_bad_count_is_one_line(hf_folder, capsys):
+    argv = ["sample", str(hf_folder), "--prompt", "Why is", "--max-new-tokens", "8"]
+    argv += ["--temperature", "0"]
+    assert _out(capsys, [*argv, "--threads", "1"]) == _out(capsys, argv)
+    err = _error(capsys, [*argv, "--threads", "0"])
+    assert "threads=0" in err and "--threads" in err

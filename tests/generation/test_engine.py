@@ -342,3 +342,54 @@ def test_step_slots_reads_rows_that_are_not_side_by_side():
         both = model.step_slots(torch.tensor([[7, 8], [9, 10]]), caches, [0, 2], [4, 2])
         reference = [model(torch.tensor([p]))[0, -2:] for p in ([1, 2, 3, 4, 7, 8], [5, 6, 9, 10])]
     torch.testing.assert_close(both, torch.stack(reference), atol=1e-5, rtol=1e-4)
+
+
+def test_threads_change_no_token_and_torch_gets_its_count_back():
+    model = tiny_gpt()
+    before = torch.get_num_threads()
+    outs = []
+    for threads in (1, 2, None):
+        engine = Engine(model, slots=2, threads=threads)
+        handles = [engine.submit(p, SamplingParams(6, temperature=0)) for p in PROMPTS[:2]]
+        engine.run()
+        assert torch.get_num_threads() == before
+        outs.append([h.tokens for h in handles])
+    assert outs[0] == outs[1] == outs[2] == [greedy_alone(model, p, 6) for p in PROMPTS[:2]]
+
+
+def test_best_threads_is_one_or_every_core_and_probed_once(monkeypatch):
+    from lmforge.generation import engine as engine_module
+    from lmforge.system import usable_cpus
+
+    model = tiny_gpt(seed=3)
+    first = engine_module.best_threads(model, 1)
+    assert first in (1, usable_cpus())
+    monkeypatch.setattr(engine_module, "_probe_threads", lambda *a: pytest.fail("probed twice"))
+    assert engine_module.best_threads(model, 1) == first
+    with pytest.raises(ConfigError, match="threads=0"):
+        Engine(model, threads=0)
+
+
+def test_int8_streams_batched_decode_as_they_do_alone():
+    """Four rows run torch._int_mm (activations rounded per token), one row the packed kernel:
+    a row's tokens do not depend on its neighbours, and its log-probabilities stay close."""
+    from lmforge.layers.quant import quantize_
+
+    model = tiny_gpt(seed=1)
+    quantize_(model, "int8")
+    params = SamplingParams(8, temperature=0, logprobs=0)
+    alone = []
+    for prompt in PROMPTS:
+        engine = Engine(model, slots=1)
+        alone.append(engine.submit(prompt, params))
+        engine.run()
+    engine = Engine(model, slots=4)
+    together = [engine.submit(p, params) for p in PROMPTS]
+    engine.run()
+    assert len({t for h in together for t in h.tokens}) > 2  # the model's choice moves
+    for a, b in zip(alone, together):
+        assert a.tokens == b.tokens
+        got = torch.tensor([x.logprob for x in b.logprobs])
+        torch.testing.assert_close(
+            got, torch.tensor([x.logprob for x in a.logprobs]), atol=0.05, rtol=0
+        )

@@ -5,6 +5,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.sampling import (
+    apply_presence_frequency_penalty,
     apply_repetition_penalty,
     apply_temperature,
     min_p_filter,
@@ -108,3 +109,23 @@ def test_out_of_range_options_are_config_errors(kwargs, message):
 def test_bad_penalty_is_a_config_error():
     with pytest.raises(ConfigError, match="repetition_penalty=0"):
         apply_repetition_penalty(LOGITS, torch.tensor([[0]]), 0)
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    generated = torch.tensor([[1, 1, 1, 3], [0, 2, 2, 2]])  # row 0: token 1 thrice, 3 once
+    out = apply_presence_frequency_penalty(logits, generated, presence=0.5, frequency=0.25)
+    expected = torch.tensor([[1.0, 2.0 - 0.5 - 0.75, 3.0, 4.0 - 0.5 - 0.25],
+                             [-0.75, 0.0, -0.5 - 0.75, 0.0]])  # fmt: skip
+    assert torch.allclose(out, expected)
+    assert torch.equal(logits[0], torch.tensor([1.0, 2.0, 3.0, 4.0]))  # input untouched
+    negative = apply_presence_frequency_penalty(logits[:1], generated[:1], -1.0, 0.0)
+    assert torch.allclose(negative, torch.tensor([[1.0, 3.0, 3.0, 5.0]]))  # < 0 favours repeats
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    assert torch.equal(apply_presence_frequency_penalty(logits, empty, 2.0, 2.0), logits)
+
+
+@pytest.mark.parametrize("presence, frequency", [(2.5, 0.0), (0.0, -2.1)])
+def test_presence_frequency_out_of_range_is_a_config_error(presence, frequency):
+    with pytest.raises(ConfigError, match="must be between -2 and 2"):
+        apply_presence_frequency_penalty(LOGITS, torch.tensor([[0]]), presence, frequency)

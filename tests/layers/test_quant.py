@@ -42,28 +42,40 @@ def test_each_row_is_within_half_a_step_of_its_own_scale():
     assert (q[2] == 0).all()
 
 
-@pytest.mark.parametrize("shape", [(1, 32), (5, 32), (2, 3, 32), (3, 24), (4, 5, 32)])
+@pytest.mark.parametrize(
+    "shape", [(1, 32), (3, 32), (5, 32), (2, 3, 32), (3, 24), (4, 5, 32), (1, 24)]
+)
 def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape, monkeypatch):
     kernel, _ = path
     width, rows = shape[-1], torch.Size(shape[:-1]).numel()
-    # 24: too narrow for the bfloat16 kernel (it crashes); 20 rows: past PACK_MAX_ROWS; both
-    # take the fallback
-    is_packed = kernel == PACK and rows <= quant.PACK_MAX_ROWS
-    used = quant.pack_dtype(width) if is_packed else None
-    if width == 24:
+    # from INT_MM_MIN_ROWS rows: torch._int_mm; fewer: the packed kernel, except 24 wide (too
+    # narrow for its bfloat16 path: it crashes), which takes the fallback
+    used = Int8Linear(torch.zeros(10, width, dtype=torch.int8), torch.ones(10), None, kernel)
+    used = used.path(rows)
+    if width == 24 and rows < quant.INT_MM_MIN_ROWS:
         assert used != torch.bfloat16
+    if kernel == PACK and rows >= quant.INT_MM_MIN_ROWS and quant.int_mm_works():
+        assert used == "int_mm"
     linear = nn.Linear(width, 10)
     layer = Int8Linear.from_float(linear.weight, linear.bias, kernel)
     x = torch.randn(*shape)
-    rounded = x if used is None else x.to(used).float()  # what the kernel reads
+    if used == "int_mm":  # what the kernel reads: activations rounded to int8 per row
+        q, row_scale = quant.quantize_rows(x.reshape(-1, width))
+        rounded = (q.float() * row_scale).view(shape)
+    else:
+        rounded = x if used is None else x.to(used).float()
     want = rounded @ (layer.weight.float() * layer.scale[:, None]).T + linear.bias
     calls = []
-    if hasattr(torch, "_weight_int8pack_mm"):
-        kernel_fn = torch._weight_int8pack_mm
-        spy = lambda *a: calls.append(a[0].dtype) or kernel_fn(*a)  # noqa: E731
-        monkeypatch.setattr(torch, "_weight_int8pack_mm", spy)
+
+    def spy(name, fn):
+        return lambda *a: calls.append(name) or fn(*a)
+
+    for name in ("_weight_int8pack_mm", "_int_mm"):
+        if hasattr(torch, name):
+            monkeypatch.setattr(torch, name, spy(name, getattr(torch, name)))
     got = layer(x)
-    assert calls == ([] if used is None else [used])  # the kernel ran exactly when it should
+    ran = {None: [], "int_mm": ["_int_mm"]}.get(used, ["_weight_int8pack_mm"])
+    assert calls == ran  # the kernel ran exactly when it should
     assert got.shape == (*shape[:-1], 10) and got.dtype == torch.float32
     tol = 1e-2 if used == torch.bfloat16 else 1e-5  # bfloat16 also rounds the products
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)

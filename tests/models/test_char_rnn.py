@@ -94,7 +94,8 @@ def test_generation_feeds_each_token_once(cell, monkeypatch):
 
     monkeypatch.setattr(model, "step", counting_step)
     prompt = [1, 2, 3, 4, 5, 6, 7]
-    out = list(generate(model, prompt, max_new_tokens=50, seed=0))
+    # threads fixed: no best_threads probe, whose timed steps would be counted too
+    out = list(generate(model, prompt, max_new_tokens=50, seed=0, threads=1))
     assert len(out) == 50
     # the prompt once, then one new token per step; never the prefix again
     assert fed == [len(prompt)] + [1] * 49
@@ -391,6 +392,7 @@ def test_recipe_on_the_whole_text_checkpoints_every_epoch_and_samples(
 
     monkeypatch.setattr(CharRNNCausalLM, "step", counting_step)
     argv = ["sample", str(out), "--prompt", "ROMEO: ", "--max-new-tokens", "1000"]
+    argv += ["--threads", "1"]  # no best_threads probe: its timed steps would be counted too
     assert main([*argv, "--temperature", "1.0", "--seed", "0"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO: ") and len(text.rstrip("\n")) >= 7 + 990

@@ -240,7 +240,8 @@ def test_generate_sizes_the_cache_for_the_tokens_it_will_see(monkeypatch):
     monkeypatch.setattr(SlotKVCache, "__init__", _spy(SlotKVCache.__init__, seen))
     model = tiny_llama(max_seq_len=32768)  # Qwen's context: a full cache would be 32k long
     assert len(list(generate(model, [[1, 2, 3], [4, 5]], 5, temperature=0, left_pad=True))) == 5
-    assert seen == [8, 8]  # one cache per layer, 3 prompt + 5 new positions each
+    # one cache per layer of 3 prompt + 5 new positions (the engine's thread probe adds 2-long ones)
+    assert seen.count(8) == 2 and max(seen) == 8
 
 
 def _spy(init, seen):
