@@ -28,7 +28,8 @@ def build_models(layers: int, seed: int = 0):
     from transformers import BertConfig as HFConfig
     from transformers import BertForSequenceClassification
 
-    from lmforge.models.bert import BertConfig, BertTextClassifier, from_hf_state_dict
+    from lmforge.interop.hf import from_hf_state_dict
+    from lmforge.models.bert import BertConfig, BertTextClassifier
 
     torch.manual_seed(seed)
     hf_config = HFConfig(
@@ -52,7 +53,9 @@ def build_models(layers: int, seed: int = 0):
         dropout=0.1,
     )
     ours = BertTextClassifier(config, num_classes=2)
-    state = from_hf_state_dict(theirs.state_dict(), config, "BertForSequenceClassification")
+    state = from_hf_state_dict(
+        theirs.state_dict(), config, "bert", architecture="BertForSequenceClassification"
+    )
     ours.load_state_dict(state)  # strict: every weight of theirs has a place in ours
     return ours, theirs
 

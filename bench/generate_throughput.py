@@ -46,12 +46,13 @@ BABY_TOKENS = 500  # gpt-baby's output length (--tiny: 50)
 
 def _config(args) -> dict:
     cfg = dict(get_preset(args.preset)["config"])
-    return cfg | TINY if args.tiny else cfg
+    grouped = {"num_kv_heads": 1} if "num_kv_heads" in cfg else {}  # a llama preset's heads
+    return cfg | TINY | grouped if args.tiny else cfg
 
 
-def _model(cfg: dict):
+def _model(cfg: dict, family: str = "gpt"):
     torch.manual_seed(0)  # every process builds the same weights
-    return build_task("gpt", cfg).eval()
+    return build_task(family, cfg).eval()
 
 
 def _prompts(cfg: dict, lengths: list[int], seed: int) -> list[list[int]]:
@@ -66,29 +67,19 @@ def _stream_lengths(prompt_len: int) -> list[int]:
 
 
 def _hf_from_ours(model, cfg, check: bool = True):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """transformers' model of the layout ours exports as (GPT2LMHeadModel for gpt2,
+    LlamaForCausalLM for smollm2-135m), with our weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lmforge.interop.hf import to_hf_state_dict
+    from lmforge.interop.hf import export_type, hf_config_from, to_hf_state_dict
 
-    hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=cfg["vocab_size"],
-            n_positions=cfg["max_seq_len"],
-            n_embd=cfg["embed_dim"],
-            n_layer=cfg["num_layers"],
-            n_head=cfg["num_heads"],
-            n_inner=cfg["ffn_dim"],
-            activation_function="gelu_new",
-            layer_norm_epsilon=cfg.get("layer_norm_eps", 1e-5),
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            # GPT-2's end-of-text is its last id; min_new_tokens masks it, so it must exist
-            bos_token_id=cfg["vocab_size"] - 1,
-            eos_token_id=cfg["vocab_size"] - 1,
-        )
-    )
-    hf.load_state_dict(to_hf_state_dict(model, "gpt2"), strict=False)  # tied lm_head: re-tied
+    model_type = export_type(model)
+    config = hf_config_from(model.config, model_type, model=model)
+    config.pop("model_type")
+    # the end-of-text is the last id; min_new_tokens masks it, so it must exist
+    config.update(bos_token_id=cfg["vocab_size"] - 1, eos_token_id=cfg["vocab_size"] - 1)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    hf.load_state_dict(to_hf_state_dict(model, model_type), strict=False)  # tied head: re-tied
     hf.eval()
     if check:
         ids = torch.randint(0, cfg["vocab_size"], (1, 16))
@@ -132,6 +123,15 @@ def _convert_ct2(model, cfg, folder: Path) -> Path:
     V = cfg["vocab_size"]
     (hf_dir / "vocab.json").write_text(json.dumps({_ct2_name(i, V): i for i in range(V)}))
     (hf_dir / "merges.txt").write_text("#version: 0.2\n")
+    if model.family == "llama":  # its converter reads a fast tokenizer: the same names
+        from tokenizers import Tokenizer, models
+
+        names = {_ct2_name(i, V): i for i in range(V)}
+        Tokenizer(models.WordLevel(names, unk_token="t0")).save(str(hf_dir / "tokenizer.json"))
+        end = _ct2_name(V - 1, V)  # its config wants bos, eos and unk named
+        settings = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": end}
+        settings.update(bos_token=end, unk_token="t0")
+        (hf_dir / "tokenizer_config.json").write_text(json.dumps(settings))
     ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(folder / "ct2"))
     return folder / "ct2"
 
@@ -266,7 +266,7 @@ def _contender(name: str, args) -> dict:
         t = time.perf_counter()
         run()
         return out | {"seconds": time.perf_counter() - t}
-    model = _model(cfg)
+    model = _model(cfg, get_preset(args.preset)["family"])
     if name.startswith("int8") or name == "streams8_int8":
         model, _ = _int8_model(model, check=False)
     if name in ("ours", "int8"):
@@ -403,7 +403,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     argv = [a for a in sys.argv[1:] if a != "--json"] + ["--threads", str(args.threads)]
     cfg = _config(args)
-    model = _model(cfg)
+    model = _model(cfg, get_preset(args.preset)["family"])
     int8, int8_kernel = _int8_model(model)  # checked here once; the workers rebuild it
     has_hf, has_ct2 = _has("transformers"), _has("ctranslate2")
     names = ["ours", "int8", "no_cache", "streams8", "streams8_int8", "beams", "mixed"]

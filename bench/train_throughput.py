@@ -1,5 +1,6 @@
 """Training throughput: lmforge exactly as `lmforge train --preset NAME` runs it, vs plain eager
-fp32 PyTorch (the same model, nanoGPT style) vs Hugging Face GPT-2.
+fp32 PyTorch (the same model, nanoGPT style) vs Hugging Face GPT-2 (LlamaForCausalLM of the same
+shape for a llama preset, which has no eager row: transformers' Llama is that plain model).
 
 lmforge's row uses the preset's own recipe (optimizer, e.g. Muon for gpt-baby; weight decay;
 grad clip; batch and block; `--precision auto`); a second row, `lmforge_adamw`, is the same with
@@ -27,6 +28,7 @@ SHAPES = {
     "gpt-baby": dict(batch=12, block=64, vocab=65),
     "gpt2": dict(batch=4, block=256, vocab=50257),
     "distilgpt2": dict(batch=8, block=128, vocab=50257),
+    "smollm2-135m": dict(batch=4, block=256, vocab=49152),
 }
 
 
@@ -115,6 +117,8 @@ def _hf_model(preset: str, vocab: int):
     from lmforge.presets import get_preset
 
     c = get_preset(preset)["config"]
+    if get_preset(preset)["family"] == "llama":
+        return _hf_llama(c, vocab)
     cfg = GPT2Config(
         vocab_size=vocab,
         n_positions=c["max_seq_len"],
@@ -127,6 +131,24 @@ def _hf_model(preset: str, vocab: int):
         attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(cfg).train()
+
+
+def _hf_llama(c: dict, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=c["embed_dim"],
+        intermediate_size=c["ffn_dim"],
+        num_hidden_layers=c["num_layers"],
+        num_attention_heads=c["num_heads"],
+        num_key_value_heads=c["num_kv_heads"],
+        max_position_embeddings=c["max_seq_len"],
+        rms_norm_eps=c["norm_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": c["rope_base"]},
+        tie_word_embeddings=c["tie_embeddings"],
+    )
+    return LlamaForCausalLM(cfg).train()
 
 
 def run_one(kind: str, preset: str, steps: int, warmup: int) -> dict:
@@ -210,12 +232,17 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.preset, steps, 2 if big else 10)))
         return
 
+    from lmforge.presets import get_preset
+
+    llama = get_preset(args.preset)["family"] == "llama"
     try:
         import transformers  # noqa: F401
 
         kinds = ["lmforge", "lmforge_adamw", "eager", "hf"]
     except ImportError:
         kinds = ["lmforge", "lmforge_adamw", "eager"]
+    if llama:  # no eager contender: transformers' LlamaForCausalLM is the plain model
+        kinds.remove("eager")
     results = {k: [] for k in kinds}
     for _ in range(args.trials):
         for kind in kinds:
@@ -240,15 +267,14 @@ def main() -> None:
     peak_bf16, peak_fp32 = _matmul_peak("bfloat16"), _matmul_peak("float32")
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     ours = results["lmforge"][0]
-    if results["eager"][0]["params"] != ours["params"]:
+    same = "hf" if llama else "eager"  # the contender built with exactly our parameters
+    if same in results and results[same][0]["params"] != ours["params"]:
         raise SystemExit(
-            f"the eager model differs from lmforge's: {results['eager'][0]['params']}"
+            f"the {same} model differs from lmforge's: {results[same][0]['params']}"
             f" vs {ours['params']} parameters"
         )
     shape = SHAPES[args.preset]
     # Model FLOPs per token: 6 * params (matmuls, fwd + bwd) + attention (6 * L * T * C, causal).
-    from lmforge.presets import get_preset
-
     c = get_preset(args.preset)["config"]
     flops_tok = 6 * ours["params"] + 6 * c["num_layers"] * shape["block"] * c["embed_dim"]
     row = {
@@ -262,15 +288,15 @@ def main() -> None:
         "ms_per_step": 1000 * shape["batch"] * shape["block"] / med["lmforge"],
         # lmforge's recipe with the contenders' optimizer (AdamW): separates the optimizer's cost
         "lmforge_adamw_tokens_per_s": med["lmforge_adamw"],
-        "eager_fp32_tokens_per_s": med["eager"],
-        "eager_precision": results["eager"][0]["precision"],
-        "eager_params": results["eager"][0]["params"],
+        "eager_fp32_tokens_per_s": med.get("eager"),
+        "eager_precision": results["eager"][0]["precision"] if "eager" in results else None,
+        "eager_params": results["eager"][0]["params"] if "eager" in results else None,
         "hf_tokens_per_s": med.get("hf"),
         "hf_precision": results["hf"][0]["precision"] if "hf" in results else None,
         "hf_params": results["hf"][0]["params"] if "hf" in results else None,
-        "speedup_vs_eager": med["lmforge"] / med["eager"],
+        "speedup_vs_eager": med["lmforge"] / med["eager"] if "eager" in med else None,
         "speedup_vs_hf": med["lmforge"] / med["hf"] if "hf" in med else None,
-        "adamw_speedup_vs_eager": med["lmforge_adamw"] / med["eager"],
+        "adamw_speedup_vs_eager": med["lmforge_adamw"] / med["eager"] if "eager" in med else None,
         # Without bf16 matrix units the bf16 "peak" is an emulation far below fp32's, and a
         # utilisation against it is meaningless (it exceeds 1): null, with bf16_native false.
         "mfu_bf16": flops_tok * med["lmforge"] / peak_bf16 if peak_bf16 > peak_fp32 else None,
@@ -279,7 +305,9 @@ def main() -> None:
         "matmul_peak_bf16_gflops": peak_bf16 / 1e9,
         "matmul_peak_fp32_gflops": peak_fp32 / 1e9,
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["lmforge"]),
-        "eager_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["eager"]),
+        "eager_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results["eager"])
+        if "eager" in results
+        else None,
         "trials": args.trials,
         **machine_fields(),
     }

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError  # noqa: E402
 
 _LAZY = {
-    "train": ("lmforge.training.trainer", "train"),
+    "train": ("lmforge.training.setup", "train"),
     "load": ("lmforge.api", "load"),
     "from_preset": ("lmforge.presets", "from_preset"),
     "load_tokenizer": ("lmforge.api", "load_tokenizer"),

@@ -4,11 +4,13 @@ They accept what the CLI accepts: a run folder, a Hugging Face folder or name (d
 preset name, or (for tokenizers) a tokenizer folder.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmforge import run_folder as ckpt
 from lmforge.errors import ConfigError
 from lmforge.presets import from_preset
 
@@ -132,7 +134,6 @@ def load_run(
     from lmforge.device import pick_device
     from lmforge.layers.quant import check_kind, quantize_
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, is_hf_folder, load_folder
-    from lmforge.training.checkpoint import read_config
 
     dev = pick_device(device)
     if quantize is not None:
@@ -146,7 +147,7 @@ def load_run(
     model = load_folder(folder)
     tokenizer = with_unknown_token(load_tokenizer(folder), unknown_token)
     check_tokenizer_fits(tokenizer, model, folder)
-    config = {} if is_hf_folder(folder) else read_config(folder)
+    config = {} if is_hf_folder(folder) else ckpt.read_config(folder)
     model = model.to(dev)
     if quantize is not None:
         quantize_(model, quantize)
@@ -209,9 +210,7 @@ def save_quantized(
         save_quantized("runs/shakespeare", "runs/shakespeare-int8")
         model = lmforge.load("runs/shakespeare-int8")  # int8 weights, as quantized in memory
     """
-    from lmforge.interop.hf import run_config
     from lmforge.layers.quant import check_kind, quantize_
-    from lmforge.training import checkpoint as ckpt
 
     check_kind(kind)
     ckpt.check_new_folder(out, None, overwrite)  # before the slow part
@@ -232,3 +231,80 @@ def save_quantized(
         loaded.tokenizer.save(tmp / "tokenizer")
 
     return ckpt.write_folder(out, write, source=loaded.folder, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------- writing runs
+
+
+def write_lmforge_folder(model, tokenizer, folder: str | Path, source: str = "") -> None:
+    """Write our run-folder layout: config.json ("family"), model.safetensors, tokenizer/."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt.write_config(folder, run_config(model, source))
+    ckpt.save_weights(model, folder / "model.safetensors")
+    tokenizer.save(folder / "tokenizer")
+
+
+def run_config(model, source: str = "") -> dict:
+    """A run folder's config.json entries for a model that has none (a Hugging Face folder's)."""
+    config = {"family": model.family, "model": dataclasses.asdict(model.config), "source": source}
+    task = _task_spec(model)
+    if task is not None:  # a BERT classifier or masked LM stays one (presets.build_task)
+        config["task"] = task
+    return config
+
+
+def _task_spec(model) -> dict | None:
+    """The run config's "task" entry (as training writes it) of a non-default task, or None."""
+    from lmforge.models.bert import BertMaskedLM, BertTextClassifier
+
+    if isinstance(model, BertTextClassifier):
+        return {
+            "kind": "classify",
+            "num_classes": model.num_classes,
+            "extra_layers": model.extra_layers,
+            "labels": list(model.labels),
+        }
+    if isinstance(model, BertMaskedLM):
+        return {"kind": "mlm"}
+    return None
+
+
+def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the model and tokenizer of `source` (run folder, Hugging Face folder or name) to a
+    new folder `out` in format `to`: "hf" (transformers loads it) or "lmforge" (a run folder).
+
+    The folder is written under a temporary name and renamed, so it is complete or absent.
+
+    Example:
+        convert("runs/eli5", "hf", "export/eli5")
+        transformers.AutoModelForCausalLM.from_pretrained("export/eli5")
+    """
+    from lmforge.interop.hf import FORMATS, write_hf_folder
+    from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
+
+    if to not in FORMATS:
+        raise ConfigError(f"unknown format --to {to!r}; use one of {', '.join(FORMATS)}")
+    folder = find_checkpoint(source)
+    if folder is None:
+        raise ConfigError(
+            f"preset {str(source)!r} has random weights and no tokenizer; convert a run folder "
+            "or a model folder"
+        )
+    ckpt.check_new_folder(out, folder, overwrite)  # before the slow part
+    model = load_folder(folder)
+    if getattr(model, "quantized", None):
+        raise ConfigError(
+            f"{folder} holds {model.quantized} weights (lmforge quantize), which convert does not "
+            "write; convert the run it was quantized from"
+        )
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, model, folder)
+
+    def write(tmp: Path) -> None:
+        if to == "hf":
+            write_hf_folder(model, tokenizer, tmp)
+        else:
+            write_lmforge_folder(model, tokenizer, tmp, source=str(folder))
+
+    return ckpt.write_folder(out, write, source=folder, overwrite=overwrite)

@@ -14,25 +14,9 @@ import re
 from pathlib import Path
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models import FAMILIES, family_classes, family_module  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-# family -> (module, config class, default task class); a family module's TASKS dict names the
-# task classes `--task` picks among ("classify", "mlm"), when it has more than one
-FAMILIES = {
-    "gpt": ("lmforge.models.gpt", "GPTConfig", "GPTCausalLM"),
-    "bert": ("lmforge.models.bert", "BertConfig", "BertTextClassifier"),
-    "char_rnn": ("lmforge.models.char_rnn", "CharRNNConfig", "CharRNNCausalLM"),
-}
-
-
-def family_classes(family: str):
-    """(ConfigClass, TaskClass) of a family name."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}: known: {', '.join(FAMILIES)}")
-    module, cfg, task = FAMILIES[family]
-    mod = importlib.import_module(module)
-    return getattr(mod, cfg), getattr(mod, task)
 
 
 def all_presets() -> dict[str, dict]:
@@ -68,7 +52,7 @@ def build_task(family: str, config: dict, task: dict | None = None):
         raise ConfigError(f"unknown {family} config field(s) {unknown}; known: {sorted(names)}")
     args = {}
     if task is not None and task.get("kind") not in (None, "causal-lm"):
-        tasks = getattr(importlib.import_module(FAMILIES[family][0]), "TASKS", {})
+        tasks = getattr(family_module(family), "TASKS", {})
         if task["kind"] not in tasks:
             raise ConfigError(
                 f"--task {task['kind']}: the {family} family has no such task (it has "
@@ -89,6 +73,7 @@ _DOWNLOAD_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
     "vocab.json",
     "merges.txt",
     "model.safetensors",
@@ -224,8 +209,7 @@ def check_model_folder(folder: Path) -> None:
     if is_hf_folder(folder):
         from lmforge.interop.hf import hf_weights_file, read_hf_config
 
-        if json.loads((folder / "config.json").read_text()).get("model_type") != "bert":
-            read_hf_config(folder)  # names an unsupported model_type and the supported ones
+        read_hf_config(folder)  # names an unsupported model_type and the supported ones
         hf_weights_file(folder)
     elif not (folder / "config.json").is_file():
         raise CheckpointError(
@@ -238,16 +222,10 @@ def check_model_folder(folder: Path) -> None:
 
 def load_folder(folder: Path):
     """The task model of a run folder or a Hugging Face folder, in eval mode, on the CPU."""
-    from lmforge.training.checkpoint import load_weights, read_config
+    from lmforge.run_folder import load_weights, read_config
 
     folder = Path(folder)
     if is_hf_folder(folder):
-        if json.loads((folder / "config.json").read_text()).get("model_type") == "bert":
-            # BERT's table concatenates q, k, v: its own loader applies it (interop/hf.py's
-            # MODEL_TYPES does not list bert)
-            from lmforge.models.bert import load_hf_folder
-
-            return load_hf_folder(folder).eval()
         from lmforge.interop.hf import load_hf_model
 
         return load_hf_model(folder).eval()

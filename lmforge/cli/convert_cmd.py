@@ -32,13 +32,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from lmforge.interop.hf import convert
+    from lmforge.api import convert
 
-    file_opts = options.read_config_file(args.config) if args.config else {}
-    flags = options.explicit_flags(args)
-    for k in ("source", "out", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
-    cfg = options.build(ConvertConfig, file_opts, flags)
+    cfg = options.from_args(args, ConvertConfig)
     out = convert(args.source, cfg.to, args.out, overwrite=cfg.overwrite)
     print(f"wrote {out} ({cfg.to} format)")
     return 0

@@ -56,8 +56,8 @@ def add_parser(sub):
 def run(args) -> int:
     from lmforge.api import load_run
     from lmforge.device import resolve_precision
+    from lmforge.training.loop import evaluate
     from lmforge.training.run_data import eval_data, make_examples
-    from lmforge.training.trainer import evaluate
 
     cfg = options.from_args(args, EvalConfig)
     loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
@@ -95,8 +95,8 @@ def _run_task(args, cfg, loaded) -> int:
         predict_labels,
     )
     from lmforge.presets import tokenizer_path
+    from lmforge.training.loop import evaluate
     from lmforge.training.run_data import labelled_split, make_task_examples, require_data
-    from lmforge.training.trainer import evaluate
 
     require_data(loaded, cfg.data)
     spec = loaded.config.get("task") or {"kind": loaded.kind}

@@ -173,12 +173,19 @@ def own_keys(file_opts: dict, names: set[str]) -> dict:
     return {k: v for k, v in file_opts.items() if k in names or k not in others}
 
 
-def from_args(args: argparse.Namespace, cls):
-    """A `cls` from its defaults, the --config file, then the flags typed (those of its fields)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def layered(args: argparse.Namespace, names: set[str]) -> tuple[dict, dict]:
+    """(the --config file's options, the flags typed among `names`): what every verb layers on
+    its defaults and preset, in that order. A flag typed wins even when it equals the default."""
     file_opts = read_config_file(args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in explicit_flags(args).items() if k in names}
-    return build(cls, file_opts, flags)
+    return file_opts, flags
+
+
+def from_args(args: argparse.Namespace, cls):
+    """A `cls` from its defaults, the --config file, then the flags typed (those of its fields):
+    how every verb but `train` (whose options span TrainConfig and a model config) builds its
+    options."""
+    return build(cls, *layered(args, {f.name for f in dataclasses.fields(cls)}))
 
 
 def build(cls, *layers: dict, strict: bool = True):

@@ -34,11 +34,7 @@ def add_parser(sub):
 def run(args) -> int:
     from lmforge.inspect.plot import plot_losses
 
-    file_opts = options.read_config_file(args.config) if args.config else {}
-    flags = options.explicit_flags(args)
-    for k in ("runs", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
-    cfg = options.build(PlotConfig, file_opts, flags)
+    cfg = options.from_args(args, PlotConfig)
     path = plot_losses(args.runs, cfg.out, x=cfg.x, title=cfg.title)
     print(f"wrote {path}")
     return 0

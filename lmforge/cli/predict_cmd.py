@@ -2,11 +2,26 @@
 
 import json
 import logging
+from dataclasses import dataclass
+from dataclasses import field as option
 from pathlib import Path
 
+from lmforge.cli import options
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    file: str | None = option(
+        default=None, metadata={"help": "classify each line of this file too"}
+    )
+    max_seq_len: int | None = option(
+        default=None, metadata={"help": "pack to this length", "default_help": "the run's"}
+    )
+    batch_size: int = option(default=32, metadata={"help": "texts per batch"})
+    device: str = option(default="auto", metadata={"help": "auto|cpu|cuda"})
 
 
 def add_parser(sub):
@@ -17,14 +32,7 @@ def add_parser(sub):
     )
     p.add_argument("run", help="run folder (or Hugging Face folder) of a classifier")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument(
-        "--file", default=None, help="classify each line of this file too (default: none)"
-    )
-    p.add_argument(
-        "--max-seq-len", type=int, default=None, help="pack to this length (default: the run's)"
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    options.add_options(p, PredictConfig)
     p.add_argument("--json", action="store_true", help="one JSON line per text (default: off)")
     return p
 
@@ -33,20 +41,21 @@ def run(args) -> int:
     from lmforge.api import load_run
     from lmforge.models.bert import BertPreprocessor
 
+    cfg = options.from_args(args, PredictConfig)
     texts = list(args.texts)
-    if args.file:
-        path = Path(args.file)
+    if cfg.file:
+        path = Path(cfg.file)
         if not path.is_file():
             raise DataError(f"--file {path} does not exist: pass a text file, one text a line")
         texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise ConfigError("no texts to classify: pass them as arguments or with --file")
-    loaded = load_run(args.run, args.device)
+    loaded = load_run(args.run, cfg.device)
     loaded.require("classify", "`lmforge predict`")
     model, tok = loaded.model, loaded.tokenizer
-    length = args.max_seq_len or loaded.block_size
+    length = cfg.max_seq_len or loaded.block_size
     model.preprocessor = BertPreprocessor(tok, length)
-    probabilities = model.predict(texts, args.batch_size)
+    probabilities = model.predict(texts, cfg.batch_size)
     if model.preprocessor.num_truncated:
         log.info(
             "%d of %d texts were longer than %d tokens and were cut",

@@ -23,11 +23,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    file_opts = options.read_config_file(args.config) if args.config else {}
-    flags = options.explicit_flags(args)
-    for k in ("out", "json", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
-    cfg = options.build(PrepareConfig, file_opts, flags)
+    cfg = options.from_args(args, PrepareConfig)
     if not cfg.data:
         raise ConfigError("--data is required: a file, a folder or a dataset name")
     data = prepare(cfg, args.out)

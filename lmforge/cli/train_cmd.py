@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lmforge.cli import options
 from lmforge.presets import FAMILIES, family_classes, get_preset
-from lmforge.training.trainer import TrainConfig, train
+from lmforge.training.config import TrainConfig
+from lmforge.training.setup import train
 
 
 def add_parser(sub):
@@ -47,11 +48,9 @@ def _preset_defaults(name: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    file_opts = options.read_config_file(args.config) if args.config else {}
+    names = set(vars(args)) - {"json", "config", "debug", "command", "_run"}
+    file_opts, flags = options.layered(args, names)
     file_opts = options.own_keys(file_opts, set(vars(args)))
-    flags = options.explicit_flags(args)
-    for k in ("json", "config", "debug", "command", "_run"):
-        flags.pop(k, None)
     if not {"out", "resume"} & {k for k, v in {**file_opts, **flags}.items() if v}:
         flags["out"] = fresh_out({**file_opts, **flags})
     result = train(**{**file_opts, **flags})

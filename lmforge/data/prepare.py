@@ -13,7 +13,6 @@ import logging
 import multiprocessing as mp
 import os
 import re
-import shutil
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +26,7 @@ import numpy as np
 from lmforge import __version__, progress
 from lmforge.data.corpus import Document, Source, open_source
 from lmforge.errors import ConfigError, DataError
-from lmforge.files import replace_folder
+from lmforge.files import write_folder_atomic
 from lmforge.system import usable_cpus
 from lmforge.tokenizers.base import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from lmforge.tokenizers.char import CharTokenizer, UnknownCharacterError
@@ -236,7 +235,7 @@ def prepare(config: PrepareConfig, out: str | Path) -> PreparedData:
             meta["key"] = _cache_key(config, meta["source_fingerprint"])
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-        _replace_folder(out, fill)
+        write_folder_atomic(out, fill)
     return PreparedData(out)
 
 
@@ -246,24 +245,6 @@ def _stored_key(meta_path: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return meta.get("key") if isinstance(meta, dict) else None
-
-
-def _replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
-    """fill(tmp) a fresh sibling folder, then rename it to out: out is complete or untouched."""
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # leave no empty parent folders behind either
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def cache_key(config: PrepareConfig, source: Source) -> str:

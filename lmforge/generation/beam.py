@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.generate import (
-    _as_prompts,
-    _model_device,
+from lmforge.generation.prompts import (
+    as_prompts,
     crop_prompts,
     feed,
     left_padded,
+    model_device,
     takes_padding_mask,
 )
 from lmforge.generation.sampling import no_repeat_ngram_filter
@@ -99,7 +99,7 @@ def beam_search(
             f"{type(model).__name__} has not: sample instead (num_beams=1)"
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
-    prompts = crop_prompts(_as_prompts(prompt_ids), context, room=1)
+    prompts = crop_prompts(as_prompts(prompt_ids), context, room=1)
     longest = max(len(p) for p in prompts)
     if context is not None and longest + max_new_tokens > context:
         max_new_tokens = context - longest  # every beam must fit in the context
@@ -117,7 +117,7 @@ def beam_search(
             no_repeat_ngram_size,
             tuple(stop_token_ids),
             is_stopped,
-            torch.device(device) if device is not None else _model_device(model),
+            torch.device(device) if device is not None else model_device(model),
         )
     finally:
         model.train(was_training)

@@ -35,12 +35,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.generate import (
-    TextStream,
-    _model_device,
-    _text_options,
-    crop_prompts,
-)
+from lmforge.generation.prompts import crop_prompts, model_device
 from lmforge.generation.sampling import (
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
@@ -48,6 +43,7 @@ from lmforge.generation.sampling import (
     no_repeat_ngram_filter,
     sample_next_token,
 )
+from lmforge.generation.text import TextStream, text_options
 from lmforge.system import available_memory_bytes, usable_cpus
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -82,7 +78,7 @@ def best_threads(model, rows: int = 1) -> int:
     A tiny model often decodes faster on one thread: its steps are too short to share.
     """
     most = usable_cpus()
-    device = _model_device(model)
+    device = model_device(model)
     if most == 1 or device.type != "cpu" or not hasattr(model, "step_slots"):
         return 1 if most == 1 else torch.get_num_threads()
     rows = 1 if rows <= 1 else 8
@@ -288,7 +284,7 @@ class Engine:
         self._auto: dict[bool, int] = {}  # batched? -> best_threads, asked once per engine
         self.prefill_chunk = prefill_chunk
         self.tokenizer = tokenizer
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self._check_memory()
         with torch.inference_mode():
             self.state = model.init_slots(slots, max_len, self.device)
@@ -323,7 +319,7 @@ class Engine:
         handle = Handle(self, next(self._ids), prompt, params)
         if self.tokenizer is not None:
             stop, sampling = list(params.stop), {"stop_token_ids": params.stop_token_ids}
-            stops, _, hidden = _text_options(self.tokenizer, stop, sampling)
+            stops, _, hidden = text_options(self.tokenizer, stop, sampling)
             handle._stream = TextStream(self.tokenizer, prompt, stops, hidden)
         if params.max_new_tokens == 0:
             handle.finish_reason = "length"

@@ -5,9 +5,7 @@ any other causal LM is driven through `init_state(batch_size, device)` and
 `step(token_ids, state)` by the loop here. Beam search (beam.py) keeps its own loop.
 """
 
-import inspect
 import itertools
-import logging
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -15,79 +13,36 @@ from torch import Tensor
 
 from lmforge import progress
 from lmforge.errors import ConfigError
+from lmforge.generation.beam import beam_search
+from lmforge.generation.engine import (
+    Engine,
+    SamplingParams,
+    best_threads,
+    check_threads,
+    decode_threads,
+    slots_that_fit,
+)
+from lmforge.generation.prompts import (  # noqa: F401  (their old import path)
+    as_prompts,
+    crop_prompts,
+    feed,
+    left_padded,
+    model_device,
+    takes_padding_mask,
+)
 from lmforge.generation.sampling import (
     apply_repetition_penalty,
     check_sampling,
     no_repeat_ngram_filter,
     sample_next_token,
 )
+from lmforge.generation.text import TextStream, encode_prompt, text_options  # noqa: F401
 
-logger = logging.getLogger(__name__)
+# The names these helpers had when they lived here, for code written against them (the server's).
+_as_prompts, _model_device = as_prompts, model_device
+_prompt_ids, _text_options = encode_prompt, text_options
 
 FINISHED = -1  # what generate() yields for a row that has no new token at this step
-
-
-def _as_prompts(prompt_ids) -> list[list[int]]:
-    """One prompt (ids) or several (list of lists, 2-D tensor) -> a list of id lists."""
-    if isinstance(prompt_ids, Tensor):
-        if prompt_ids.dim() not in (1, 2):
-            raise ConfigError(
-                f"prompt_ids has shape {tuple(prompt_ids.shape)}; pass (T,) or (N, T) token ids"
-            )
-        prompts = prompt_ids.tolist()
-        prompts = [prompts] if prompt_ids.dim() == 1 else prompts
-    else:
-        prompts = list(prompt_ids)
-        if prompts and not hasattr(prompts[0], "__len__"):  # flat ids: a single prompt
-            prompts = [prompts]
-        prompts = [[int(t) for t in p] for p in prompts]
-    if not prompts:
-        raise ConfigError("no prompt given; pass a list of token ids or a list of such lists")
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ConfigError(
-                f"prompt {i} is empty; give at least one token id (GPT-2 starts from end-of-text)"
-            )
-    return prompts
-
-
-def _model_device(model) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def takes_padding_mask(model) -> bool:
-    """True when model.step accepts padding_mask=, so prompts can be left-padded into one batch."""
-    return "padding_mask" in inspect.signature(model.step).parameters
-
-
-def left_padded(prompts: list[list[int]], extra: int, device) -> tuple[Tensor, Tensor]:
-    """Prompts right-aligned in (B, longest + extra) ids with a (B, longest + extra) bool mask
-    (True = real). Pads repeat each row's first token, so penalties over seen tokens ignore them."""
-    longest = max(len(p) for p in prompts)
-    ids = [[p[0]] * (longest - len(p)) + p + [0] * extra for p in prompts]
-    real = [[False] * (longest - len(p)) + [True] * (len(p) + extra) for p in prompts]
-    return torch.tensor(ids, device=device), torch.tensor(real, device=device)
-
-
-def crop_prompts(prompts: list[list[int]], context: int | None, room: int = 0) -> list[list[int]]:
-    """Keep the last `context - room` tokens of longer prompts, with one warning: what sampling,
-    beam search (room=1: a beam needs a place for its first new token) and inspect all do.
-
-    Args:
-        room: positions of the context to leave free for what follows the prompt.
-    """
-    keep = None if context is None else max(1, context - room)
-    if keep is None or all(len(p) <= keep for p in prompts):
-        return prompts
-    logger.warning(
-        "prompt of %d tokens is longer than the model's context (max_seq_len=%d) allows; "
-        "keeping its last %d tokens",
-        max(len(p) for p in prompts),
-        context,
-        keep,
-    )
-    return [p[-keep:] for p in prompts]
 
 
 def _grown(history: Tensor, real: Tensor | None, needed: int) -> tuple[Tensor, Tensor | None]:
@@ -101,13 +56,6 @@ def _grown(history: Tensor, real: Tensor | None, needed: int) -> tuple[Tensor, T
     if real is not None:
         real = torch.cat([real, real.new_ones(real.shape[0], extra)], 1)
     return history, real
-
-
-def feed(model, ids: Tensor, real: Tensor | None, lo: int, hi: int, state):
-    """model.step on columns lo:hi of ids, with their padding mask when there is one."""
-    if real is None:
-        return model.step(ids[:, lo:hi], state)
-    return model.step(ids[:, lo:hi], state, padding_mask=real[:, lo:hi])
 
 
 def generate(
@@ -160,8 +108,6 @@ def generate(
                 row += [t] if t >= 0 else []
     """
     check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
-    from lmforge.generation.engine import check_threads  # engine imports this module
-
     check_threads(threads)
     if not (hasattr(model, "init_state") and hasattr(model, "step")):
         raise ConfigError(
@@ -182,13 +128,12 @@ def generate(
             "reads prompts row by row: pass left_pad=False"
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
-    prompts = crop_prompts(_as_prompts(prompt_ids), context)
-    device = torch.device(device) if device is not None else _model_device(model)
+    prompts = crop_prompts(as_prompts(prompt_ids), context)
+    device = torch.device(device) if device is not None else model_device(model)
     engine = hasattr(model, "step_slots")  # GPT and char-RNN: the engine, one slot per row
     if engine:
-        from lmforge.generation.engine import slots_that_fit  # engine imports this module
-
-        fit = slots_that_fit(model, len(prompts) * num_samples, context, device)
+        length = _slot_length(context, prompts, max_new_tokens)
+        fit = slots_that_fit(model, len(prompts) * num_samples, length, device)
         if fit is not None:
             raise ConfigError(
                 f"{fit[1]}: one slot per row (prompts x num_samples); make at most {fit[0]} "
@@ -226,15 +171,24 @@ def generate(
     )
 
 
+def _slot_length(context: int | None, prompts: list[list[int]], max_new_tokens: int) -> int | None:
+    """Positions a slot needs for these rows: what the longest will hold, or the whole context
+    when a row would pass it (rows then slide); None without a context (RNNs). A model with a
+    long context (Qwen's 32k) so gets a cache for the tokens it will see, not for 32k."""
+    if context is None:
+        return None
+    return min(context, max(len(p) for p in prompts) + max_new_tokens)
+
+
 def _decode_on_engine(model, prompts, max_new_tokens, options, seed, device, left_pad, threads):
     """generate()'s rows on an Engine, one slot each, row r seeded with seed + r. Without
     left_pad a row yields its first token `len(prompt) - shortest` steps late, as if it read its
     prompt's extra tokens one a step, so steps keep the meaning they have for other models."""
-    from lmforge.generation.engine import Engine, SamplingParams  # engine imports this module
-
     if max_new_tokens == 0:
         return
-    engine = Engine(model, slots=len(prompts), device=device, threads=threads)
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    length = _slot_length(context, prompts, max_new_tokens)
+    engine = Engine(model, slots=len(prompts), max_len=length, device=device, threads=threads)
     handles = [
         engine.submit(
             prompt,
@@ -338,53 +292,6 @@ def _decode(
 # ---------------------------------------------------------------- text in, text out
 
 
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    ids = list(tokenizer.encode(prompt))
-    if ids:
-        return ids
-    # An empty prompt starts from the start token, else from end-of-text (GPT-2's convention).
-    for start in (getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)):
-        if start is not None:
-            return [start]
-    raise ConfigError(
-        "the prompt encodes to no tokens and the tokenizer has no bos/eos token; "
-        "give a non-empty prompt"
-    )
-
-
-def _text_options(tokenizer, stop, sampling) -> tuple[list[str], set[int], set[int]]:
-    """(stop strings, stop token ids, ids left out of the text): texts are decoded without
-    special tokens (end-of-text, padding, ...) even where they do not stop a row; the unknown
-    token stays, as it stands for text."""
-    # Without an end-of-text token, documents were trained to end with padding (Keras-style).
-    eos = getattr(tokenizer, "eos_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "pad_id", None)
-    sampling.setdefault("stop_token_ids", () if eos is None else (eos,))
-    stop = [stop] if isinstance(stop, str) else stop or ()
-    stop_ids = set(sampling["stop_token_ids"])
-    special = tokenizer.special_ids() if hasattr(tokenizer, "special_ids") else set()
-    hidden = stop_ids | (set(special) - {getattr(tokenizer, "unk_id", None)})
-    return [s for s in stop if s], stop_ids, hidden
-
-
-def _release(text: str, sent: int, stops: list[str], final: bool) -> tuple[str, int, bool]:
-    """What of text[sent:] can go out now: (piece, new sent, hit a stop string)."""
-    if not stops:
-        return text[sent:], len(text), False
-    # Held-back text never ends in a stop string's prefix, so a match starts at `sent` or later.
-    hits = [i for i in (text.find(s, sent) for s in stops) if i >= 0]
-    if hits:
-        return text[sent : min(hits)], min(hits), True
-    end = len(text)
-    if not final:  # hold back a tail that may grow into a stop string
-        for k in range(min(max(map(len, stops)) - 1, end - sent), 0, -1):
-            if any(s.startswith(text[end - k :]) for s in stops):
-                end -= k
-                break
-    return text[sent:end], end, False
-
-
 def _beam_texts(
     model, tokenizer, prompt_ids, max_new_tokens, stops, ids, num_return, beams, sampling
 ) -> list[str]:
@@ -392,11 +299,8 @@ def _beam_texts(
     than no_repeat_ngram_size and device do not apply to beam search and are ignored.
 
     Args:
-        ids: (stop token ids, ids left out of the text), as _text_options gives them.
+        ids: (stop token ids, ids left out of the text), as text_options gives them.
     """
-    from lmforge.generation.beam import beam_search
-    from lmforge.generation.engine import best_threads, check_threads, decode_threads
-
     stop_ids, hidden = ids
     threads = sampling.get("threads")
     check_threads(threads)
@@ -467,8 +371,8 @@ def generate_text(
     """
     if sampling.get("num_samples", 1) != 1:
         raise ConfigError("generate_text makes one sample; use generate_texts(num_samples=N)")
-    stops, stop_ids, hidden = _text_options(tokenizer, stop, sampling)
-    prompt_ids = _prompt_ids(tokenizer, prompt)
+    stops, stop_ids, hidden = text_options(tokenizer, stop, sampling)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     if num_beams != 1:
         beams = dict(
             num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping
@@ -487,51 +391,6 @@ def generate_text(
         return iter([t for t in texts if t])
     tokens = generate(model, prompt_ids, max_new_tokens, **sampling)
     return _stream_text(tokens, tokenizer, prompt_ids, stops, hidden)
-
-
-class TextStream:
-    """Token ids in, text out in pieces as it becomes safe: decoding is incremental over the whole
-    output, so a character split across byte-level BPE tokens comes out whole, and a tail that
-    may still grow into a stop string is held back; the stop string itself never comes out.
-
-    Args:
-        prompt_ids: the last few give the decoder context (leading spaces, merges).
-        hidden: ids left out of the text (special tokens).
-    """
-
-    def __init__(self, tokenizer, prompt_ids, stops: list[str], hidden=frozenset()):
-        self.tokenizer, self.stops, self.hidden = tokenizer, stops, hidden
-        self.ids = list(prompt_ids[-4:])
-        self.prefix, self.read = 0, len(self.ids)
-        self.text, self.sent = "", 0
-        self.stopped = False  # a stop string was found: nothing more comes out
-
-    def push(self, token: int) -> str:
-        """Add one token; return the text that can go out now (often "")."""
-        if self.stopped or token in self.hidden:
-            return ""
-        self.ids.append(token)
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix : self.read])
-        after = decode(self.ids[self.prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):  # mid-character
-            return ""
-        self.text += after[len(before) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=False)
-        return piece
-
-    def finish(self) -> str:
-        """The rest of the text once no token follows (an unfinished character included)."""
-        if self.stopped:
-            return ""
-        if self.read < len(self.ids):
-            decode = self.tokenizer.decode
-            tail = decode(self.ids[self.prefix :])
-            self.text += tail[len(decode(self.ids[self.prefix : self.read])) :]
-            self.read = len(self.ids)
-        piece, self.sent, self.stopped = _release(self.text, self.sent, self.stops, final=True)
-        return piece
 
 
 def _stream_text(tokens, tokenizer, prompt_ids, stops, hidden) -> Iterator[str]:
@@ -573,9 +432,9 @@ def generate_texts(
         texts = generate_texts(model, tok, "wine review :", num_samples=4, temperature=0.5, seed=1)
         best = generate_texts(model, tok, ["Why is", "How do"], num_beams=4, stop=["\\n"])
     """
-    stops, stop_ids, hidden = _text_options(tokenizer, stop, sampling)
+    stops, stop_ids, hidden = text_options(tokenizer, stop, sampling)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    prompt_ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     if num_beams != 1:
         beams = dict(
             num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.generate import crop_prompts
+from lmforge.generation.prompts import crop_prompts
 from lmforge.inspect.attention import capture_attention
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from lmforge.errors import ConfigError
+from lmforge.files import write_atomic
 from lmforge.inspect.attention import average_heads
 from lmforge.inspect.next_token import PromptInspection
 
@@ -84,22 +85,13 @@ def import_pyplot():
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Write a matplotlib figure atomically (format from the suffix) and close it."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
     finally:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
     return path
 
 
@@ -324,4 +316,4 @@ def write_html_report(
     """
     path = check_out_path(path)
     page = render_html(inspections, title or "lmforge inspect", about)
-    return _write_text_atomic(path, page)
+    return write_atomic(path, page)

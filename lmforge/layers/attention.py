@@ -17,9 +17,11 @@ from lmforge.layers.embeddings import RotaryEmbedding
 class KVCache:
     """Keys and values of one attention layer during decoding, written in place.
 
-    The (B, H, max_len, D) tensors are allocated on the first write, in the dtype and device of
-    the keys written, so a cache made before `model.to(...)` or under autocast still fits.
-    `length` counts the positions already written; attention reads `[0:length]`.
+    The (B, H, P, D) tensors are allocated on the first write, in the dtype and device of the
+    keys written, so a cache made before `model.to(...)` or under autocast still fits. P starts
+    at 256 positions (or what the first write needs) and doubles when full, up to max_len: a
+    model with a 32k context does not hold 32k positions for a short reply. `length` counts
+    the positions already written; attention reads `[0:length]`.
     """
 
     def __init__(self, max_len: int):
@@ -36,10 +38,17 @@ class KVCache:
                 f"the KV cache holds {self.max_len} positions and {end} were needed; "
                 "start a new state with init_state() or keep inputs within max_seq_len"
             )
-        if self.k is None:
+        held = 0 if self.k is None else self.k.shape[-2]
+        if end > held:  # allocate, or grow: twice as many positions, at most max_len
             B, H, _, D = k.shape
-            self.k = k.new_empty(B, H, self.max_len, D)
-            self.v = v.new_empty(B, H, self.max_len, D)
+            size = min(self.max_len, max(end, 2 * held, 256))
+            grown_k, grown_v = k.new_empty(B, H, size, D), v.new_empty(B, H, size, D)
+            if start:
+                grown_k[:, :, :start], grown_v[:, :, :start] = (
+                    self.k[:, :, :start],
+                    self.v[:, :, :start],
+                )
+            self.k, self.v = grown_k, grown_v
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         self.length = end
@@ -52,6 +61,38 @@ class KVCache:
             self.v = self.v.index_select(0, rows)
 
 
+class KVState:
+    """What a transformer decoder carries between decoding steps: one KVCache per block, and
+    the (B, S) padding mask of every cached position once some input was padded (None while
+    none was)."""
+
+    def __init__(self, caches: list[KVCache]):
+        self.caches = caches
+        self.padding_mask: Tensor | None = None
+
+    def extend_mask(self, padding_mask: Tensor | None, token_ids: Tensor) -> Tensor | None:
+        """Append the new tokens' (B, t) mask (None = all real); return the (B, S) mask or None."""
+        if padding_mask is not None and self.padding_mask is None and bool(padding_mask.all()):
+            padding_mask = None  # nothing padded: keep the faster unmasked attention
+        if padding_mask is None and self.padding_mask is None:
+            return None
+        if self.padding_mask is None:  # the first padded input: everything cached was real
+            B, S = token_ids.shape[0], self.caches[0].length
+            self.padding_mask = torch.ones(B, S, dtype=torch.bool, device=token_ids.device)
+        if padding_mask is None:
+            padding_mask = torch.ones_like(token_ids, dtype=torch.bool)
+        self.padding_mask = torch.cat([self.padding_mask, padding_mask.to(torch.bool)], dim=1)
+        return self.padding_mask
+
+    def reorder(self, rows: Tensor) -> "KVState":
+        """Keep (and repeat) batch rows: row i of the result is old row rows[i]."""
+        for cache in self.caches:
+            cache.reorder(rows)
+        if self.padding_mask is not None:
+            self.padding_mask = self.padding_mask.index_select(0, rows)
+        return self
+
+
 class SlotKVCache:
     """Keys and values of one attention layer for an engine: (slots, H, max_len, D), allocated
     once and written in place. Zeros, not empty: keys past a row's length are masked out, but a
@@ -60,6 +101,17 @@ class SlotKVCache:
     def __init__(self, slots: int, heads: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(slots, heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
+
+
+def slot_caches(attns: list, slots: int, max_len: int, dtype, device) -> list[SlotKVCache]:
+    """One SlotKVCache of (slots, KV, max_len, D) per MultiHeadAttention in `attns`: key/value
+    heads only, so a grouped-query cache is num_heads / num_kv_heads times smaller."""
+    return [SlotKVCache(slots, a.num_kv_heads, max_len, a.head_dim, dtype, device) for a in attns]
+
+
+def slot_cache_bytes(attns: list, slots: int, max_len: int, itemsize: int) -> int:
+    """Bytes that slot_caches(attns, slots, max_len, ...) allocates, `itemsize` bytes a value."""
+    return sum(2 * slots * a.num_kv_heads * max_len * a.head_dim for a in attns) * itemsize
 
 
 class SlotBatch:
@@ -107,21 +159,47 @@ class SlotView:
         self.cache, self.batch = cache, batch
 
 
+# torch 2.5 added enable_gqa: SDPA reads each key/value head for its group of query heads.
+GQA_IN_SDPA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
+    """F.scaled_dot_product_attention of (B, H, T, D) queries over (B, KV, S, D) keys and
+    values, KV dividing H: the groups are shared inside SDPA where torch has enable_gqa, else
+    the key/value heads are repeated first (torch 2.4)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and GQA_IN_SDPA:
+        options["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, **options)
+
+
 def attention_mask(
-    padding_mask: Tensor | None, T: int, S: int, is_causal: bool, device: torch.device
+    padding_mask: Tensor | None,
+    T: int,
+    S: int,
+    is_causal: bool,
+    device: torch.device,
+    window: int | None = None,
 ) -> Tensor | None:
     """Boolean mask (True = may attend) for T queries at positions S - T .. S - 1 over S keys.
 
     Args:
         padding_mask: (B, S) bool, True = real token; None when nothing is padded.
+        window: causal only: a query sees itself and the window - 1 keys before it (Mistral's
+            sliding window); None sees every earlier key.
     Returns:
         None when no mask is needed, else a mask that broadcasts to (B, H, T, S).
     """
-    if padding_mask is None and (not is_causal or T == 1):
+    windowed = window is not None and S > window
+    if padding_mask is None and (not is_causal or T == 1) and not windowed:
         return None
     query_pos = torch.arange(S - T, S, device=device)[:, None]  # (T, 1)
     key_pos = torch.arange(S, device=device)[None, :]  # (1, S)
     mask = key_pos <= query_pos if is_causal else None  # (T, S)
+    if windowed:
+        mask = mask & (key_pos > query_pos - window)
     if padding_mask is not None:
         keys = padding_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         mask = keys if mask is None else mask & keys
@@ -132,13 +210,21 @@ def attention_mask(
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection.
+    """Multi-head self-attention with a fused qkv projection, rows [q | k | v].
 
     Args:
         head_dim: D; defaults to embed_dim // num_heads. The inner width num_heads * head_dim
             may differ from embed_dim (the Keras GPT block: 2 heads of 256 at embed_dim 256).
         dropout: dropout on the attention probabilities (training only).
-        rotary: rotate q and k by position (RoPE); needs max_seq_len and an even head_dim.
+        rotary: rotate q and k by position (RoPE); needs max_seq_len and an even head_dim. A
+            RotaryEmbedding is used as given (one shared by every layer, scaled frequencies).
+        num_kv_heads: grouped-query attention: key/value heads, each shared by num_heads /
+            num_kv_heads query heads (None: as many as query heads). Caches hold this many.
+        qk_norm_eps: RMS-normalise each head's queries and keys before rotary (Qwen3), with
+            this epsilon; None: no such norm.
+        sliding_window: causal only: each query sees itself and the sliding_window - 1 keys
+            before it (Mistral); None: every earlier key.
+        qkv_bias: a bias on the qkv projection only (Qwen2); None: as use_bias.
 
     Set `capture_probs = True` to also compute the softmax by hand; each forward then stores the
     (B, H, T, S) probabilities (before dropout, float32, detached) in `last_probs`.
@@ -152,10 +238,20 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         use_bias: bool = True,
         is_causal: bool = True,
-        rotary: bool = False,
+        rotary: "bool | RotaryEmbedding" = False,
         max_seq_len: int = 2048,
+        num_kv_heads: int | None = None,
+        qk_norm_eps: float | None = None,
+        sliding_window: int | None = None,
+        qkv_bias: bool | None = None,
     ):
         super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ConfigError(
+                f"num_heads={num_heads} do not divide into num_kv_heads={num_kv_heads} groups; "
+                "pick num_kv_heads among the divisors of num_heads"
+            )
         if head_dim is None:
             if embed_dim % num_heads:
                 raise ConfigError(
@@ -164,13 +260,25 @@ class MultiHeadAttention(nn.Module):
                 )
             head_dim = embed_dim // num_heads
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.inner_dim = num_heads * head_dim
         self.dropout = dropout
         self.is_causal = is_causal
-        self.qkv = nn.Linear(embed_dim, 3 * self.inner_dim, bias=use_bias)  # [q | k | v]
+        self.sliding_window = sliding_window
+        self.splits = [self.inner_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        qkv_bias = use_bias if qkv_bias is None else qkv_bias
+        self.qkv = nn.Linear(embed_dim, sum(self.splits), bias=qkv_bias)  # [q | k | v]
         self.out = nn.Linear(self.inner_dim, embed_dim, bias=use_bias)
-        self.rotary = RotaryEmbedding(head_dim, max_seq_len) if rotary else None
+        if qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+        if isinstance(rotary, RotaryEmbedding):
+            self.rotary = rotary
+        else:
+            self.rotary = RotaryEmbedding(head_dim, max_seq_len) if rotary else None
         self.capture_probs = False
         self.last_probs: Tensor | None = None
 
@@ -188,8 +296,7 @@ class MultiHeadAttention(nn.Module):
                 engine's SlotView, they are written at each row's own positions.
         """
         B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+        q, k, v = self._project(x)  # (B, H, T, D), (B, KV, T, D) twice
         if isinstance(cache, SlotView):
             return self._slot_forward(q, k, v, cache)
         start = cache.length if cache is not None else 0
@@ -201,32 +308,50 @@ class MultiHeadAttention(nn.Module):
                 k, v = k.to(q.dtype), v.to(q.dtype)
         S = k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
+        window = self.sliding_window
         if self.capture_probs:  # on the side: the output below is the same with or without
-            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
+            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)
             self.last_probs = self._probabilities(q, k, mask)
-        if padding_mask is None and self.is_causal and S == T:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if padding_mask is None and self.is_causal and S == T and (window or S) >= S:
+            y = sdpa(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)
+            y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H * D)
         return self.out(y)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> queries (B, H, T, D), keys and values (B, KV, T, D), q/k normed."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.splits, dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # over each head's D (Qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _slot_forward(self, q: Tensor, k: Tensor, v: Tensor, view: SlotView) -> Tensor:
         """Attention for an engine's rows, each at its own positions in its own slot."""
         batch = view.batch
         if self.rotary is not None:
             q, k = self.rotary(q, batch.positions), self.rotary(k, batch.positions)
-        k, v = batch.write(view.cache, k, v)  # (n, H, S, D)
+        k, v = batch.write(view.cache, k, v)  # (n, KV, S, D)
         if k.dtype != q.dtype:  # a cache in the weights' dtype, read under autocast
             k, v = k.to(q.dtype), v.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask)
+        mask = batch.mask
+        if self.sliding_window is not None and batch.length > self.sliding_window:
+            keys = torch.arange(batch.length, device=q.device)  # (S,)
+            near = keys > batch.positions[:, None, :, None] - self.sliding_window  # (n, 1, T, S)
+            mask = near if mask is None else mask & near
+        y = sdpa(q, k, v, attn_mask=mask)
         B, _, T, _ = q.shape
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner_dim))
 
     def _probabilities(self, q, k, mask):
         """softmax(q k^T / sqrt(D)) as SDPA computes it, in float32 and detached."""
-        scores = (q.detach() @ k.detach().transpose(-2, -1)).float() * self.head_dim**-0.5
+        k = k.detach().repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, H, S, D)
+        scores = (q.detach() @ k.transpose(-2, -1)).float() * self.head_dim**-0.5
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(dim=-1)  # (B, H, T, S)

@@ -80,19 +80,66 @@ class TokenPositionEmbedding(nn.Module):
         return self.dropout(x)
 
 
+# How rotary frequencies are stretched for contexts longer than the pretraining one: "none",
+# "linear" (every frequency divided by `factor`), or "llama3" (Llama 3.1: long wavelengths divided
+# by `factor`, short ones kept, a smooth blend between).
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def rotary_inv_freq(
+    head_dim: int,
+    base: float = 10000.0,
+    scaling: str = "none",
+    factor: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_len: int = 8192,
+) -> Tensor:
+    """The (D/2,) rotation frequencies of RoPE, stretched by a ROPE_SCALINGS rule.
+
+    The llama3 rule and its defaults (factor 8, low 1, high 4, original context 8192) come from
+    Meta's Llama 3.1 reference code, as transformers' `_compute_llama3_parameters` applies them.
+    """
+    if scaling not in ROPE_SCALINGS:
+        raise ConfigError(
+            f"rope scaling {scaling!r} is unknown; lmforge knows {', '.join(ROPE_SCALINGS)}"
+        )
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if scaling == "linear":
+        return inv_freq / factor
+    if scaling == "llama3":
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen = original_max_len / low_freq_factor  # longer: divided by factor
+        high_wavelen = original_max_len / high_freq_factor  # shorter: kept
+        smooth = (original_max_len / wavelen - low_freq_factor) / (
+            high_freq_factor - low_freq_factor
+        )
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoFormer) in the rotate-half layout used by GPT-NeoX and Llama.
 
     Args:
         head_dim: D, must be even; pairs (i, i + D/2) are rotated together.
         max_seq_len: positions precomputed; a position at or past it is an error upstream.
+        scaling: a ROPE_SCALINGS rule and its arguments (see rotary_inv_freq), e.g.
+            {"scaling": "llama3", "factor": 8.0}; None for plain RoPE.
+
+    The tables hold no weights, so one module may serve every layer of a model.
     """
 
-    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
+    def __init__(
+        self, head_dim: int, max_seq_len: int, base: float = 10000.0, scaling: dict | None = None
+    ):
         super().__init__()
         if head_dim % 2:
             raise ConfigError(f"rotary positions need an even head_dim, got {head_dim}")
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        inv_freq = rotary_inv_freq(head_dim, base, **(scaling or {}))
         angles = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq  # (P, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (P, D)
         self.register_buffer("cos", angles.cos(), persistent=False)

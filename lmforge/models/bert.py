@@ -1,12 +1,11 @@
 """BERT-style encoders: token + segment + position embeddings, post-norm bidirectional blocks,
 a pooler; tasks that classify texts or predict masked tokens; the preprocessor that packs them.
 
-Hugging Face BERT folders load through HF_NAMES (their separate query/key/value weights are
-concatenated into our fused qkv). Module names are lmforge's own: rename one and update HF_NAMES
-in the same change.
+Hugging Face BERT folders load through HF_NAMES, which lmforge/interop/hf.py applies (their
+separate query/key/value weights are concatenated into our fused qkv). Module names are
+lmforge's own: rename one and update HF_NAMES in the same change.
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+from lmforge.errors import ConfigError
 from lmforge.layers.attention import attention_mask
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
@@ -540,6 +539,13 @@ PRESETS = {
 # is concatenated along dim 0 (query, key, value -> our fused qkv). Checkpoints saved from
 # BertModel lack the "bert." prefix; old ones name LayerNorm parameters gamma/beta.
 _LAYER = "bert.encoder.layer.{i}."  # their prefix of block i
+_MLM_HEAD = {
+    "head.dense.weight": "cls.predictions.transform.dense.weight",
+    "head.dense.bias": "cls.predictions.transform.dense.bias",
+    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "head.decoder.bias": "cls.predictions.bias",
+}
 
 HF_NAMES = {
     "bert": dict(
@@ -553,7 +559,8 @@ HF_NAMES = {
             "activation": "hidden_act",
             "layer_norm_eps": "layer_norm_eps",
             "num_segments": "type_vocab_size",
-            "dropout": "hidden_dropout_prob",  # attention_probs_dropout_prob is 0.1 too in BERT
+            # one dropout everywhere, as ours (attention_probs_dropout_prob is 0.1 too in BERT)
+            "dropout": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
         },
         activations={
             "gelu": "gelu",
@@ -576,6 +583,20 @@ HF_NAMES = {
         ),
         requires=dict(
             position_embedding_type="absolute", is_decoder=False, add_cross_attention=False
+        ),
+        fits="train the classifier with --extra-layers 0",
+        architecture="BertModel",
+        tasks={
+            "BertModel": "BertBackbone",
+            "BertForMaskedLM": "BertMaskedLM",
+            "BertForPreTraining": "BertMaskedLM",
+            "BertForSequenceClassification": "BertTextClassifier",
+        },
+        # BertForSequenceClassification reads the backbone's pooled output, nothing between
+        task_fixed=dict(extra_layers=0),
+        why=dict(
+            extra_layers="BertForSequenceClassification reads the pooled output of the backbone; "
+            "the classifier's extra encoder blocks have no place there"
         ),
         base_prefix="bert.",
         weights={
@@ -609,20 +630,25 @@ HF_NAMES = {
         },
         # optional: BertForMaskedLM is saved without a pooler
         optional=("backbone.pooler.weight", "backbone.pooler.bias"),
-        # per architecture: the task it loads as, and its head's weights
+        # per architecture: its head's weights (None: a weight it does not have)
         heads={
+            "BertForPreTraining": _MLM_HEAD,  # loads as BertMaskedLM; its NSP head is ignored
             "BertForSequenceClassification": {
                 "head.weight": "classifier.weight",
                 "head.bias": "classifier.bias",
             },
             "BertForMaskedLM": {
-                "head.dense.weight": "cls.predictions.transform.dense.weight",
-                "head.dense.bias": "cls.predictions.transform.dense.bias",
-                "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
-                "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
-                "head.decoder.bias": "cls.predictions.bias",
+                **_MLM_HEAD,
+                "backbone.pooler.weight": None,
+                "backbone.pooler.bias": None,
             },
         },
+        # the masked-LM decoder is the token embedding (transformers re-ties it)
+        tied={"head.decoder.weight": "backbone.embed.token.weight"},
+        # old checkpoints name LayerNorm parameters gamma/beta
+        renames={"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"},
+        token_ids={"pad_token_id": ("pad", 0)},
+        packs_tokens=True,  # a BERT tokenizer on the hub adds [CLS] a [SEP] itself
         # in their files but not ours: buffers, the tied decoder copy, next-sentence head
         ignored=(
             "bert.embeddings.position_ids",
@@ -633,179 +659,3 @@ HF_NAMES = {
         ),
     ),
 }
-
-
-def config_from_hf(hf_config: dict, where: str | Path = "config.json") -> BertConfig:
-    """BertConfig from a Hugging Face BERT config.json dict."""
-    table = HF_NAMES["bert"]
-    values = {**table["defaults"], **hf_config}
-    for key, supported in table["requires"].items():
-        if values.get(key, supported) != supported:
-            raise CheckpointError(
-                f"{where}: {key}={values[key]!r} is not supported; lmforge's bert family loads "
-                f"only {key}={supported!r}"
-            )
-    ours = {mine: values.get(theirs) for mine, theirs in table["config"].items()}
-    activation = table["activations"].get(ours["activation"])
-    if activation is None:
-        raise CheckpointError(
-            f"{where}: hidden_act={ours['activation']!r} is not supported; supported: "
-            f"{', '.join(table['activations'])}"
-        )
-    ours["activation"] = activation
-    try:
-        return BertConfig(**ours)
-    except (LmforgeError, TypeError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
-
-
-def from_hf_state_dict(
-    theirs: dict[str, Tensor], config: BertConfig, architecture: str, where: str | Path = ""
-) -> dict[str, Tensor]:
-    """Their weights -> ours through HF_NAMES (q, k, v concatenated; gamma/beta renamed), for
-    the backbone and the head of `architecture`; CheckpointError on missing or extra weights."""
-    table = HF_NAMES["bert"]
-    prefix = table["base_prefix"]
-    renamed = {}
-    for key, tensor in theirs.items():
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias"
-        )
-        if not key.startswith((prefix, "cls.", "classifier.")):
-            key = prefix + key  # saved from the bare BertModel
-        renamed[key] = tensor
-    names = {**table["weights"], **table["heads"].get(architecture, {})}
-    ours, missing, used = {}, [], set()
-    for mine, their in names.items():
-        for i in range(config.num_layers) if "{i}" in mine else range(1):
-            keys = [t.format(i=i) for t in (their if isinstance(their, tuple) else (their,))]
-            absent = [k for k in keys if k not in renamed]
-            if absent:
-                if mine not in table["optional"]:
-                    missing.append(absent[0])
-                continue
-            used.update(keys)
-            ours[mine.format(i=i)] = torch.cat([renamed[k] for k in keys], dim=0)
-    if missing:
-        raise CheckpointError(
-            f"{where}: the weights lack {missing[0]!r} ({len(missing)} missing in all); "
-            "they do not match config.json"
-        )
-    extra = sorted(k for k in renamed if k not in used and k not in table["ignored"])
-    if extra:
-        raise CheckpointError(
-            f"{where}: the weights hold {extra[0]!r} ({len(extra)} unexpected in all), which "
-            f"lmforge's {architecture} does not have"
-        )
-    return ours
-
-
-def _hf_architecture(model) -> str | None:
-    if isinstance(model, BertBackbone):
-        return "BertModel"
-    if isinstance(model, BertMaskedLM):
-        return "BertForMaskedLM"
-    if isinstance(model, BertTextClassifier) and not model.extra_layers:
-        return "BertForSequenceClassification"
-    return None
-
-
-def hf_export_problems(model) -> list[str]:
-    """Why `model` has no exact Hugging Face BERT form (empty when it exports)."""
-    if _hf_architecture(model) is not None:
-        return []
-    if isinstance(model, BertTextClassifier):
-        return [
-            f"extra_layers={model.extra_layers} (BertForSequenceClassification reads the pooled "
-            "output of the backbone; the classifier's extra encoder blocks have no place there)"
-        ]
-    return [f"a {type(model).__name__} has no Hugging Face BERT architecture"]
-
-
-def hf_config_from(model, tokenizer=None) -> dict:
-    """The Hugging Face config.json dict of a BERT backbone or task (see _hf_architecture)."""
-    table = HF_NAMES["bert"]
-    c = model.config
-    activations = {}
-    for theirs, ours in table["activations"].items():
-        activations.setdefault(ours, theirs)  # the first name listed is the canonical one
-    out = {"architectures": [_hf_architecture(model)], "model_type": "bert"}
-    for mine, theirs in table["config"].items():
-        value = getattr(c, mine)
-        out[theirs] = activations[value] if mine == "activation" else value
-    out["attention_probs_dropout_prob"] = c.dropout  # one dropout everywhere, as ours
-    out.update(table["requires"])
-    out["pad_token_id"] = getattr(tokenizer, "pad_id", None) or 0
-    if isinstance(model, BertTextClassifier):
-        out["id2label"] = dict(enumerate(model.labels))
-        out["label2id"] = {label: i for i, label in enumerate(model.labels)}
-    return out
-
-
-def to_hf_state_dict(model) -> dict[str, Tensor]:
-    """Our weights under their names through HF_NAMES (our qkv split into query, key, value).
-
-    The masked-LM decoder's weight is the token embedding (transformers re-ties it), so it is
-    left out, as is the pooler BertForMaskedLM does not have.
-    """
-    table = HF_NAMES["bert"]
-    architecture = _hf_architecture(model)
-    mine = model.state_dict()
-    if isinstance(model, BertBackbone):
-        mine = {f"backbone.{k}": v for k, v in mine.items()}
-    names = {**table["weights"], **table["heads"].get(architecture, {})}
-    theirs = {}
-    for key, their in names.items():
-        if architecture == "BertForMaskedLM" and key in table["optional"]:
-            continue
-        for i in range(model.config.num_layers) if "{i}" in key else range(1):
-            keys = [t.format(i=i) for t in (their if isinstance(their, tuple) else (their,))]
-            parts = mine[key.format(i=i)].detach().chunk(len(keys), dim=0)
-            theirs.update(zip(keys, parts))
-    if architecture == "BertModel":  # saved from the bare BertModel: no "bert." prefix
-        theirs = {k.removeprefix(table["base_prefix"]): v for k, v in theirs.items()}
-    return theirs
-
-
-def load_hf_folder(folder: str | Path) -> Backbone | Task:
-    """A Hugging Face BERT folder as our model: BertForSequenceClassification ->
-    BertTextClassifier, BertForMaskedLM / BertForPreTraining -> BertMaskedLM, anything else
-    (BertModel) -> BertBackbone.
-
-    Example:
-        backbone = load_hf_folder("hf/all-MiniLM-L6-v2")
-        hidden = backbone(torch.tensor([[101, 7592, 102]]))  # (1, 3, 384)
-    """
-    from lmforge.interop.hf import read_hf_weights
-
-    folder = Path(folder)
-    try:
-        hf_config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"{folder}/config.json is missing or not JSON") from None
-    config = config_from_hf(hf_config, folder / "config.json")
-    architecture = (hf_config.get("architectures") or ["BertModel"])[0]
-    if architecture == "BertForPreTraining":
-        architecture = "BertForMaskedLM"
-    state = from_hf_state_dict(read_hf_weights(folder), config, architecture, folder)
-    if architecture == "BertForSequenceClassification":
-        id2label = hf_config.get("id2label") or {}
-        labels = [id2label.get(str(i), str(i)) for i in range(len(state["head.bias"]))]
-        model = BertTextClassifier(config, len(labels), labels=labels)
-    elif architecture == "BertForMaskedLM":
-        model = BertMaskedLM(config)
-    else:
-        model = BertBackbone(config)
-        state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{folder}: the weights do not fit config.json ({first})") from None
-    missing = [k for k in missing if not k.endswith(HF_NAMES["bert"]["optional"])]
-    missing = [k for k in missing if k not in ("head.decoder.weight",)]  # tied to the embedding
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder}: weights missing {missing[:2]}, unexpected {unexpected[:2]}"
-        )
-    return model

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import KVCache, SlotBatch, SlotKVCache
+from lmforge.layers.attention import (
+    KVCache,
+    KVState,
+    SlotBatch,
+    SlotKVCache,
+    slot_cache_bytes,
+    slot_caches,
+)
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
@@ -168,40 +175,6 @@ class GPTBackbone(Backbone):
         return self.final_norm(x) if self.final_norm is not None else x
 
 
-# ---------------------------------------------------------------- decoding state
-
-
-class GPTState:
-    """What a GPT carries between decoding steps: one KVCache per block, and the (B, S) padding
-    mask of every cached position once some input was padded (None while none was)."""
-
-    def __init__(self, caches: list[KVCache]):
-        self.caches = caches
-        self.padding_mask: Tensor | None = None
-
-    def extend_mask(self, padding_mask: Tensor | None, token_ids: Tensor) -> Tensor | None:
-        """Append the new tokens' (B, t) mask (None = all real); return the (B, S) mask or None."""
-        if padding_mask is not None and self.padding_mask is None and bool(padding_mask.all()):
-            padding_mask = None  # nothing padded: keep the faster unmasked attention
-        if padding_mask is None and self.padding_mask is None:
-            return None
-        if self.padding_mask is None:  # the first padded input: everything cached was real
-            B, S = token_ids.shape[0], self.caches[0].length
-            self.padding_mask = torch.ones(B, S, dtype=torch.bool, device=token_ids.device)
-        if padding_mask is None:
-            padding_mask = torch.ones_like(token_ids, dtype=torch.bool)
-        self.padding_mask = torch.cat([self.padding_mask, padding_mask.to(torch.bool)], dim=1)
-        return self.padding_mask
-
-    def reorder(self, rows: Tensor) -> "GPTState":
-        """Keep (and repeat) batch rows: row i of the result is old row rows[i]."""
-        for cache in self.caches:
-            cache.reorder(rows)
-        if self.padding_mask is not None:
-            self.padding_mask = self.padding_mask.index_select(0, rows)
-        return self
-
-
 # ---------------------------------------------------------------- tasks
 
 
@@ -243,13 +216,13 @@ class GPTCausalLM(CausalLM):
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> GPTState:
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> KVState:
         """One empty KVCache of max_seq_len positions per block (allocated on the first step)."""
-        return GPTState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
+        return KVState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
 
     def step(
-        self, token_ids: Tensor, state: GPTState, padding_mask: Tensor | None = None
-    ) -> tuple[Tensor, GPTState]:
+        self, token_ids: Tensor, state: KVState, padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVState]:
         """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place.
 
         Args:
@@ -259,7 +232,7 @@ class GPTCausalLM(CausalLM):
         mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
         return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
 
-    def reorder_state(self, state: GPTState, rows: Tensor) -> GPTState:
+    def reorder_state(self, state: KVState, rows: Tensor) -> KVState:
         """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
         return state.reorder(rows)
 
@@ -270,20 +243,15 @@ class GPTCausalLM(CausalLM):
 
     def slot_bytes(self, slots: int, max_len: int) -> int:
         """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
-        c, attn = self.config, self.backbone.blocks[0].attn
-        itemsize = self.head.weight.element_size()
-        return 2 * c.num_layers * slots * attn.num_heads * max_len * attn.head_dim * itemsize
+        itemsize = self.backbone.embed.token.weight.element_size()
+        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
 
     def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
-        """One SlotKVCache of (slots, H, max_len, D) per block, in the weights' dtype."""
-        weight = self.head.weight
-        attn = self.backbone.blocks[0].attn
-        return [
-            SlotKVCache(
-                slots, attn.num_heads, max_len, attn.head_dim, weight.dtype, device or weight.device
-            )
-            for _ in self.backbone.blocks
-        ]
+        """One SlotKVCache of (slots, H, max_len, D) per block, in the embedding's dtype (not
+        the head's: int8 once quantized)."""
+        weight = self.backbone.embed.token.weight
+        attns = [b.attn for b in self.backbone.blocks]
+        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
 
     def step_slots(
         self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]
@@ -458,6 +426,8 @@ PRESETS = {
 
 # ---------------------------------------------------------------- Hugging Face names
 
+_NEOX = "gpt_neox.layers.{i}."  # a GPT-NeoX block's weights
+
 # Keyed by the Hugging Face `model_type`. "{i}" stands for the block index. Checkpoints saved from
 # GPT2Model (the hub's gpt2 weights) lack the "transformer." prefix; tied checkpoints may lack
 # "lm_head.weight"; the "attn.bias" / "attn.masked_bias" buffers of old checkpoints are unused.
@@ -488,8 +458,7 @@ HF_NAMES = {
         # What GPT-2's layout needs instead, per switch: one refusal lists every reason.
         why=dict(
             norm_first="GPT-2's blocks are pre-norm",
-            position="GPT-2 adds a learned position table (rotary decoders will export to a "
-            "modern-decoder, Llama-style layout: a later issue)",
+            position="GPT-2 adds a learned position table (rotary models export as gpt_neox)",
             tie_embeddings="GPT-2's LM head is the token embedding, with no bias",
             head_dim="GPT-2's heads split embed_dim (head_dim=None)",
         ),
@@ -512,7 +481,9 @@ HF_NAMES = {
             add_cross_attention=False,
             tie_word_embeddings=True,
         ),
+        fits="train one with GPT-2's switches (e.g. --preset gpt-baby)",
         architecture="GPT2LMHeadModel",
+        tasks={"GPT2LMHeadModel": "GPTCausalLM"},
         base_prefix="transformer.",  # missing in checkpoints saved from GPT2Model
         weights={
             "backbone.embed.token.weight": "transformer.wte.weight",
@@ -540,5 +511,85 @@ HF_NAMES = {
             "backbone.blocks.{i}.ffn.up.weight",
             "backbone.blocks.{i}.ffn.down.weight",
         ),
+        tied={"head.weight": "backbone.embed.token.weight"},
+        ignored=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers; we build our own
+        token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
+        written=dict(dtype="float32"),
+    ),
+    # lmforge's rotary GPTs (gpt-shakespeare) leave as GPT-NeoX: pre-norm with sequential
+    # residuals, rotate-half RoPE on whole heads; a model without biases exports zero ones.
+    "gpt_neox": dict(
+        config={
+            "vocab_size": "vocab_size",
+            "max_seq_len": "max_position_embeddings",
+            "embed_dim": "hidden_size",
+            "num_heads": "num_attention_heads",
+            "num_layers": "num_hidden_layers",
+            "ffn_dim": "intermediate_size",
+            "activation": "hidden_act",
+            "layer_norm_eps": "layer_norm_eps",
+            "tie_embeddings": "tie_word_embeddings",
+            "dropout": ("hidden_dropout", "attention_dropout"),
+        },
+        activations={
+            "gelu": "gelu",
+            "gelu_new": "gelu_tanh",
+            "gelu_pytorch_tanh": "gelu_tanh",
+            "relu": "relu",
+        },
+        rope=True,
+        fixed=dict(norm_first=True, position="rotary", use_bias=True),
+        exports_too=dict(use_bias=False),
+        why=dict(
+            norm_first="GPT-NeoX's blocks are pre-norm",
+            position="GPT-NeoX rotates q and k (learned positions export as gpt2)",
+            use_bias="GPT-NeoX has biases",
+            head_dim="GPT-NeoX's heads split hidden_size (head_dim=None)",
+        ),
+        # GPTNeoXConfig's defaults, for a config.json that leaves a field out
+        defaults=dict(
+            vocab_size=50432,
+            max_position_embeddings=2048,
+            hidden_size=6144,
+            num_attention_heads=64,
+            num_hidden_layers=44,
+            intermediate_size=24576,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            hidden_dropout=0.0,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+        ),
+        requires=dict(use_parallel_residual=False, attention_bias=True),
+        fits="train a pre-norm rotary gpt (e.g. --preset gpt-shakespeare)",
+        architecture="GPTNeoXForCausalLM",
+        tasks={"GPTNeoXForCausalLM": "GPTCausalLM"},
+        base_prefix="gpt_neox.",
+        weights={
+            "backbone.embed.token.weight": "gpt_neox.embed_in.weight",
+            "backbone.blocks.{i}.attn_norm.weight": "gpt_neox.layers.{i}.input_layernorm.weight",
+            "backbone.blocks.{i}.attn_norm.bias": "gpt_neox.layers.{i}.input_layernorm.bias",
+            "backbone.blocks.{i}.attn.qkv.weight": _NEOX + "attention.query_key_value.weight",
+            "backbone.blocks.{i}.attn.qkv.bias": _NEOX + "attention.query_key_value.bias",
+            "backbone.blocks.{i}.attn.out.weight": _NEOX + "attention.dense.weight",
+            "backbone.blocks.{i}.attn.out.bias": _NEOX + "attention.dense.bias",
+            "backbone.blocks.{i}.ffn_norm.weight": _NEOX + "post_attention_layernorm.weight",
+            "backbone.blocks.{i}.ffn_norm.bias": _NEOX + "post_attention_layernorm.bias",
+            "backbone.blocks.{i}.ffn.up.weight": _NEOX + "mlp.dense_h_to_4h.weight",
+            "backbone.blocks.{i}.ffn.up.bias": _NEOX + "mlp.dense_h_to_4h.bias",
+            "backbone.blocks.{i}.ffn.down.weight": _NEOX + "mlp.dense_4h_to_h.weight",
+            "backbone.blocks.{i}.ffn.down.bias": _NEOX + "mlp.dense_4h_to_h.bias",
+            "backbone.final_norm.weight": "gpt_neox.final_layer_norm.weight",
+            "backbone.final_norm.bias": "gpt_neox.final_layer_norm.bias",
+            "head.weight": "lm_head.weight",
+        },
+        per_head=("backbone.blocks.{i}.attn.qkv.weight", "backbone.blocks.{i}.attn.qkv.bias"),
+        optional=("head.bias",),  # their head has none: ours stays zero
+        tied={"head.weight": "backbone.embed.token.weight"},
+        renames={"embed_out.": "lm_head."},  # the head's name before transformers 4.50
+        ignored=(".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"),
+        token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
+        written=dict(dtype="float32", rotary_pct=1.0, rotary_emb_base=10000),
     ),
 }

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from lmforge.errors import LmforgeError
 from lmforge.generation.engine import SamplingParams, TokenLogprob
-from lmforge.generation.generate import _prompt_ids, _text_options
+from lmforge.generation.text import encode_prompt, text_options
 from lmforge.tokenizers.chat import ChatTemplate, messages_to_ids
 
 MAX_N = 4
@@ -149,7 +149,7 @@ def parse_completion(body, tokenizer, limits: Limits) -> GenerationRequest:
     prompts, lengths = [], []
     for p in prompt:
         if isinstance(p, str):
-            prompts.append(_encode(lambda p=p: _prompt_ids(tokenizer, p), "prompt"))
+            prompts.append(_encode(lambda p=p: encode_prompt(tokenizer, p), "prompt"))
             lengths.append(len(p))
         elif _is_ids(p) and p:
             if not all(0 <= t < tokenizer.vocab_size for t in p):
@@ -238,7 +238,7 @@ def _request(body, tokenizer, limits, prompts, chat, logprobs, template_stop) ->
         presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
         stop=[*_stop(body), *template_stop],
-        stop_token_ids=tuple(_text_options(tokenizer, None, {})[1]),
+        stop_token_ids=tuple(text_options(tokenizer, None, {})[1]),
         logprobs=logprobs,
     )
     param = (

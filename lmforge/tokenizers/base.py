@@ -1,167 +1,28 @@
-"""The Tokenizer interface (encode, decode, vocab_size, special ids, save); load and train.
+"""load_tokenizer and train_tokenizer: pick the kind module by name or by the files found.
 
-Kind modules import this one, never the reverse: `load_tokenizer` and `train_tokenizer` import
-them inside the function, so `import lmforge.tokenizers.char` never pulls in `tokenizers`.
+The interface itself lives in interface.py (re-exported here); kind modules import that one, and
+this module imports them inside the functions, so `import lmforge.tokenizers.char` never pulls in
+`tokenizers`.
 """
 
 import inspect
 import json
-import os
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lmforge.errors import ConfigError, DataError
-
-TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "unigram")
-
-CONFIG_FILE = "lmforge_tokenizer.json"
-HF_TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_ROLES = ("pad", "unk", "bos", "eos", "mask")
-
-# Token strings that mark each role in tokenizers we did not train, first match wins. GPT-2 has
-# only <|endoftext|>, which then serves as pad, bos and eos at once.
-SPECIAL_CANDIDATES = {
-    "pad": ("[PAD]", "<pad>", "<|endoftext|>"),
-    "unk": ("[UNK]", "<unk>"),
-    "bos": ("[CLS]", "[START]", "<s>", "[BOS]", "<|endoftext|>"),
-    "eos": ("[SEP]", "[END]", "</s>", "[EOS]", "<|endoftext|>"),
-    "mask": ("[MASK]", "<mask>"),
-}
-
-
-def detect_special_tokens(token_to_id: Callable[[str], int | None]) -> dict[str, str | None]:
-    """Role -> token string ("pad" -> "[PAD]") for the first candidate the vocabulary holds."""
-    found = {}
-    for role, candidates in SPECIAL_CANDIDATES.items():
-        found[role] = next((t for t in candidates if token_to_id(t) is not None), None)
-    return found
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, so a crash leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class Tokenizer(ABC):
-    """Text <-> integer ids. Subclasses set `kind` and call `_set_special_tokens` once built.
-
-    Special ids (`pad_id`, `unk_id`, `bos_id`, `eos_id`, `mask_id`) are ints, or None where the
-    tokenizer has no such token. Encoding never adds special tokens; packers do that.
-    """
-
-    kind: str = ""
-    pad_token: str | None = None
-    unk_token: str | None = None
-    bos_token: str | None = None
-    eos_token: str | None = None
-    mask_token: str | None = None
-    pad_id: int | None = None
-    unk_id: int | None = None
-    bos_id: int | None = None
-    eos_id: int | None = None
-    mask_id: int | None = None
-
-    # ---- what each kind implements
-
-    @abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Ids of `text`, without special tokens."""
-
-    @abstractmethod
-    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        """Text of ids already checked to be in the vocabulary."""
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Number of ids, special tokens included."""
-
-    @abstractmethod
-    def token_to_id(self, token: str) -> int | None:
-        """Id of one vocabulary entry, or None when it is not in the vocabulary."""
-
-    @abstractmethod
-    def id_to_token(self, i: int) -> str | None:
-        """Vocabulary entry of one id, or None when the id is out of range."""
-
-    @abstractmethod
-    def _kind_state(self, directory: Path) -> dict[str, Any]:
-        """Kind-specific fields of lmforge_tokenizer.json; may write more files to directory."""
-
-    # ---- shared behaviour
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of each text, in order."""
-        return [self.encode(text) for text in texts]
-
-    def encode_array(self, text: str) -> np.ndarray:
-        """Ids of `text` as a 1-D int64 array."""
-        return np.asarray(self.encode(text), dtype=np.int64)
-
-    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
-        """Text of `ids` (a list, 1-D array or tensor of ints); special tokens kept by default."""
-        ids = _as_id_list(ids)
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if i < 0 or self.id_to_token(i) is None)
-            raise DataError(
-                f"token id {bad} is not in this {self.kind} tokenizer's vocabulary of "
-                f"{self.vocab_size}; decode ids made with this tokenizer (or a model of that "
-                "vocab_size)"
-            )
-        return self._decode(ids, skip_special_tokens)
-
-    def special_ids(self) -> set[int]:
-        """Ids of the special tokens (pad, unk, bos, eos, mask and any reserved ones)."""
-        return {
-            i
-            for i in (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)
-            if i is not None
-        }
-
-    def special_tokens(self) -> dict[str, str | None]:
-        """Role -> token string, e.g. {"pad": "[PAD]", "unk": "[UNK]", "bos": None, ...}."""
-        return {role: getattr(self, f"{role}_token") for role in SPECIAL_ROLES}
-
-    def save(self, directory: str | Path) -> None:
-        """Write lmforge_tokenizer.json (and tokenizer.json for library kinds) into directory."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {"kind": self.kind}
-        state.update({f"{role}_token": token for role, token in self.special_tokens().items()})
-        state.update(self._kind_state(directory))
-        write_atomic(directory / CONFIG_FILE, json.dumps(state, ensure_ascii=False, indent=1))
-
-    def _set_special_tokens(self, tokens: dict[str, str | None]) -> None:
-        """Set `<role>_token` and `<role>_id` for every role; a token must be in the vocabulary."""
-        for role in SPECIAL_ROLES:
-            token = tokens.get(role)
-            i = None if token is None else self.token_to_id(token)
-            if token is not None and i is None:
-                raise DataError(
-                    f"{role} token {token!r} is not in the {self.kind} tokenizer's vocabulary; "
-                    "fix lmforge_tokenizer.json or retrain the tokenizer"
-                )
-            setattr(self, f"{role}_token", token)
-            setattr(self, f"{role}_id", i)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
-
-
-def _as_id_list(ids: Any) -> list[int]:
-    """A list of Python ints from a list, tuple, 1-D numpy array or torch tensor."""
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if isinstance(ids, int):
-        return [ids]
-    return [int(i) for i in ids]
-
+from lmforge.tokenizers.interface import (  # noqa: F401  (the interface's old import path)
+    CONFIG_FILE,
+    HF_TOKENIZER_FILE,
+    SPECIAL_CANDIDATES,
+    SPECIAL_ROLES,
+    TOKENIZER_KINDS,
+    Tokenizer,
+    _as_id_list,
+    detect_special_tokens,
+    write_atomic,
+)
 
 # ---- loading
 
@@ -189,8 +50,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             return subword.load_bert_vocab(path)
         if path.name in ("vocab.json", "merges.txt"):
             return _load_folder(path.parent)
+        if path.name == HF_TOKENIZER_FILE:  # a model folder's: its metadata files sit beside
+            return _with_hf_metadata(load_tokenizer_json(path), path.parent)
         if path.suffix == ".json":
-            return subword.load_tokenizer_json(path)
+            return load_tokenizer_json(path)
         raise DataError(
             f"{path}: not a tokenizer file; pass a folder, a tokenizer.json or a vocab.txt"
         )
@@ -203,15 +66,58 @@ def _load_folder(folder: Path) -> Tokenizer:
     if (folder / CONFIG_FILE).is_file():
         return _load_saved(folder)
     if (folder / HF_TOKENIZER_FILE).is_file():
-        return subword.load_tokenizer_json(folder / HF_TOKENIZER_FILE)
+        return _with_hf_metadata(load_tokenizer_json(folder / HF_TOKENIZER_FILE), folder)
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return subword.load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        tok = subword.load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        return _with_hf_metadata(tok, folder)
     if (folder / "vocab.txt").is_file():
         return subword.load_bert_vocab(folder / "vocab.txt")
     raise DataError(
         f"{folder}: found none of {CONFIG_FILE}, {HF_TOKENIZER_FILE}, vocab.json + merges.txt, "
         "vocab.txt; pass a folder saved by lmforge or a Hugging Face model folder"
     )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} when it is absent; DataError when it is not valid JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); download or export it again") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _with_hf_metadata(tok: Tokenizer, folder: Path) -> Tokenizer:
+    """A Hugging Face folder's tokenizer with what tokenizer_config.json says (special tokens,
+    add_bos_token, chat_template) and generation_config.json's eos ids (one or a list)."""
+    config = _read_json(folder / "tokenizer_config.json")
+    special = tok.special_tokens()
+    for role in SPECIAL_ROLES:  # a token it names; null or absent: the detected one stays
+        token = config.get(f"{role}_token")  # (GPT-2's null pad: <|endoftext|> pads, as ever)
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and tok.token_to_id(token) is not None:
+            special[role] = token
+    tok._set_special_tokens(special)
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the "default" one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").is_file():  # transformers >= 4.51
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    eos = _read_json(folder / "generation_config.json").get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
+    if tok.eos_id is None and eos and tok.id_to_token(eos[0]) is not None:
+        tok._set_special_tokens({**tok.special_tokens(), "eos": tok.id_to_token(eos[0])})
+    tok.set_metadata(
+        {
+            "add_bos_token": config.get("add_bos_token", False) and tok.bos_id is not None,
+            "chat_template": template if isinstance(template, str) else None,
+            "extra_eos_ids": [i for i in eos if i != tok.eos_id],
+        }
+    )
+    return tok
 
 
 def _load_saved(folder: Path) -> Tokenizer:
@@ -226,20 +132,37 @@ def _load_saved(folder: Path) -> Tokenizer:
     if kind == "char":
         from lmforge.tokenizers.char import CharTokenizer
 
-        return CharTokenizer.from_state(state)
+        tok = CharTokenizer.from_state(state)
+        tok.set_metadata(state)
+        return tok
     if kind not in TOKENIZER_KINDS:
         raise DataError(
             f"{folder / CONFIG_FILE}: unknown tokenizer kind {kind!r}; expected one of "
             f"{', '.join(TOKENIZER_KINDS)}"
         )
-    from lmforge.tokenizers import subword
 
     if not (folder / HF_TOKENIZER_FILE).is_file():
         raise DataError(
             f"{folder}: {CONFIG_FILE} says kind {kind!r} but {HF_TOKENIZER_FILE} is missing; "
             "save the tokenizer again"
         )
-    return subword.load_tokenizer_json(folder / HF_TOKENIZER_FILE, kind=kind, special=special)
+    tok = load_tokenizer_json(folder / HF_TOKENIZER_FILE, kind=kind, special=special)
+    tok.set_metadata(state)
+    return tok
+
+
+def load_tokenizer_json(
+    path: Path, kind: str | None = None, special: dict[str, str | None] | None = None
+) -> Tokenizer:
+    """A tokenizer.json file; kind comes from its model type when not given."""
+    from lmforge.tokenizers import subword
+
+    tok, kind = subword.read_tokenizer_json(path, kind)
+    if kind == "word":
+        from lmforge.tokenizers.word import WordTokenizer
+
+        return WordTokenizer(tok, special)
+    return subword.SubwordTokenizer(tok, kind, special)
 
 
 # ---- training

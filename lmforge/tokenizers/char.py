@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizers.base import Tokenizer
+from lmforge.tokenizers.interface import Tokenizer
 
 # surrogatepass keeps lone surrogates (which Python strings may hold) instead of failing on them
 _ERRORS = "surrogatepass"

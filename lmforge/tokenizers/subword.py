@@ -13,7 +13,8 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizers.base import (
+from lmforge.files import write_atomic
+from lmforge.tokenizers.interface import (
     HF_TOKENIZER_FILE,
     Tokenizer,
     detect_special_tokens,
@@ -78,9 +79,7 @@ class SubwordTokenizer(Tokenizer):
         return super().special_ids() | {i for i, t in added.items() if t.special}
 
     def _kind_state(self, directory: Path) -> dict[str, Any]:
-        tmp = directory / (HF_TOKENIZER_FILE + ".tmp")
-        self.tokenizer.save(str(tmp))
-        tmp.replace(directory / HF_TOKENIZER_FILE)
+        write_atomic(directory / HF_TOKENIZER_FILE, self.tokenizer.save)
         return {"tokenizer_file": HF_TOKENIZER_FILE}
 
 
@@ -190,10 +189,9 @@ def train_model(tok: tokenizers.Tokenizer, texts: Iterable[str], trainer: Any, k
 # ---- loading files written by Hugging Face (or by us)
 
 
-def load_tokenizer_json(
-    path: Path, kind: str | None = None, special: dict[str, str | None] | None = None
-) -> Tokenizer:
-    """A tokenizer.json file; kind comes from its model type when not given."""
+def read_tokenizer_json(path: Path, kind: str | None = None) -> tuple[tokenizers.Tokenizer, str]:
+    """A tokenizer.json file and its kind, from its model type when not given (base.py wraps it
+    in the kind's class)."""
     try:
         tok = tokenizers.Tokenizer.from_file(str(path))
     except Exception as e:  # the library raises a bare Exception on malformed files
@@ -206,11 +204,7 @@ def load_tokenizer_json(
                 "Unigram or WordLevel"
             )
         kind = _KIND_OF_MODEL[model]
-    if kind == "word":
-        from lmforge.tokenizers.word import WordTokenizer
-
-        return WordTokenizer(tok, special)
-    return SubwordTokenizer(tok, kind, special)
+    return tok, kind
 
 
 def load_gpt2_files(vocab_file: Path, merges_file: Path) -> SubwordTokenizer:

@@ -78,7 +78,17 @@ def _default_preset(folder: Path) -> str:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return "gpt2"
-    return config.get("preset") or {"bert": "bert-tiny"}.get(config.get("model_type"), "gpt2")
+    return config.get("preset") or _PRESET_OF_TYPE.get(config.get("model_type"), "gpt2")
+
+
+# A Hugging Face model_type -> the preset of its family whose fine-tuning recipe it starts with.
+_PRESET_OF_TYPE = {
+    "bert": "bert-tiny",
+    "llama": "smollm2-135m",
+    "mistral": "smollm2-135m",
+    "qwen2": "qwen2.5-0.5b",
+    "qwen3": "qwen3-0.6b",
+}
 
 
 def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> tuple[dict, dict]:

@@ -2,7 +2,6 @@
 causal LM (windows, epochs, documents, blocks) or for --task classify|mlm (packed documents,
 labels, masking), and the labelled split an evaluation reads."""
 
-import importlib
 import logging
 from pathlib import Path
 
@@ -73,9 +72,9 @@ def task_spec(cfg, family: str, data: PreparedData | None = None) -> dict | None
     Example:
         task_spec(cfg, "bert", data)  # {"kind": "classify", "num_classes": 2, ...}
     """
-    from lmforge.presets import FAMILIES
+    from lmforge.models import family_module
 
-    tasks = getattr(importlib.import_module(FAMILIES[family][0]), "TASKS", {})
+    tasks = getattr(family_module(family), "TASKS", {})
     kind = cfg.task or next(iter(tasks), "causal-lm")
     if kind != "causal-lm" and kind not in tasks:
         raise ConfigError(

@@ -127,6 +127,14 @@ def test_classify_then_eval_and_predict(reviews, tmp_path, capsys):
         ("negative", "terrible waste slow"),
     ]
 
+    # --config sets predict's options as it does every verb's; a flag typed wins over it
+    config = tmp_path / "predict.json"
+    config.write_text(json.dumps({"file": str(texts), "device": "bogus"}))
+    assert main(["predict", str(run), "--config", str(config), "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["predict", str(run), "--config", str(config)]) == 2
+    assert "bogus" in capsys.readouterr().err
+
 
 def test_a_labelled_folder_and_jsonl_train_a_classifier(tmp_path, capsys):
     rng = random.Random(1)

@@ -89,14 +89,33 @@ def test_convert_refuses_a_non_empty_out_and_unexportable_runs(folders, tmp_path
     # a char tokenizer exports now (#15): a tokenizer.json of one token per character
     assert main(["convert", str(char_run), "--to", "hf", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "tokenizer.json").is_file()
-    rotary = tmp_path / "rotary"
+    rotary = tmp_path / "rotary"  # post-norm: neither GPT-2 nor GPT-NeoX
     bpe = lmforge.load_tokenizer(run)
-    model = GPTCausalLM(GPTConfig(vocab_size=bpe.vocab_size, position="rotary"))
-    write_lmforge_folder(model, bpe, rotary)
+    config = GPTConfig(vocab_size=bpe.vocab_size, position="rotary", norm_first=False)
+    write_lmforge_folder(GPTCausalLM(config), bpe, rotary)
     assert "position='rotary'" in _error(
         capsys, ["convert", str(rotary), "--to", "hf", str(tmp_path / "b")]
     )
     assert not (tmp_path / "b").exists()
+
+
+def test_a_rotary_run_converts_to_gpt_neox(tmp_path):
+    """gpt-shakespeare's switches (pre-norm, rotary, tied, no biases) at a tiny size: the
+    exported folder loads in transformers with the same logits."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.models.gpt import PRESETS
+
+    tok = train_tokenizer("char", [TEXT])
+    switches = {**PRESETS["gpt-shakespeare"]["config"], "vocab_size": tok.vocab_size}
+    switches.update(embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64)
+    model = GPTCausalLM(GPTConfig(**switches)).eval()
+    write_lmforge_folder(model, tok, tmp_path / "run")
+    assert main(["convert", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")]) == 0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.model_type == "gpt_neox"
+    ids = torch.tensor([tok.encode(TEXT[:40])])
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)).abs().max().item() <= 1e-4
 
 
 def test_train_init_from_a_hugging_face_folder(folders, tmp_path, capsys):
@@ -142,8 +161,8 @@ def _damage(hf: Path, folder: Path, how: str) -> Path:
         (folder / "config.json").unlink()
     elif how == "no-weights":
         (folder / "model.safetensors").unlink()
-    elif how == "llama":
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    elif how == "gemma":
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gemma"}))
     elif how == "big-vocab":
         train_tokenizer("bpe", [TEXT, TEXT.upper()], vocab_size=400).tokenizer.save(
             str(folder / "tokenizer.json")
@@ -164,7 +183,11 @@ class _Payload:
     [
         ("no-config", "config.json"),
         ("no-weights", "no weights (model.safetensors or pytorch_model.bin)"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
+        (
+            "gemma",
+            "model_type 'gemma' is not supported; supported: gpt2, gpt_neox, llama, mistral, "
+            "qwen2, qwen3, bert",
+        ),
         ("big-vocab", "tokens but the model embeds only 300"),
         ("pickle", "needs full pickle loading"),
     ],

@@ -72,3 +72,11 @@ def test_unseen_characters_name_only_flags_eval_has(char_run, tmp_path, capsys):
     assert "--unknown-token" in err and "--tokenizer" not in err
     mapped = _json(capsys, ["eval", str(char_run), "--data", str(text), "--unknown-token", "?"])
     assert mapped["tokens"] > 0 and mapped["bits_per_char"] > 0
+
+
+def test_a_flag_typed_wins_over_the_config_file_even_at_its_default(char_run, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text("device: bogus\nbatch_size: 4\n")
+    typed = _json(capsys, ["eval", str(char_run), "--config", str(config), "--device", "auto"])
+    assert typed["tokens"] > 0
+    assert "bogus" in _error(capsys, ["eval", str(char_run), "--config", str(config)])

@@ -233,7 +233,7 @@ def test_a_budget_of_zero_or_less_is_refused(tiny_text, tmp_path, capsys, budget
 
 HOLD_LOCK = """
 import sys, time
-from lmforge.training.checkpoint import run_lock
+from lmforge.run_folder import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

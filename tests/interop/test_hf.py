@@ -209,8 +209,8 @@ def test_config_round_trip_and_refusals():
         to_hf_state_dict(GPTCausalLM(GPTConfig(position="rotary")))
     with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx"):
         config_from_hf({**hf, "scale_attn_by_inverse_layer_idx": True})
-    with pytest.raises(CheckpointError, match="model_type 'llama'.*gpt2"):
-        config_from_hf({**hf, "model_type": "llama"})
+    with pytest.raises(CheckpointError, match="model_type 'gemma'.*gpt2, gpt_neox, llama"):
+        config_from_hf({**hf, "model_type": "gemma"})
 
 
 # ---------------------------------------------------------------- names -> folders
@@ -304,7 +304,11 @@ def test_pickled_code_is_refused_and_never_run(hf_folder, tmp_path):
     [
         ("no_config", "config.json"),
         ("no_weights", "no weights"),
-        ("llama", "model_type 'llama' is not supported; supported: gpt2, bert"),
+        (
+            "gemma",
+            "model_type 'gemma' is not supported; supported: gpt2, gpt_neox, llama, mistral, "
+            "qwen2, qwen3, bert",
+        ),
         ("big_vocab", "embeds only 300"),
         ("missing_weight", "lack"),
     ],
@@ -317,8 +321,8 @@ def test_broken_folders_raise_one_line(hf_folder, tmp_path, damage, message):
         (folder / "config.json").unlink()
     elif damage == "no_weights":
         (folder / "model.safetensors").unlink()
-    elif damage == "llama":
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    elif damage == "gemma":
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gemma"}))
     elif damage == "big_vocab":
         (folder / "vocab.json").unlink()
         big = train_tokenizer("bpe", CORPUS * 5, vocab_size=400)
@@ -408,8 +412,9 @@ def test_bert_tasks_export_to_their_bert_classes(tmp_path, task):
 
 
 def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
-    """gpt-tiny-wine's post-norm block, untied biased head and wide heads all at once; rotary,
-    char-RNN and a classifier's extra layers each name their reason; nothing is written."""
+    """gpt-tiny-wine's post-norm block, untied biased head and wide heads all at once; post-norm
+    rotary, char-RNN and a classifier's extra layers each name their reason; nothing is
+    written."""
     from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
     from lmforge.models.gpt import PRESETS
 
@@ -423,7 +428,10 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
             GPTCausalLM(GPTConfig(**wine)),
             ["norm_first=False", "tie_embeddings=False", "head_dim=16"],
         ),
-        (GPTCausalLM(GPTConfig(**shakespeare)), ["position='rotary'", "modern-decoder"]),
+        (  # a rotary GPT exports as gpt_neox, but not a post-norm one
+            GPTCausalLM(GPTConfig(**{**shakespeare, "norm_first": False})),
+            ["norm_first=False", "position='rotary'", "gpt_neox"],
+        ),
         (CharRNNCausalLM(CharRNNConfig(vocab_size=char.vocab_size)), ["char_rnn", "architecture"]),
         (classifier, ["extra_layers=1"]),
     ]
@@ -434,3 +442,67 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
         assert "\n" not in message and "--to lmforge" in message
         assert all(reason in message for reason in reasons), message
         assert not (tmp_path / "out").exists()
+
+
+def test_model_types_come_from_the_families_tables():
+    from lmforge.interop import hf
+
+    llama = {t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3")}
+    assert hf.model_types() == {"gpt2": "gpt", "gpt_neox": "gpt", **llama, "bert": "bert"}
+    assert hf.MODEL_TYPES == hf.model_types()  # the old name still reads
+
+
+def test_a_new_table_is_all_a_family_needs(monkeypatch):
+    """A table with separate q/k/v of unequal sizes (as grouped-query attention stores them),
+    no transposes and an untied head round-trips through the one applier."""
+    from lmforge.interop import hf
+    from lmforge.models import gpt
+
+    layer = "model.layers.{i}."
+    weights = {
+        "backbone.embed.token.weight": "model.embed.weight",
+        "backbone.embed.position.weight": "model.pos.weight",
+        "backbone.blocks.{i}.attn_norm.weight": layer + "norm1.weight",
+        "backbone.blocks.{i}.attn_norm.bias": layer + "norm1.bias",
+        "backbone.blocks.{i}.attn.qkv.weight": tuple(layer + f"{n}.weight" for n in "qkv"),
+        "backbone.blocks.{i}.attn.qkv.bias": tuple(layer + f"{n}.bias" for n in "qkv"),
+        "backbone.blocks.{i}.attn.out.weight": layer + "o.weight",
+        "backbone.blocks.{i}.attn.out.bias": layer + "o.bias",
+        "backbone.blocks.{i}.ffn_norm.weight": layer + "norm2.weight",
+        "backbone.blocks.{i}.ffn_norm.bias": layer + "norm2.bias",
+        "backbone.blocks.{i}.ffn.up.weight": layer + "up.weight",
+        "backbone.blocks.{i}.ffn.up.bias": layer + "up.bias",
+        "backbone.blocks.{i}.ffn.down.weight": layer + "down.weight",
+        "backbone.blocks.{i}.ffn.down.bias": layer + "down.bias",
+        "backbone.final_norm.weight": "model.norm.weight",
+        "backbone.final_norm.bias": "model.norm.bias",
+        "head.weight": "lm_head.weight",
+        "head.bias": "lm_head.bias",
+    }
+    table = dict(
+        config={"embed_dim": "hidden_size", "num_heads": "heads", "num_layers": "layers"},
+        architecture="ToyForCausalLM",
+        base_prefix="model.",
+        weights=weights,
+        split={
+            "backbone.blocks.{i}.attn.qkv.weight": ("num_heads",) * 3,
+            "backbone.blocks.{i}.attn.qkv.bias": ("num_heads",) * 3,
+        },
+        tied={"head.weight": "backbone.embed.token.weight"},
+    )
+    monkeypatch.setitem(gpt.HF_NAMES, "toy", table)
+    hf.model_types.cache_clear()
+    monkeypatch.setattr(hf, "model_types", lambda: {"gpt2": "gpt", "toy": "gpt"})
+    model = GPTCausalLM(
+        GPTConfig(vocab_size=40, max_seq_len=8, embed_dim=16, num_heads=2, tie_embeddings=False)
+    )
+    theirs = to_hf_state_dict(model, "toy")
+    assert theirs["model.layers.1.k.weight"].shape == (16, 16)
+    assert torch.equal(theirs["model.layers.0.v.bias"], model.backbone.blocks[0].attn.qkv.bias[32:])
+    back = from_hf_state_dict(theirs, model.config, "toy")
+    assert back.keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(back[key], value), key
+    del theirs["model.layers.1.q.weight"]
+    with pytest.raises(CheckpointError, match="lack 'model.layers.1.q.weight'"):
+        from_hf_state_dict(theirs, model.config, "toy")

@@ -89,3 +89,48 @@ def test_cache_writes_in_place_and_refuses_overflow():
 def test_heads_must_divide_embed_dim():
     with pytest.raises(ConfigError, match="num_heads"):
         MultiHeadAttention(30, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_kv_heads=2), dict(num_kv_heads=1, sliding_window=3), dict(qk_norm_eps=1e-6)],
+)
+def test_grouped_windowed_and_normed_attention_capture_matches_sdpa(kwargs):
+    fast, slow = _pair(rotary=True, max_seq_len=16, **kwargs)
+    x = torch.randn(2, 7, 32)
+    torch.testing.assert_close(slow(x), fast(x), atol=1e-5, rtol=0)
+    window = kwargs.get("sliding_window")
+    if window:  # a query sees itself and the window - 1 keys before it
+        assert slow.last_probs.tril(diagonal=-window).abs().max() == 0
+    cache = KVCache(16)
+    parts = [fast(x[:, :4], cache=cache)] + [fast(x[:, t : t + 1], cache=cache) for t in (4, 5, 6)]
+    assert cache.k.shape[1] == kwargs.get("num_kv_heads", 4)
+    torch.testing.assert_close(torch.cat(parts, 1), fast(x), atol=1e-5, rtol=0)
+
+
+def test_query_heads_must_divide_into_key_value_groups():
+    with pytest.raises(ConfigError, match="num_heads=4 do not divide into num_kv_heads=3"):
+        MultiHeadAttention(32, 4, num_kv_heads=3)
+
+
+def test_cache_grows_by_doubling_up_to_max_len():
+    attn = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(1, 600, 32)
+    cache = KVCache(1000)
+    parts = [attn(x[:, :200], cache=cache)]
+    assert cache.k.shape[-2] == 256  # not 1000 positions for a short sequence
+    parts.append(attn(x[:, 200:300], cache=cache))  # past 256: twice as many
+    assert cache.k.shape[-2] == 512
+    parts.append(attn(x[:, 300:600], cache=cache))  # past 512: at most max_len
+    assert cache.k.shape[-2] == 1000 and cache.length == 600
+    torch.testing.assert_close(torch.cat(parts, 1), attn(x), atol=1e-5, rtol=0)
+
+
+def test_grouped_heads_without_enable_gqa_give_the_same_output(monkeypatch):
+    from lmforge.layers import attention
+
+    attn = MultiHeadAttention(32, 4, num_kv_heads=2, rotary=True, max_seq_len=16).eval()
+    x = torch.randn(2, 7, 32)
+    shared = attn(x)
+    monkeypatch.setattr(attention, "GQA_IN_SDPA", False)  # torch 2.4: heads repeated first
+    torch.testing.assert_close(attn(x), shared, atol=1e-6, rtol=0)

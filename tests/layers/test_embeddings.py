@@ -41,3 +41,8 @@ def test_rotary_keeps_norms_and_depends_on_relative_position_only():
     torch.testing.assert_close(rope(q, 5).norm(), q.norm())
     score = lambda i, j: (rope(q, i) * rope(k, j)).sum()  # noqa: E731
     torch.testing.assert_close(score(7, 3), score(14, 10))
+
+
+def test_unknown_rope_scaling_is_a_config_error():
+    with pytest.raises(ConfigError, match="rope scaling 'yarn' is unknown; lmforge knows none"):
+        RotaryEmbedding(8, 32, scaling={"scaling": "yarn"})

@@ -160,6 +160,18 @@ def test_hidden_states_match_transformers_bert_model(hf_config, tmp_path):
     assert (pooled - ref.pooler_output).abs().max() <= 1e-4
 
 
+def test_a_base_model_saved_under_a_head_we_lack_loads_as_the_backbone(hf_config, tmp_path):
+    import json
+
+    from transformers import BertModel
+
+    folder = _saved(BertModel(hf_config), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForQuestionAnswering"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert isinstance(lmforge.from_preset(folder), BertBackbone)
+
+
 def test_classifier_and_masked_lm_logits_match_transformers(hf_config, tmp_path):
     from transformers import BertForMaskedLM, BertForSequenceClassification
 

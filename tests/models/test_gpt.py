@@ -2,6 +2,7 @@
 parity with transformers' GPT2LMHeadModel through HF_NAMES."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -248,3 +249,71 @@ def test_parity_with_transformers_gpt2():
     with torch.no_grad():
         expected = reference(ids).logits
     assert (model(ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_int8_weights_keep_a_float_kv_cache():
+    from lmforge.layers.quant import quantize_
+
+    model = tiny_gpt()
+    quantize_(model, "int8")
+    assert model.head.weight.dtype == torch.int8  # the head is int8 now; the cache must not be
+    caches = model.init_slots(2, 8)
+    assert caches[0].k.dtype == torch.float32 and len(caches) == 2
+    assert model.slot_bytes(2, 8) == 2 * 2 * 2 * 4 * 8 * 8 * 4  # k+v, layers, slots, H, L, D, fp32
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        dict(),  # gpt-shakespeare's: tied, no biases, exact GELU
+        dict(tie_embeddings=False, activation="relu"),
+        dict(use_bias=True, activation="gelu_tanh"),
+    ],
+)
+def test_rotary_gpt_exports_as_gpt_neox_with_the_same_logits(tmp_path, switches):
+    transformers = pytest.importorskip("transformers")
+    import lmforge
+    from lmforge.interop.hf import write_hf_folder
+    from lmforge.tokenizers.base import train_tokenizer
+
+    tok = train_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz"])
+    config = {**TINY, "vocab_size": tok.vocab_size, "use_bias": False, **switches}
+    model = tiny_gpt(**config, position="rotary")
+    with torch.no_grad():  # non-trivial norms and biases: a misplaced one shows
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    write_hf_folder(model, tok, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert theirs.config.model_type == "gpt_neox"
+    ids = torch.randint(0, tok.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)).abs().max().item() <= 1e-4
+        assert (lmforge.load(tmp_path)(ids) - model(ids)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(use_parallel_residual=True), "use_parallel_residual=True is not supported"),
+        (dict(rotary_pct=0.25), "partial_rotary_factor is not supported"),
+        (dict(rotary_emb_base=500), "rope_theta=500"),
+    ],
+)
+def test_gpt_neox_folders_lmforge_cannot_run_exactly_are_refused(tmp_path, change, message):
+    transformers = pytest.importorskip("transformers")
+    import lmforge
+    from lmforge.errors import CheckpointError
+
+    config = transformers.GPTNeoXConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, use_parallel_residual=False, rotary_pct=1.0,
+    )  # fmt: skip
+    transformers.GPTNeoXForCausalLM(config).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert lmforge.load(tmp_path).config.position == "rotary"  # as saved: it loads
+    written.pop("rope_parameters")  # the older spelling, which these changes use
+    (tmp_path / "config.json").write_text(json.dumps({**written, "rotary_pct": 1.0, **change}))
+    with pytest.raises(CheckpointError, match=message) as err:
+        lmforge.load(tmp_path)
+    assert "\n" not in str(err.value)

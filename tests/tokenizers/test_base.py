@@ -121,3 +121,67 @@ def test_importing_char_does_not_import_the_tokenizers_library():
     code = "import sys, lmforge.tokenizers.char; print('tokenizers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def llama_style_folder(folder, chat_template_file=False):
+    """A Hugging Face folder as Llama 3 / Qwen chat models ship it: a BPE tokenizer.json whose
+    special tokens the roles do not reveal, tokenizer_config.json naming them (one as a dict, as
+    transformers writes AddedToken), and generation_config.json with a list of eos ids."""
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|begin|>", "<|end|>", "<|eot|>", "<|pad|>"]
+    )
+    tok.train_from_iterator(TEXTS, trainer)
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    template = "{% for m in messages %}<|begin|>{{ m['content'] }}<|eot|>{% endfor %}"
+    config = {
+        "bos_token": "<|begin|>",
+        "eos_token": {"content": "<|end|>", "special": True},
+        "pad_token": "<|pad|>",
+        "unk_token": None,  # null: the detected token (none here) stays
+        "add_bos_token": True,
+    }
+    if chat_template_file:
+        (folder / "chat_template.jinja").write_text(template)
+    else:
+        config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ends = [tok.token_to_id("<|end|>"), tok.token_to_id("<|eot|>")]
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": ends}))
+    return tok, template
+
+
+@pytest.mark.parametrize("chat_template_file", [False, True])
+def test_hugging_face_tokenizer_metadata_is_read_and_kept(tmp_path, chat_template_file):
+    library, template = llama_style_folder(tmp_path / "hf", chat_template_file)
+    tok = load_tokenizer(tmp_path / "hf")
+    ids = {t: library.token_to_id(t) for t in ("<|begin|>", "<|end|>", "<|eot|>", "<|pad|>")}
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (
+        ids["<|begin|>"],
+        ids["<|end|>"],
+        ids["<|pad|>"],
+    )
+    assert tok.add_bos_token and tok.chat_template == template
+    assert tok.eos_ids == (ids["<|end|>"], ids["<|eot|>"])
+    tok.save(tmp_path / "run" / "tokenizer")  # a fine-tuned run keeps them
+    again = load_tokenizer(tmp_path / "run" / "tokenizer")
+    assert again.special_tokens() == tok.special_tokens()
+    assert again.metadata() == tok.metadata()
+
+
+def test_a_folder_without_metadata_keeps_the_defaults(tmp_path):
+    tok = train_tokenizer("bpe", TEXTS, vocab_size=300)
+    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path)
+    assert not loaded.add_bos_token and loaded.chat_template is None
+    assert loaded.eos_ids == (tok.eos_id,)
+
+
+def test_an_eos_id_outside_the_vocabulary_is_refused(tmp_path):
+    llama_style_folder(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").write_text('{"eos_token_id": [1, 99999]}')
+    with pytest.raises(DataError, match="eos id 99999 is outside") as err:
+        load_tokenizer(tmp_path / "hf")
+    assert "\n" not in str(err.value)

@@ -10,6 +10,7 @@ import sys
 import time
 import types
 
+import pytest
 from safetensors.torch import load_file
 
 from lmforge.cli.main import main
@@ -180,8 +181,22 @@ def test_a_dead_rank_makes_the_other_exit_with_an_error(tiny_text, tmp_path):
     assert time.time() - t0 < 90
 
 
-def test_fsdp_equals_one_process_and_resumes_under_ddp(tiny_text, tmp_path):
-    common = ["--data", str(tiny_text), *TINY, "--global-batch-size", "8", "--schedule", "constant"]
+# the Llama-style family at the same size: grouped-query attention, one rotary table for all blocks
+LLAMA = [*TINY, "--preset", "llama-shakespeare", "--num-layers", "2", "--num-kv-heads", "1"]
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_fsdp_equals_one_process_and_resumes_under_ddp(tiny_text, tmp_path, family):
+    shape = TINY if family == "gpt" else LLAMA
+    common = [
+        "--data",
+        str(tiny_text),
+        *shape,
+        "--global-batch-size",
+        "8",
+        "--schedule",
+        "constant",
+    ]
     fsdp = _torchrun(
         2, [*common, "--strategy", "fsdp", "--max-steps", "4", "--out", str(tmp_path / "fsdp")]
     )

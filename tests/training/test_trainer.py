@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 import lmforge
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.training import trainer
-from lmforge.training.checkpoint import list_checkpoints
+from lmforge.run_folder import list_checkpoints
+from lmforge.training import loop, trainer
 
 TINY = dict(
     preset="gpt-baby",
@@ -126,7 +126,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_text, tmp_path, monk
         kw["loss_fn"] = lambda batch: task.loss(batch) * float("nan")
         return real_loss(task, batches, optimizer, **kw)
 
-    monkeypatch.setattr(trainer, "train_step", poisoned)
+    monkeypatch.setattr(loop, "train_step", poisoned)
     with pytest.raises(trainer.TrainingDiverged, match="step 11.*step-00000010"):
         _run(tiny_text, tmp_path / "run", max_steps=20, resume=True)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == good
@@ -237,8 +237,8 @@ def test_compile_failure_falls_back_with_the_same_step_options(tiny_text, tmp_pa
         calls.append({k: v for k, v in kw.items() if k != "loss_fn"})
         return real(task, batches, optimizer, **kw)
 
-    monkeypatch.setattr(trainer, "_compiled", broken)
-    monkeypatch.setattr(trainer, "train_step", spy)
+    monkeypatch.setattr(loop, "_compiled", broken)
+    monkeypatch.setattr(loop, "train_step", spy)
     assert _run(tiny_text, tmp_path / "run", max_steps=2, grad_accum=2, compile=True)["steps"] == 2
     assert len(calls) == 3 and calls[0] == calls[1] == calls[2] and "no_sync" in calls[0]
 
@@ -364,7 +364,7 @@ def _spoiled_after(step: int, monkeypatch):
                     p.add_(torch.randn_like(p) * 0.2)
         return loss
 
-    monkeypatch.setattr(trainer, "train_step", spoiling)
+    monkeypatch.setattr(loop, "train_step", spoiling)
 
 
 def test_a_budgeted_run_keeps_its_best_model(tiny_text, tmp_path, monkeypatch):

@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge import run_folder as ckpt
 from lmforge.errors import CheckpointError
+from lmforge.files import write_atomic
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
-from lmforge.training import checkpoint as ckpt
-from lmforge.training.checkpoint import LOCK, run_lock
+from lmforge.run_folder import LOCK, run_lock
 
 SAVE_TWICE = """
 import hashlib, sys
 from pathlib import Path
 import torch
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
-from lmforge.training.checkpoint import save_weights
+from lmforge.run_folder import save_weights
 torch.manual_seed(0)
 model = GPTCausalLM(GPTConfig(vocab_size=40, embed_dim=16, num_heads=2, num_layers=1, ffn_dim=32))
 for i in range(4):  # safetensors' hash maps may order differently even within one process
@@ -70,7 +71,7 @@ def test_sorted_header_still_loads_the_same_weights(tmp_path):
 def test_files_and_folders_get_the_umask_mode(tmp_path, mask, file_mode, dir_mode):
     old = os.umask(mask)
     try:
-        ckpt.atomic_write_text(tmp_path / "notes.json", "{}\n")
+        write_atomic(tmp_path / "notes.json", "{}\n")
         final = ckpt.save_checkpoint(tmp_path, _tiny_model(), {"step": 1})
     finally:
         os.umask(old)
