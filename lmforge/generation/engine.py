@@ -369,6 +369,14 @@ class Engine:
                 self.model.train()
         self._release_finished()
 
+    def pick_threads(self) -> None:
+        """Choose the thread counts of one stream and of batched steps now (a probe of a few
+        decode steps each) instead of at the first step that needs them: a server does it while
+        loading, so no request waits for the probe."""
+        if self.threads is None:
+            for rows in (1, min(self.slots, 8)):
+                self._auto_threads(rows)
+
     def _auto_threads(self, rows: int) -> int:
         if (rows > 1) not in self._auto:
             self._auto[rows > 1] = best_threads(self.model, rows)

@@ -128,6 +128,7 @@ class ServerState:
             loaded = load_run(self.run, self.device, self.unknown_token, self.quantize)
             loaded.require("causal-lm", "`lmforge serve`")
             engine = Engine(loaded.model, slots=self.slots, tokenizer=loaded.tokenizer)
+            engine.pick_threads()  # while /health says 503, not in the first requests' time
         except LmforgeError as e:  # /health says it; `lmforge serve` prints it and exits 2
             self.load_error = str(e)
             self.ready.set()

@@ -370,6 +370,27 @@ def test_best_threads_is_one_or_every_core_and_probed_once(monkeypatch):
         Engine(model, threads=0)
 
 
+def test_pick_threads_probes_before_the_first_step(monkeypatch):
+    """A server picks both thread counts while loading: no later step, alone or batched, probes
+    (and the tokens are those of decoding alone)."""
+    from lmforge.generation import engine as engine_module
+
+    model = tiny_gpt(seed=5)
+    engine = Engine(model, slots=3)
+    engine.pick_threads()
+    assert set(engine._auto) == {False, True}
+    monkeypatch.setattr(engine_module, "best_threads", lambda *a: pytest.fail("probed in a step"))
+    alone = engine.submit(PROMPTS[0], SamplingParams(4, temperature=0))
+    engine.run()
+    batch = [engine.submit(p, SamplingParams(4, temperature=0)) for p in PROMPTS[:3]]
+    engine.run()
+    assert alone.tokens == greedy_alone(model, PROMPTS[0], 4)
+    assert [h.tokens for h in batch] == [greedy_alone(model, p, 4) for p in PROMPTS[:3]]
+    fixed = Engine(model, slots=2, threads=1)
+    fixed.pick_threads()
+    assert fixed._auto == {}
+
+
 def test_int8_streams_batched_decode_as_they_do_alone():
     """Four rows run torch._int_mm (activations rounded per token), one row the packed kernel:
     a row's tokens do not depend on its neighbours, and its log-probabilities stay close."""
