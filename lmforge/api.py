@@ -282,6 +282,7 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
     """
     from lmforge.interop.hf import FORMATS, write_hf_folder
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
+    from lmforge.tokenizers.chat import saved_chat_template
 
     if to not in FORMATS:
         raise ConfigError(f"unknown format --to {to!r}; use one of {', '.join(FORMATS)}")
@@ -300,6 +301,8 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
         )
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model, folder)
+    template = saved_chat_template(tokenizer, folder)  # in tokenizer_config.json, for one
+    tokenizer.chat_template = template.source if template is not None else None
 
     def write(tmp: Path) -> None:
         if to == "hf":

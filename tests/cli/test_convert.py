@@ -281,3 +281,39 @@ def test_convert_refusal_lists_every_reason_on_one_line(tmp_path, capsys):
     assert "norm_first=False" in line and "tie_embeddings=False" in line and "--to lmforge" in line
     assert not (tmp_path / "hf").exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "run"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("name", ["chatml", "jinja"])
+def test_the_export_carries_the_runs_chat_template(folders, tmp_path, name):
+    transformers = pytest.importorskip("transformers")
+    from lmforge.api import load_tokenizer
+    from lmforge.tokenizers.chat import (
+        ChatTemplate,
+        load_chat_template,
+        messages_to_ids,
+        save_chat_template,
+    )
+
+    run = tmp_path / "run"
+    shutil.copytree(folders[0], run)
+    source = "{{ bos_token }}{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}"
+    save_chat_template(run, ChatTemplate(name, source if name == "jinja" else None))
+    assert main(["convert", str(run), "--to", "hf", str(tmp_path / "hf")]) == 0
+    ours = load_tokenizer(run)
+    template = load_chat_template(ours, run)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]
+    for add_generation_prompt in (True, False):
+        theirs = hf.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True
+        )
+        theirs = list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+        assert theirs == messages_to_ids(ours, messages, template, add_generation_prompt)
+    back = tmp_path / "back"  # and a run converted back from the export keeps it
+    assert main(["convert", str(tmp_path / "hf"), "--to", "lmforge", str(back)]) == 0
+    assert load_chat_template(load_tokenizer(back), back).source == template.source
+
+
+def test_a_run_without_a_template_exports_none(folders):
+    config = json.loads((folders[1] / "tokenizer_config.json").read_text())
+    assert "chat_template" not in config
