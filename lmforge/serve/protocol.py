@@ -159,7 +159,7 @@ def parse_completion(body, tokenizer, limits: Limits) -> GenerationRequest:
         else:
             raise _bad("prompt", "prompt must be a string, a list of strings or of token id lists")
     logprobs = _number(body, "logprobs", None, 0, MAX_COMPLETION_LOGPROBS, integer=True)
-    request = _request(body, tokenizer, limits, prompts, False, logprobs, [])
+    request = _request(body, tokenizer, limits, prompts, False, logprobs, None)
     request.echo_offsets = lengths
     return request
 
@@ -186,7 +186,7 @@ def parse_chat(body, tokenizer, template: ChatTemplate, limits: Limits) -> Gener
     if top is not None and not want_logprobs:
         raise _bad("top_logprobs", "top_logprobs needs logprobs: true")
     logprobs = (top or 0) if want_logprobs else None
-    return _request(body, tokenizer, limits, [ids], True, logprobs, template.stop)
+    return _request(body, tokenizer, limits, [ids], True, logprobs, template)
 
 
 def _object(body) -> dict:
@@ -208,7 +208,8 @@ def _encode(encode, param: str) -> list[int]:
         raise _bad(param, str(e)) from None
 
 
-def _request(body, tokenizer, limits, prompts, chat, logprobs, template_stop) -> GenerationRequest:
+def _request(body, tokenizer, limits, prompts, chat, logprobs, template) -> GenerationRequest:
+    """The request of a checked body; a chat reply also ends where `template` says."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("model", "model must be a string")
@@ -237,8 +238,11 @@ def _request(body, tokenizer, limits, prompts, chat, logprobs, template_stop) ->
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0, None, lo_open=True),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
-        stop=[*_stop(body), *template_stop],
-        stop_token_ids=tuple(text_options(tokenizer, None, {})[1]),
+        stop=[*_stop(body), *(template.stop if template else ())],
+        stop_token_ids=(
+            *text_options(tokenizer, None, {})[1],
+            *(template.stop_ids(tokenizer) if template else ()),
+        ),
         logprobs=logprobs,
     )
     param = (

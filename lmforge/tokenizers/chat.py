@@ -85,16 +85,11 @@ class ChatTemplate:
             raise DataError(f"the model's chat template failed: {e}") from None
 
     def stop_ids(self, tokenizer) -> tuple[int, ...]:
-        """The ids that end a reply: the tokenizer's end-of-text ids, and each stop string that is
-        one token of its vocabulary (ChatML's <|im_end|> where it is a special token: special
-        tokens stay out of the text, so the stop string alone would never be seen)."""
-        eos = getattr(tokenizer, "eos_id", None)
-        ids = list(getattr(tokenizer, "eos_ids", ()) or (() if eos is None else (eos,)))
-        for text in self.stop:
-            i = tokenizer.token_to_id(text) if hasattr(tokenizer, "token_to_id") else None
-            if i is not None and i not in ids:
-                ids.append(i)
-        return tuple(ids)
+        """The ids of the stop strings that are one token of the vocabulary (ChatML's <|im_end|>
+        where it is a special token: special tokens stay out of the text, so the string alone
+        would never be seen). A reply ends at these and at the tokenizer's end-of-text ids."""
+        ids = (tokenizer.token_to_id(text) for text in self.stop)
+        return tuple(i for i in ids if i is not None)
 
 
 def _compile(source: str):

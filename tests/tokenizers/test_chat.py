@@ -140,10 +140,11 @@ def test_a_template_stops_at_its_end_marker_token(tmp_path):
     pytest.importorskip("transformers")
     folder = hf_tokenizer_folder(tmp_path / "zephyr", "zephyr")
     tok = load_tokenizer(folder)
-    assert load_chat_template(tok, folder).stop_ids(tok) == (tok.token_to_id("</s>"),)
+    assert load_chat_template(tok, folder).stop_ids(tok) == ()  # </s> is the eos already
     im_end = ChatTemplate("chatml", stop=["<|im_end|>"])
     chatml = load_tokenizer(hf_tokenizer_folder(tmp_path / "chatml", "chatml"))
-    assert chatml.token_to_id("<|im_end|>") in im_end.stop_ids(chatml)
+    assert im_end.stop_ids(chatml) == (chatml.token_to_id("<|im_end|>"),)
+    assert im_end.stop_ids(train_tokenizer("bpe", ["<|im_end|> x"] * 5, vocab_size=270)) == ()
 
 
 def test_chatml_for_a_tokenizer_that_encodes_it(bpe):
