@@ -21,6 +21,7 @@ COMMANDS = {
     "prepare": "tokenize a corpus into memory-mapped token files",
     "train": "train a model",
     "sample": "generate text from a run",
+    "chat": "chat with a run in the terminal",
     "eval": "evaluate a run",
     "predict": "classify texts with a classifier run",
     "inspect": "next-token tables and attention maps for prompts",
