@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.cli import options
-from lmforge.cli.sample_cmd import SampleConfig
+from lmforge.cli.sample_cmd import SampleConfig, sampling_options
 from lmforge.errors import ConfigError, LmforgeError
 
 # sample's flags that a chat turn has no use for (the prompt is the conversation; one answer)
@@ -76,18 +76,11 @@ class ChatSession:
         from lmforge.tokenizers.chat import fit_messages
 
         kept, ids = fit_messages(self.tokenizer, messages, self.template, self.prompt_limit)
-        s = self.sample
         params = SamplingParams(
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            repetition_penalty=s.repetition_penalty,
-            no_repeat_ngram_size=s.no_repeat_ngram_size,
-            stop=[*(s.stop or ()), *self.template.stop],
+            max_new_tokens=self.sample.max_new_tokens,
+            **sampling_options(self.sample),
+            stop=[*(self.sample.stop or ()), *self.template.stop],
             stop_token_ids=self.stop_ids,
-            seed=s.seed,
         )
         return self.engine.submit(ids, params), kept, ids
 

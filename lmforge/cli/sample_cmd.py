@@ -56,6 +56,13 @@ class SampleConfig:
     )
 
 
+def sampling_options(cfg: SampleConfig) -> dict:
+    """How each token is drawn, as generate() and the Engine's SamplingParams name it (the
+    options `lmforge chat` shares with `sample`)."""
+    names = "temperature top_k top_p min_p repetition_penalty no_repeat_ngram_size seed".split()
+    return {name: getattr(cfg, name) for name in names}
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "sample",
@@ -79,14 +86,8 @@ def run(args) -> int:
     tok.encode(cfg.prompt)  # a prompt the tokenizer cannot encode fails before any output
     kw = dict(
         max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        min_p=cfg.min_p,
-        repetition_penalty=cfg.repetition_penalty,
-        seed=cfg.seed,
+        **sampling_options(cfg),
         stop=cfg.stop,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         num_beams=cfg.num_beams,
         length_penalty=cfg.length_penalty,
         early_stopping={"false": False, "true": True}.get(cfg.early_stopping, cfg.early_stopping),
