@@ -203,7 +203,9 @@ def command(line: str, messages: list[dict]) -> bool:
     elif name == "/reset":
         del messages[1 if has_system else 0 :]
         print("(history cleared; the system message stays)", file=sys.stderr)
-    elif name == "/save" and arg:
+    elif name == "/save" and not arg:
+        print("/save needs a file name: /save chat.json", file=sys.stderr)
+    elif name == "/save":
         text = json.dumps(messages, ensure_ascii=False, indent=1) + "\n"
         try:
             write_atomic(Path(arg).expanduser(), text)
