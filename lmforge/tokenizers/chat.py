@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.files import write_atomic
 
 CHATML_MESSAGE = "<|im_start|>{role}\n{content}<|im_end|>\n"
 CHATML_GENERATION = "<|im_start|>assistant\n"
@@ -131,3 +132,24 @@ def messages_to_ids(
     if not ids:
         raise ConfigError("the messages render to an empty prompt; give a message with content")
     return ids
+
+
+def save_chat_template(folder: str | Path, template: ChatTemplate) -> None:
+    """Record `template` in a tokenizer folder's tokenizer_config.json (replaced atomically): a
+    jinja template as its `chat_template`, which load_chat_template reads back; a default by its
+    name (`lmforge_chat_template`: "chatml" or "plain"), which the same tokenizer picks again.
+
+    Example:
+        save_chat_template("runs/assistant/tokenizer", load_chat_template(tok))
+    """
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as e:
+        raise DataError(f"{path}: unreadable ({e}); fix or remove it") from None
+    if template.name == "jinja":
+        config["chat_template"] = template.source
+    else:
+        config["lmforge_chat_template"] = template.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
