@@ -216,8 +216,9 @@ def to_conversations(
         raise DataError(f"{where} holds no records: give it at least one JSON object")
     fields = fields or {}
     fmt = detect_format(records[0], fields)
+    conversations = [to_messages(r, n, fmt, fields, where) for n, r in enumerate(records, 1)]
     log.info("sft: %s %s records in %s", f"{len(records):,}", fmt, where)
-    return [to_messages(r, number, fmt, fields, where) for number, r in enumerate(records, 1)]
+    return conversations
 
 
 def encode_conversations(
