@@ -51,8 +51,11 @@ def parse_field_map(spec: str | None) -> dict[str, str]:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSON list or a JSONL file (one object a line)."""
-    path = Path(path)
+    """The records of a JSON list or a JSONL file (one object a line), or of a dataset name
+    (`eli5`) that is one."""
+    from lmforge.data.datasets import DATASETS, resolve_dataset
+
+    path = resolve_dataset(str(path)) if str(path) in DATASETS else Path(path)
     if not path.is_file() or path.suffix not in (".json", ".jsonl"):
         raise DataError(
             f"--task sft reads a .json or .jsonl file of records, and {path} is not one: "
@@ -196,16 +199,26 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass
 class SFTRecords:
-    """Encoded conversations: ids and which tokens carry loss (`targets`), one array each."""
+    """Encoded conversations: ids and which tokens carry loss (`targets`), one array each, and
+    the number of the record each came from (0-based, in the file's order)."""
 
     ids: list[np.ndarray]
     targets: list[np.ndarray]
+    numbers: list[int] | None = None
+
+    def __post_init__(self):
+        if self.numbers is None:
+            self.numbers = list(range(len(self.ids)))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, index) -> "SFTRecords":
-        return SFTRecords([self.ids[i] for i in index], [self.targets[i] for i in index])
+        return SFTRecords(
+            [self.ids[i] for i in index],
+            [self.targets[i] for i in index],
+            [self.numbers[i] for i in index],
+        )
 
 
 def to_conversations(
@@ -246,8 +259,8 @@ def fit_to_block(records: SFTRecords, block_size: int, split: str = "train") -> 
     when all its loss-carrying tokens still fit, else it is dropped (as is one with nothing to
     learn: no assistant turn); one log line says how many."""
     room = block_size + 1
-    ids, targets, cut, dropped = [], [], 0, 0
-    for row, target in zip(records.ids, records.targets):
+    ids, targets, numbers, cut, dropped = [], [], [], 0, 0
+    for row, target, number in zip(records.ids, records.targets, records.numbers):
         if not target[1:].any():
             dropped += 1
             continue
@@ -259,6 +272,7 @@ def fit_to_block(records: SFTRecords, block_size: int, split: str = "train") -> 
             row, target, cut = row[-room:], target[-room:], cut + 1
         ids.append(row)
         targets.append(target)
+        numbers.append(number)
     if cut or dropped:
         log.info(
             "sft: %d of %d %s examples were longer than %d tokens or had no answer: %d cut from "
@@ -275,7 +289,7 @@ def fit_to_block(records: SFTRecords, block_size: int, split: str = "train") -> 
             f"every {split} example is longer than {room} tokens or has no assistant turn, and "
             "was dropped: raise --block-size"
         )
-    return SFTRecords(ids, targets)
+    return SFTRecords(ids, targets, numbers)
 
 
 def shifted(row: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

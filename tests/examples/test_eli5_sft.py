@@ -1,0 +1,32 @@
+"""examples/eli5_sft.py --quick: pretrain, instruction-tune on ELI5, score held-out answers."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "eli5_sft.py"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("eli5_sft", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_workflow_scores_held_out_answers_before_and_after(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    argv = [str(EXAMPLE), "--quick", "--threads", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    _example().main()
+    report = json.loads((out / "report.json").read_text())
+    assert report["eli5_held_out_records"] == 100
+    assert report["eli5_train_records"] + report["eli5_held_out_records"] == 1000
+    assert report["answer_perplexity_after"] < report["answer_perplexity_before"]
+    # the trainer's final evaluation scored the same held-out answers
+    assert abs(report["sft_val_perplexity"] / report["answer_perplexity_after"] - 1) < 1e-3
+    assert len(report["samples"]) == 3
+    assert all(isinstance(s["answer"], str) and s["question"] for s in report["samples"])
+    saved = json.loads((out / "sft" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert saved["lmforge_chat_template"] == "chatml"
