@@ -21,7 +21,7 @@ from lmforge import progress
 
 # GPT-2's switches from the gpt2 preset (pre-norm, tanh GELU, learned positions, tied
 # embeddings); a small size with a 256-token context, which holds most ELI5 question + answer.
-SMALL = dict(preset="gpt2", num_layers=4, embed_dim=192, num_heads=4, ffn_dim=768, max_seq_len=256)
+SMALL = dict(preset="gpt2", num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512, max_seq_len=256)
 QUICK = dict(preset="gpt2", num_layers=1, embed_dim=32, num_heads=2, ffn_dim=64, max_seq_len=128)
 SFT = dict(
     task="sft",
@@ -74,9 +74,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=f"runs/eli5-sft-{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument(
-        "--pretrain-time", default="5m", help="pretraining wall time on IMDB reviews (5m)"
+        "--pretrain-steps",
+        type=int,
+        default=1000,
+        help="pretraining steps of 8 x 256 tokens of IMDB reviews (1000)",
     )
-    ap.add_argument("--epochs", type=float, default=4, help="fine-tuning passes over ELI5 (4)")
+    ap.add_argument("--epochs", type=float, default=3, help="fine-tuning passes over ELI5 (3)")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak lr (1e-3)")
     ap.add_argument(
         "--quick",
@@ -96,7 +99,7 @@ def main() -> None:
     if args.quick:
         corpus = dict(data="tinyshakespeare", vocab_size=512, max_steps=10, **QUICK)
     else:
-        corpus = dict(data="imdb", field="review", vocab_size=4096, max_time=args.pretrain_time)
+        corpus = dict(data="imdb", field="review", vocab_size=4096, max_steps=args.pretrain_steps)
         corpus.update(SMALL)
     print(f"1. pretraining a small GPT on {corpus['data']} ...")
     pre = lmforge.train(
@@ -104,7 +107,7 @@ def main() -> None:
         tokenizer="bpe",
         lr=1e-3,
         batch_size=8,
-        warmup_steps=min(100, corpus.get("max_steps", 100)),
+        warmup_steps=min(100, corpus["max_steps"] // 10),
         batching="windows",
         eval_every=10_000,
         eval_tokens=50_000,

@@ -1,25 +1,18 @@
 """examples/eli5_sft.py --quick: pretrain, instruction-tune on ELI5, score held-out answers."""
 
-import importlib.util
 import json
+import runpy
 import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "eli5_sft.py"
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("eli5_sft", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_quick_workflow_scores_held_out_answers_before_and_after(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     argv = [str(EXAMPLE), "--quick", "--threads", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    _example().main()
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
     report = json.loads((out / "report.json").read_text())
     assert report["eli5_held_out_records"] == 100
     assert report["eli5_train_records"] + report["eli5_held_out_records"] == 1000
