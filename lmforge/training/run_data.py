@@ -189,6 +189,24 @@ def make_sft_examples(data: SFTData, split: str, block_size: int, pack: bool):
     return SFTExamples(records, pad, block_size, sort=split == "val")
 
 
+def sft_eval_examples(run, data: str | None = None, field: str | None = None):
+    """What `lmforge eval` scores an SFT run on: its held-out records, or every record of
+    `data` (mapped with `field`, else the run's --field), encoded with the run's tokenizer and
+    chat template; the loss covers the answers only, as in training.
+
+    Args:
+        run: an `api.LoadedRun` of a --task sft run.
+    """
+    from lmforge.presets import tokenizer_path
+    from lmforge.training.config import TrainConfig
+
+    options = {**run.config["train"], "tokenizer": str(tokenizer_path(run.folder))}
+    if data is not None:
+        options.update(data=data, field=field or options["field"], val_fraction=0.0)
+    sft = load_sft_data(TrainConfig(**options))
+    return make_sft_examples(sft, "val" if data is None else "train", run.block_size, pack=False)
+
+
 def make_task_examples(
     data: PreparedData,
     split: str,

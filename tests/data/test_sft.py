@@ -196,6 +196,23 @@ def test_train_task_sft_end_to_end(tmp_path, capsys, pack):
     assert load_chat_template(tok, out).name == "chatml"
     ids = messages_to_ids(tok, [{"role": "user", "content": "1?"}])
     assert model(torch.tensor([ids])).shape == (1, len(ids), tok.vocab_size)
+    assert main(["eval", str(out), "--json"]) == 0  # the held-out answers, scored as in training
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["loss"] == pytest.approx(result["val_loss"], rel=1e-5)
+    assert main(["eval", str(out), "--data", str(data), "--json"]) == 0  # every record
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] > scored["tokens"]
+
+
+def test_train_task_sft_packs_a_llama(tmp_path, capsys):
+    out, data = tmp_path / "run", _records(tmp_path / "qa.jsonl")
+    llama = ["--preset", "llama-shakespeare", "--num-layers", "1", "--embed-dim", "32"]
+    llama += ["--num-heads", "2", "--num-kv-heads", "1", "--ffn-dim", "64", "--max-seq-len", "64"]
+    argv = ["train", "--task", "sft", "--pack", "--data", str(data), *llama, "--batch-size", "4"]
+    argv += ["--max-steps", "6", "--optimizer", "adamw", "--threads", "1", "--json"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 6 and np.isfinite(result["val_loss"])
+    assert json.loads((out / "config.json").read_text())["family"] == "llama"
 
 
 def test_held_out_loss_is_the_answers_only(tmp_path, capsys):
