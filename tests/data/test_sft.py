@@ -69,6 +69,22 @@ def test_train_on_prompt_puts_loss_on_every_token():
     assert records.targets[0].all()
 
 
+def test_a_template_that_refuses_a_conversation_names_the_record():
+    source = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['role'] + '\\n' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant\\n{% endif %}"
+    )
+    template = ChatTemplate("jinja", source)
+    tok = train_tokenizer("bpe", [CHATML.render(TWO_TURNS, False)] * 20, vocab_size=300)
+    ok = encode_conversations([TWO_TURNS[1:]], tok, template)
+    answers = tok.decode(ok.ids[0][ok.targets[0]].tolist())  # + the boundary token where ids part
+    assert answers.split() == ["Hello.", "Blue."]
+    with pytest.raises(DataError, match="record 2: .*System role not supported"):
+        encode_conversations([TWO_TURNS[1:], TWO_TURNS], tok, template)
+
+
 def test_formats_are_detected_from_the_first_record():
     pc = to_conversations([{"prompt": "2+2?", "completion": "4"}])
     assert pc == [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]]
