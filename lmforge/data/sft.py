@@ -132,10 +132,11 @@ def to_messages(record: dict, number: int, fmt: str, fields: dict[str, str], whe
         except KeyError:
             if not required:
                 return None
-            how = f"--field {name}=FIELD" if name != "messages" else "--field messages=FIELD"
+            others = ",".join(f"{k}={v}" for k, v in fields.items() if k != name)
             raise DataError(
                 f"{where}: record {number} has no field {source!r} (needed for {fmt} records); "
-                f"add it, or map another field with {how}"
+                f"add it, or map another field with --field {name}=FIELD"
+                + (f",{others}" if others else "")
             ) from None
         if name != "messages" and not isinstance(value, str):
             raise DataError(
