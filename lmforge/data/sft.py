@@ -246,6 +246,8 @@ def encode_conversations(
     `train_on_prompt`)."""
     ids, targets = [], []
     for number, messages in enumerate(conversations, 1):
+        if getattr(tokenizer, "kind", None) == "char":
+            _check_characters(tokenizer, template.render(messages, False), number, where)
         try:
             row, is_answer = encode_conversation(tokenizer, messages, template)
         except (DataError, ConfigError) as e:  # a template that refuses the conversation
@@ -253,6 +255,19 @@ def encode_conversations(
         ids.append(row)
         targets.append(np.ones_like(is_answer) if train_on_prompt else is_answer)
     return SFTRecords(ids, targets)
+
+
+def _check_characters(tokenizer, text: str, number: int, where: str) -> None:
+    """DataError naming the record and the character a char vocabulary lacks."""
+    from lmforge.tokenizers.char import UnknownCharacterError
+
+    try:
+        tokenizer.encode(text)
+    except UnknownCharacterError as e:
+        raise DataError(
+            f"{where}: record {number} holds {e.char!r}, which the model's char tokenizer lacks; "
+            "replace or drop that character in the data"
+        ) from None
 
 
 def fit_to_block(records: SFTRecords, block_size: int, split: str = "train") -> SFTRecords:

@@ -311,3 +311,10 @@ def test_sft_run_resumes_exactly(tmp_path, capsys):
     resumed = final(resume)
     assert resumed["steps"] == 8
     assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_a_character_the_char_vocabulary_lacks_names_the_record():
+    tok = _char_tokenizer([TWO_TURNS])
+    other = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Zap!"}]
+    with pytest.raises(DataError, match="record 2 holds 'Z'.*replace or drop"):
+        encode_conversations([TWO_TURNS, other], tok, CHATML)
