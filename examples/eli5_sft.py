@@ -23,6 +23,12 @@ from lmforge import progress
 # embeddings); a small size with a 256-token context, which holds most ELI5 question + answer.
 SMALL = dict(preset="gpt2", num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512, max_seq_len=256)
 QUICK = dict(preset="gpt2", num_layers=1, embed_dim=32, num_heads=2, ffn_dim=64, max_seq_len=128)
+# Questions of our own in ELI5's style (the data's own text stays out of the report).
+QUESTIONS = [
+    "Why is the sky blue?",
+    "How do vaccines teach the body to fight a disease?",
+    "Why do we need to sleep?",
+]
 SFT = dict(
     task="sft",
     field="prompt=question,completion=answer",
@@ -133,10 +139,6 @@ def main() -> None:
     timings["sft_s"] = time.perf_counter() - t
 
     data, examples = held_out_answers(tuned)
-    from lmforge.data.sft import read_records
-
-    records = read_records("eli5")
-    held_out = [records[i] for i in data.val.numbers]
     if set(data.val.numbers) & set(data.train.numbers):
         raise SystemExit("a held-out ELI5 record is also a training record")
     report = {
@@ -150,15 +152,13 @@ def main() -> None:
         "answer_perplexity_before": answer_perplexity(pretrained, examples),
         "answer_perplexity_after": answer_perplexity(tuned, examples),
         "sft_val_perplexity": result["val_perplexity"],
+        "sft_budget": budget,
+        "sft_lr": args.lr,
         "sft_steps": result["steps"],
         "sft_tokens_per_s": result["tokens_per_s"],
     }
-    shown = held_out[:3]
-    answers = sample_answers(tuned, data, [r["question"] for r in shown], 40 if args.quick else 80)
-    report["samples"] = [
-        {"question": r["question"], "answer": a, "reference": r["answer"]}
-        for r, a in zip(shown, answers)
-    ]
+    answers = sample_answers(tuned, data, QUESTIONS, 40 if args.quick else 80)
+    report["samples"] = [{"question": q, "answer": a} for q, a in zip(QUESTIONS, answers)]
     report.update({k: round(v, 1) for k, v in timings.items()})
     text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
     print(text, end="")
