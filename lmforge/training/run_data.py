@@ -150,7 +150,8 @@ def load_sft_data(cfg) -> SFTData:
     conversations), and split into train and held-out records (--val-fraction).
 
     Example:
-        data = load_sft_data(TrainConfig(task="sft", data="qa.jsonl", tokenizer="runs/base"))
+        cfg = TrainConfig(task="sft", data="qa.jsonl", tokenizer="runs/base/tokenizer")
+        data = load_sft_data(cfg)  # data.train, data.val: SFTRecords; data.template
     """
     from lmforge.data import sft
     from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
