@@ -198,13 +198,14 @@ def sft_eval_examples(run, data: str | None = None, field: str | None = None):
     Args:
         run: an `api.LoadedRun` of a --task sft run.
     """
+    from types import SimpleNamespace
+
     from lmforge.presets import tokenizer_path
-    from lmforge.training.config import TrainConfig
 
     options = {**run.config["train"], "tokenizer": str(tokenizer_path(run.folder))}
     if data is not None:
         options.update(data=data, field=field or options["field"], val_fraction=0.0)
-    sft = load_sft_data(TrainConfig(**options))
+    sft = load_sft_data(SimpleNamespace(**options))  # the run's saved TrainConfig, as read
     return make_sft_examples(sft, "val" if data is None else "train", run.block_size, pack=False)
 
 
