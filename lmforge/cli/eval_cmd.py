@@ -57,16 +57,19 @@ def run(args) -> int:
     from lmforge.api import load_run
     from lmforge.device import resolve_precision
     from lmforge.training.loop import evaluate
-    from lmforge.training.run_data import eval_data, make_examples
+    from lmforge.training.run_data import eval_data, make_examples, sft_eval_examples
 
     cfg = options.from_args(args, EvalConfig)
     loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
     if loaded.kind != "causal-lm":  # classify / mlm runs
         return _run_task(args, cfg, loaded)
-    data, split = eval_data(loaded, cfg.data, cfg.field, cfg.unknown_token)
     info = loaded.data or {"batching": "windows"}
     dev = next(loaded.model.parameters()).device
-    examples = make_examples(data, split, info["batching"], loaded.block_size)
+    if info["batching"].startswith("sft"):  # --task sft: held-out answers, or all of --data
+        examples, split = sft_eval_examples(loaded, cfg.data, cfg.field), None
+    else:
+        data, split = eval_data(loaded, cfg.data, cfg.field, cfg.unknown_token)
+        examples = make_examples(data, split, info["batching"], loaded.block_size)
     if split == "train" and info["batching"] in ("windows", "epochs"):
         from lmforge.data.windows import StrideWindows
 

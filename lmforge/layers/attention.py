@@ -209,6 +209,28 @@ def attention_mask(
     return mask
 
 
+def document_positions(document_ids: Tensor) -> Tensor:
+    """(B, T) ids of the example each token of a packed row belongs to -> (B, T) positions that
+    restart at 0 where a new example starts (examples are contiguous runs of one id)."""
+    index = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # where each token's example began
+    return index - first
+
+
+def document_mask(document_ids: Tensor, window: int | None = None) -> Tensor:
+    """Block-diagonal causal mask of packed rows, (B, 1, T, T), True = may attend: a query sees
+    the earlier keys of its own example only (and, with `window`, only the window - 1 last)."""
+    T = document_ids.shape[1]
+    query_pos = torch.arange(T, device=document_ids.device)[:, None]  # (T, 1)
+    key_pos = torch.arange(T, device=document_ids.device)[None, :]  # (1, T)
+    mask = (document_ids[:, :, None] == document_ids[:, None, :]) & (key_pos <= query_pos)
+    if window is not None:
+        mask = mask & (key_pos > query_pos - window)
+    return mask[:, None]
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection, rows [q | k | v].
 
@@ -287,6 +309,7 @@ class MultiHeadAttention(nn.Module):
         x: Tensor,
         padding_mask: Tensor | None = None,
         cache: KVCache | SlotView | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C).
 
@@ -294,12 +317,18 @@ class MultiHeadAttention(nn.Module):
             padding_mask: (B, S) bool, True = real token, over all S keys (the cached ones too).
             cache: this layer's KVCache, the new keys and values are appended to it; or an
                 engine's SlotView, they are written at each row's own positions.
+            document_ids: (B, T) packed rows (training, no cache): which example each token
+                belongs to; attention stays inside an example, rotary positions restart at 0.
         """
         B, T, _ = x.shape
         q, k, v = self._project(x)  # (B, H, T, D), (B, KV, T, D) twice
         if isinstance(cache, SlotView):
             return self._slot_forward(q, k, v, cache)
         start = cache.length if cache is not None else 0
+        packed = None
+        if document_ids is not None:
+            start = document_positions(document_ids)  # (B, T)
+            packed = document_mask(document_ids, self.sliding_window)
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
         if cache is not None:
@@ -311,8 +340,10 @@ class MultiHeadAttention(nn.Module):
         window = self.sliding_window
         if self.capture_probs:  # on the side: the output below is the same with or without
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)
-            self.last_probs = self._probabilities(q, k, mask)
-        if padding_mask is None and self.is_causal and S == T and (window or S) >= S:
+            self.last_probs = self._probabilities(q, k, mask if packed is None else packed)
+        if packed is not None:
+            y = sdpa(q, k, v, attn_mask=packed, dropout_p=dropout_p)
+        elif padding_mask is None and self.is_causal and S == T and (window or S) >= S:
             y = sdpa(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             mask = attention_mask(padding_mask, T, S, self.is_causal, x.device, window)

@@ -85,11 +85,17 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=use_bias)
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); `padding_mask` and `cache` go to the attention."""
+        """(B, T, C) -> (B, T, C); `padding_mask`, `cache` and `document_ids` go to the
+        attention."""
         if self.norm_first:
-            x = x + self.attn_dropout(self.attn(self.attn_norm(x), padding_mask, cache))
+            attn = self.attn(self.attn_norm(x), padding_mask, cache, document_ids)
+            x = x + self.attn_dropout(attn)
             return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn_dropout(self.attn(x, padding_mask, cache)))
+        x = self.attn_norm(x + self.attn_dropout(self.attn(x, padding_mask, cache, document_ids)))
         return self.ffn_norm(x + self.ffn(x))

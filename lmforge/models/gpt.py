@@ -19,6 +19,7 @@ from lmforge.layers.attention import (
     KVState,
     SlotBatch,
     SlotKVCache,
+    document_positions,
     slot_cache_bytes,
     slot_caches,
 )
@@ -132,6 +133,7 @@ class GPTBackbone(Backbone):
         token_ids: Tensor,
         padding_mask: Tensor | None = None,
         cache: list[KVCache] | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """(B, T) ids -> hidden (B, T, C).
 
@@ -139,6 +141,8 @@ class GPTBackbone(Backbone):
             padding_mask: (B, T) bool, True = real token (with a cache: (B, S) over all S keys).
                 Learned and sinusoidal positions then count real tokens only.
             cache: one KVCache per block; the tokens are appended after those already cached.
+            document_ids: (B, T) packed rows: which example each token belongs to; attention
+                never crosses examples and positions restart at each one.
         """
         T = token_ids.shape[1]
         start = cache[0].length if cache is not None else 0
@@ -157,10 +161,12 @@ class GPTBackbone(Backbone):
             # Positions count real tokens only, so a left-padded row reads as it would alone
             # (rotary needs nothing: it depends on relative positions). (B, S) -> (B, T)
             position_ids = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        if document_ids is not None and self.embed.position_kind != "none":
+            position_ids = document_positions(document_ids)  # restart at 0 in each example
         x = self.embed(token_ids, start, position_ids)  # (B, T, C)
         if cache is None:
             for block in self.blocks:
-                x = block(x, padding_mask)
+                x = block(x, padding_mask, document_ids=document_ids)
         else:
             for block, layer_cache in zip(self.blocks, cache):
                 x = block(x, padding_mask, layer_cache)
@@ -201,17 +207,25 @@ class GPTCausalLM(CausalLM):
             tied_to=backbone.embed.token if c.tie_embeddings else None,
         )
 
-    def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(token_ids, padding_mask))  # (B, T, V)
+    def forward(
+        self,
+        token_ids: Tensor,
+        padding_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
+    ) -> Tensor:
+        """(B, T) ids -> logits (B, T, V); `document_ids` (B, T) marks packed examples."""
+        hidden = self.backbone(token_ids, padding_mask, document_ids=document_ids)
+        return self.head(hidden)  # (B, T, V)
 
     def loss(self, batch: dict) -> Tensor:
         """Mean cross-entropy in float32 over labels != -100.
 
         Args:
             batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted (labels[:, t]
-                is the target after position t), optional "padding_mask" (B, T) bool.
+                is the target after position t), optional "padding_mask" (B, T) bool, optional
+                "document_ids" (B, T) (packed examples).
         """
-        logits = self(batch["token_ids"], batch.get("padding_mask"))
+        logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("document_ids"))
         return F.cross_entropy(
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )

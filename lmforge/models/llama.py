@@ -173,10 +173,15 @@ class LlamaBlock(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); `padding_mask` and `cache` go to the attention."""
-        x = x + self.dropout(self.attn(self.attn_norm(x), padding_mask, cache))
+        """(B, T, C) -> (B, T, C); `padding_mask`, `cache` and `document_ids` go to the
+        attention."""
+        x = x + self.dropout(self.attn(self.attn_norm(x), padding_mask, cache, document_ids))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -209,6 +214,7 @@ class LlamaBackbone(Backbone):
         token_ids: Tensor,
         padding_mask: Tensor | None = None,
         cache: list[KVCache] | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """(B, T) ids -> hidden (B, T, C).
 
@@ -216,6 +222,8 @@ class LlamaBackbone(Backbone):
             padding_mask: (B, T) bool, True = real token (with a cache: (B, S) over all S keys).
                 Rotary positions are relative, so a left-padded row reads as it would alone.
             cache: one KVCache per block; the tokens are appended after those already cached.
+            document_ids: (B, T) packed rows: which example each token belongs to; attention
+                never crosses examples and positions restart at each one.
         """
         T = token_ids.shape[1]
         start = cache[0].length if cache is not None else 0
@@ -228,7 +236,7 @@ class LlamaBackbone(Backbone):
         x = self.embed(token_ids)  # (B, T, C)
         caches = cache if cache is not None else [None] * len(self.blocks)
         for block, layer_cache in zip(self.blocks, caches):
-            x = block(x, padding_mask, layer_cache)
+            x = block(x, padding_mask, layer_cache, document_ids)
         return self.final_norm(x)
 
     def forward_slots(self, token_ids: Tensor, batch: SlotBatch) -> Tensor:
@@ -262,17 +270,24 @@ class LlamaCausalLM(CausalLM):
         tied = backbone.embed if c.tie_embeddings else None
         self.head = LMHead(c.embed_dim, c.vocab_size, tied_to=tied)
 
-    def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(token_ids, padding_mask))  # (B, T, V)
+    def forward(
+        self,
+        token_ids: Tensor,
+        padding_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
+    ) -> Tensor:
+        """(B, T) ids -> logits (B, T, V); `document_ids` (B, T) marks packed examples."""
+        hidden = self.backbone(token_ids, padding_mask, document_ids=document_ids)
+        return self.head(hidden)  # (B, T, V)
 
     def loss(self, batch: dict) -> Tensor:
         """Mean cross-entropy in float32 over labels != -100.
 
         Args:
             batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted, optional
-                "padding_mask" (B, T) bool.
+                "padding_mask" (B, T) bool, optional "document_ids" (B, T) (packed examples).
         """
-        logits = self(batch["token_ids"], batch.get("padding_mask"))
+        logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("document_ids"))
         return F.cross_entropy(
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )

@@ -14,7 +14,7 @@ BUDGETS = ("max_steps", "epochs", "max_tokens", "max_time")  # the first one spe
 BATCHINGS = ("auto", "windows", "epochs", "documents", "blocks")
 
 
-TASKS = ("causal-lm", "classify", "mlm")
+TASKS = ("causal-lm", "classify", "mlm", "sft")
 
 
 @dataclass
@@ -27,7 +27,11 @@ class TrainConfig:
     tokenizer: str = option(default="char", metadata={"help": "tokenizer kind or folder"})
     vocab_size: int | None = option(default=None, metadata={"help": "for trained tokenizers"})
     field: str | None = option(
-        default=None, metadata={"help": "CSV column / JSON field / template"}
+        default=None,
+        metadata={
+            "help": "CSV column / JSON field / template; --task sft: NAME=FIELD[,...] maps "
+            "record fields (prompt=question,completion=answer.text; dotted paths, lists joined)"
+        },
     )
     val_fraction: float = option(default=0.1, metadata={"help": "held-out share of the data"})
     preset: str = option(default="gpt-baby", metadata={"help": "model preset (`lmforge presets`)"})
@@ -41,9 +45,21 @@ class TrainConfig:
     task: str | None = option(
         default=None,
         metadata={
-            "help": "causal-lm|classify|mlm (default: the family's own: causal-lm for gpt, "
-            "classify for bert)"
+            "help": "causal-lm|classify|mlm|sft (default: the family's own: causal-lm for gpt, "
+            "classify for bert); sft: supervised fine-tuning on chat / prompt-completion / "
+            "Alpaca records, the loss on the answers only"
         },
+    )
+    pack: bool = option(
+        default=False,
+        metadata={
+            "help": "--task sft: pack several examples into each block-size row, attention "
+            "kept inside each example (default: one example per row, padded per batch)"
+        },
+    )
+    train_on_prompt: bool = option(
+        default=False,
+        metadata={"help": "--task sft: the loss covers every token, not only the answers"},
     )
     label_field: str | None = option(
         default=None, metadata={"help": "CSV column / JSON field with the class labels"}
@@ -168,6 +184,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.task not in (None, *TASKS):
             raise ConfigError(f"unknown --task {self.task!r}: use {', '.join(TASKS)}")
+        for name in ("pack", "train_on_prompt"):
+            if getattr(self, name) and self.task != "sft":
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"{flag} applies to --task sft only: drop {flag}, or pass --task sft"
+                )
         if self.split not in SPLITS:
             raise ConfigError(f"unknown --split {self.split!r}: use {', '.join(SPLITS)}")
         if self.extra_layers < 0 or (self.num_classes is not None and self.num_classes < 2):

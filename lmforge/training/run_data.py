@@ -1,8 +1,9 @@
 """What a run trains and evaluates on: the prepared corpus, each split's examples for the
 causal LM (windows, epochs, documents, blocks) or for --task classify|mlm (packed documents,
-labels, masking), and the labelled split an evaluation reads."""
+labels, masking), the records of --task sft, and the labelled split an evaluation reads."""
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,14 @@ def task_spec(cfg, family: str, data: PreparedData | None = None) -> dict | None
 
     tasks = getattr(family_module(family), "TASKS", {})
     kind = cfg.task or next(iter(tasks), "causal-lm")
+    if kind == "sft":  # the model is the family's causal LM; only the data differ
+        if family not in SFT_FAMILIES:
+            raise ConfigError(
+                f"--task sft fine-tunes decoder language models ({', '.join(SFT_FAMILIES)} "
+                f"families), and --preset {cfg.preset} is a {family} model: use a gpt or llama "
+                "preset, or --init-from a gpt or llama run"
+            )
+        return None
     if kind != "causal-lm" and kind not in tasks:
         raise ConfigError(
             f"--task {kind}: the {family} family (--preset {cfg.preset}) has "
@@ -118,6 +127,86 @@ def task_spec(cfg, family: str, data: PreparedData | None = None) -> dict | None
             )
         spec.update(num_classes=len(labels), extra_layers=cfg.extra_layers, labels=labels)
     return spec
+
+
+# The families whose causal LM takes document_ids (packed rows): what --task sft trains.
+SFT_FAMILIES = ("gpt", "llama")
+
+
+@dataclass
+class SFTData:
+    """The records of --task sft, encoded with the run's tokenizer and chat template."""
+
+    path: Path
+    tokenizer: object
+    template: object  # lmforge.tokenizers.chat.ChatTemplate
+    train: object  # lmforge.data.sft.SFTRecords
+    val: object
+
+
+def load_sft_data(cfg) -> SFTData:
+    """--task sft: the records of cfg.data as conversations, encoded under the chat template of
+    the tokenizer (--init-from's, or a folder's; a tokenizer kind is trained on the rendered
+    conversations), and split into train and held-out records (--val-fraction).
+
+    Example:
+        cfg = TrainConfig(task="sft", data="qa.jsonl", tokenizer="runs/base/tokenizer")
+        data = load_sft_data(cfg)  # data.train, data.val: SFTRecords; data.template
+    """
+    from lmforge.data import sft
+    from lmforge.tokenizers.base import load_tokenizer, train_tokenizer
+    from lmforge.tokenizers.chat import ChatTemplate, load_chat_template
+
+    conversations = sft.to_conversations(
+        sft.read_records(cfg.data), sft.parse_field_map(cfg.field), where=str(cfg.data)
+    )
+    folder = Path(cfg.tokenizer)
+    if folder.exists():
+        tok = load_tokenizer(folder)
+        template = load_chat_template(tok, folder if folder.is_dir() else None)
+    else:  # a new tokenizer learns the default template's markers with the text
+        chatml = ChatTemplate("chatml")
+        texts = [chatml.render(c, add_generation_prompt=False) for c in conversations]
+        vocab = {} if cfg.tokenizer == "char" else {"vocab_size": cfg.vocab_size}
+        tok = train_tokenizer(cfg.tokenizer, texts, **vocab)
+        template = load_chat_template(tok)
+    encoded = sft.encode_conversations(
+        conversations, tok, template, cfg.train_on_prompt, where=str(cfg.data)
+    )
+    train, val = sft.split_records(encoded, cfg.val_fraction, cfg.seed)
+    return SFTData(Path(cfg.data), tok, template, train, val)
+
+
+def make_sft_examples(data: SFTData, split: str, block_size: int, pack: bool):
+    """A split of SFT records as examples: packed rows (`pack`), or one example per row padded
+    per batch (held-out rows sorted by length)."""
+    from lmforge.data.sft import PackedSFTExamples, SFTExamples, fit_to_block
+
+    records = fit_to_block(getattr(data, split), block_size, split)
+    tok = data.tokenizer
+    pad = next((i for i in (tok.pad_id, tok.eos_id) if i is not None), 0)
+    if pack:
+        return PackedSFTExamples(records, pad, block_size)
+    return SFTExamples(records, pad, block_size, sort=split == "val")
+
+
+def sft_eval_examples(run, data: str | None = None, field: str | None = None):
+    """What `lmforge eval` scores an SFT run on: its held-out records, or every record of
+    `data` (mapped with `field`, else the run's --field), encoded with the run's tokenizer and
+    chat template; the loss covers the answers only, as in training.
+
+    Args:
+        run: an `api.LoadedRun` of a --task sft run.
+    """
+    from types import SimpleNamespace
+
+    from lmforge.presets import tokenizer_path
+
+    options = {**run.config["train"], "tokenizer": str(tokenizer_path(run.folder))}
+    if data is not None:
+        options.update(data=data, field=field or options["field"], val_fraction=0.0)
+    sft = load_sft_data(SimpleNamespace(**options))  # the run's saved TrainConfig, as read
+    return make_sft_examples(sft, "val" if data is None else "train", run.block_size, pack=False)
 
 
 def make_task_examples(

@@ -18,6 +18,7 @@ from lmforge.data.batching import (
     WindowBatcher,
 )
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.tokenizers.chat import save_chat_template
 from lmforge.training import distributed
 from lmforge.training.config import BUDGETS, TrainConfig
 from lmforge.training.loop import LostContact, _lost_contact, _steps_per_epoch, fit
@@ -26,7 +27,14 @@ from lmforge.training.pretrained import (
     _pretrained_start,
     load_pretrained,
 )
-from lmforge.training.run_data import SPLITS, load_data, make_examples, task_spec
+from lmforge.training.run_data import (
+    SPLITS,
+    load_data,
+    load_sft_data,
+    make_examples,
+    make_sft_examples,
+    task_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +244,8 @@ def _train(options: dict, held: ExitStack) -> dict:
             )
     if rank != 0:  # rank 0 prepares (and caches) the data first; the others then read it
         distributed.barrier()
-    data = load_data(cfg)
+    is_sft = cfg.task == "sft"  # chat / instruction records, the loss on the answers
+    data = load_sft_data(cfg) if is_sft else load_data(cfg)
     if rank == 0:
         distributed.barrier()
     tok = data.tokenizer
@@ -248,6 +257,8 @@ def _train(options: dict, held: ExitStack) -> dict:
     batching = "epochs" if cfg.stateful else cfg.batching
     if spec is not None:  # classify / mlm: one packed row per document
         batching = "packed"
+    if is_sft:  # several examples per row, or one per row padded per batch
+        batching = "sft-packed" if cfg.pack else "sft-padded"
     if batching == "auto":
         batching = (
             "documents"
@@ -261,11 +272,12 @@ def _train(options: dict, held: ExitStack) -> dict:
         block_size = asked or min(block_size, model_cfg["max_seq_len"])
         if cfg.epochs and "eval_every" not in options:  # evaluate (perplexity) once per epoch
             per_step = cfg.batch_size * world * cfg.grad_accum
-            num_examples = (
-                len(data.documents("train"))
-                if spec
-                else len(make_examples(data, "train", batching, block_size))
-            )
+            if is_sft:
+                num_examples = len(make_sft_examples(data, "train", block_size, cfg.pack))
+            elif spec:
+                num_examples = len(data.documents("train"))
+            else:
+                num_examples = len(make_examples(data, "train", batching, block_size))
             cfg = dataclasses.replace(cfg, eval_every=max(1, num_examples // per_step))
 
     from lmforge.presets import build_task
@@ -305,6 +317,8 @@ def _train(options: dict, held: ExitStack) -> dict:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tok.save(run_dir / "tokenizer")
+        if is_sft:  # the template the model learns to answer in, for chat, serve and export
+            save_chat_template(run_dir / "tokenizer", data.template)
         ckpt.write_config(
             run_dir,
             {
@@ -323,11 +337,12 @@ def _train(options: dict, held: ExitStack) -> dict:
             },
         )
     stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks
-    train_examples = (
-        None
-        if batching == "windows" or cfg.stateful
-        else make_examples(data, "train", batching, block_size, spec, stride)
-    )
+    if is_sft:
+        train_examples = make_sft_examples(data, "train", block_size, cfg.pack)
+    elif batching == "windows" or cfg.stateful:
+        train_examples = None
+    else:
+        train_examples = make_examples(data, "train", batching, block_size, spec, stride)
     if cfg.stateful:  # lanes of consecutive windows; the task carries the state between them
         batcher = ConsecutiveBatcher(
             data.tokens("train"), block_size, cfg.batch_size, cfg.seed, rank, world
@@ -341,7 +356,10 @@ def _train(options: dict, held: ExitStack) -> dict:
     if cfg.save_every_epoch:  # an evaluation is followed by a checkpoint
         cfg = dataclasses.replace(cfg, eval_every=_steps_per_epoch(batcher, cfg.grad_accum))
     val_split = SPLITS[cfg.split] if spec is not None else "val"
-    val_examples = make_examples(data, val_split, batching, block_size, spec)
+    if is_sft:  # held-out records: their loss is the answers' only
+        val_examples = make_sft_examples(data, "val", block_size, cfg.pack)
+    else:
+        val_examples = make_examples(data, val_split, batching, block_size, spec)
     distributed.barrier()  # rank 0 has written config.json and the tokenizer
     log.info(
         "model: %s, %s parameters; %s precision on %s; batching %s, block %d",

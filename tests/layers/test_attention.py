@@ -134,3 +134,14 @@ def test_grouped_heads_without_enable_gqa_give_the_same_output(monkeypatch):
     shared = attn(x)
     monkeypatch.setattr(attention, "GQA_IN_SDPA", False)  # torch 2.4: heads repeated first
     torch.testing.assert_close(attn(x), shared, atol=1e-6, rtol=0)
+
+
+def test_packed_rows_restart_positions_and_never_attend_across_examples():
+    from lmforge.layers.attention import document_mask, document_positions
+
+    ids = torch.tensor([[1, 1, 1, 2, 2, 0, 0]])  # two examples, then padding
+    assert document_positions(ids).tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    mask = document_mask(ids)[0, 0]  # (T, T)
+    assert mask[4].tolist() == [False, False, False, True, True, False, False]
+    assert mask[2].tolist() == [True, True, True, False, False, False, False]
+    assert document_mask(ids, window=2)[0, 0, 2].tolist() == [False, True, True] + [False] * 4
