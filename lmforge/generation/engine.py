@@ -355,15 +355,18 @@ class Engine:
                 handle.pending = (handle.prompt + handle.tokens)[-self.max_len :]
                 handle.position = 0
         decoding = [h for h in running if not h.pending]
+        chunks, budget = [], self.prefill_chunk  # first come, first read
+        for handle in running:
+            if handle.pending and budget:
+                chunks.append((handle, handle.pending[:budget]))
+                budget -= len(chunks[-1][1])
         was_training = self.model.training  # .eval() walks every module: only when needed
         if was_training:
             self.model.eval()
         try:
-            threads = self.threads or self._auto_threads(len(decoding))
+            threads = self.threads or self._auto_threads(len(decoding) + len(chunks))
             with torch.inference_mode(), decode_threads(threads):
-                self._decode(decoding)
-                for handle in [h for h in running if h.pending]:
-                    self._prefill(handle)
+                self._forward(decoding, chunks)
         finally:
             if was_training:
                 self.model.train()
@@ -388,42 +391,58 @@ class Engine:
             self._free.append(slot)
         self._free.sort()
 
-    def _decode(self, handles: list[Handle]) -> None:
-        """One batched forward: every handle's last token at its own position."""
-        if not handles:
+    def _forward(self, decoding: list[Handle], chunks: list[tuple[Handle, list[int]]]) -> None:
+        """One forward for the step: every decoding handle's last token at its own position
+        (one group of rows), then each prompt chunk (a group of one row each); sample a token
+        for every decoding handle and every prompt read to its end."""
+        if not (decoding or chunks):
             return
-        handles = sorted(handles, key=lambda h: h.slot)
-        rows = [h.slot for h in handles]
-        starts = [h.position for h in handles]
-        tokens = [h.tokens[-1] for h in handles]
-        picked = slice(None)
-        if getattr(self.model, "slot_span_is_a_view", False) and len(rows) < rows[-1] - rows[0] + 1:
-            # Read one span of slots side by side as a view of the cache (a gather would copy
-            # it at every layer). A slot in the span that is not decoding gets a dummy token at
-            # its next position: a free slot is overwritten when it is taken, a prefilling one
-            # by its own prefill, right after.
-            picked = [slot - rows[0] for slot in rows]
-            span = range(rows[0], rows[-1] + 1)
-            owners = [self._running.get(slot) for slot in span]  # None: a free slot
-            starts = [owner.position if owner else 0 for owner in owners]
-            tokens = [owner.tokens[-1] if owner in handles else 0 for owner in owners]
-            rows = list(span)
-        ids = torch.tensor(tokens, device=self.device)[:, None]
-        logits = self.model.step_slots(ids, self.state, rows, starts)
+        groups, handles = [], sorted(decoding, key=lambda h: h.slot)
+        picked = list(range(len(handles)))
+        if handles:
+            rows = [h.slot for h in handles]
+            starts = [h.position for h in handles]
+            tokens = [h.tokens[-1] for h in handles]
+            if (
+                getattr(self.model, "slot_span_is_a_view", False)
+                and len(rows) < rows[-1] - rows[0] + 1
+            ):
+                # Read one span of slots side by side as a view of the cache (a gather would
+                # copy it at every layer). A slot in the span that is not decoding gets a dummy
+                # token at its next position: a free slot is overwritten when it is taken, a
+                # prefilling one by its own chunk, in a later group of this same forward.
+                picked = [slot - rows[0] for slot in rows]
+                span = range(rows[0], rows[-1] + 1)
+                owners = [self._running.get(slot) for slot in span]  # None: a free slot
+                starts = [owner.position if owner else 0 for owner in owners]
+                tokens = [owner.tokens[-1] if owner in handles else 0 for owner in owners]
+                rows = list(span)
+            groups.append((torch.tensor(tokens, device=self.device)[:, None], rows, starts))
+        for handle, chunk in chunks:
+            ids = torch.tensor([chunk], device=self.device)
+            groups.append((ids, [handle.slot], [handle.position]))
+        logits = self._step_groups(groups)
         for h in handles:
             h.position += 1
-        self._emit(handles, logits[picked, -1])
+        read = len(groups[0][1]) if handles else 0  # rows of the decoding group
+        for i, (handle, chunk) in enumerate(chunks):
+            handle.position += len(chunk)
+            handle.pending = handle.pending[len(chunk) :]
+            if not handle.pending:
+                handles.append(handle)
+                picked.append(read + i)
+        if handles:
+            self._emit(handles, logits[picked])
 
-    def _prefill(self, handle: Handle) -> None:
-        chunk, handle.pending = (
-            handle.pending[: self.prefill_chunk],
-            handle.pending[self.prefill_chunk :],
-        )
-        ids = torch.tensor([chunk], device=self.device)
-        logits = self.model.step_slots(ids, self.state, [handle.slot], [handle.position])
-        handle.position += len(chunk)
-        if not handle.pending:
-            self._emit([handle], logits[:, -1])
+    def _step_groups(self, groups: list) -> Tensor:
+        """The model's logits (rows, V) of each group's rows' last tokens: in one forward where
+        it can (step_slot_groups), else one step_slots call per group (a char RNN)."""
+        if hasattr(self.model, "step_slot_groups"):
+            return self.model.step_slot_groups(groups, self.state)
+        parts = [
+            self.model.step_slots(ids, self.state, rows, starts) for ids, rows, starts in groups
+        ]
+        return torch.cat([part[:, -1] for part in parts])
 
     # ------------------------------------------------------------ sampling
 
