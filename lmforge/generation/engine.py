@@ -44,6 +44,7 @@ from lmforge.generation.sampling import (
     sample_next_token,
 )
 from lmforge.generation.text import TextStream, text_options
+from lmforge.layers.layout import decode_layout_
 from lmforge.system import available_memory_bytes, usable_cpus
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -286,6 +287,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else model_device(model)
         self._check_memory()
+        if self.device.type == "cpu":
+            decode_layout_(model)  # a few rows at a time: x @ W.T reads a contiguous W.T
         with torch.inference_mode():
             self.state = model.init_slots(slots, max_len, self.device)
         self._free = list(range(slots))  # lowest first: running slots stay side by side
