@@ -1,9 +1,10 @@
 """Weight layouts for decoding on a CPU.
 
 `decode_layout_(model)` stores the float32 weight of every nn.Linear and LM head column-major, in
-place: the same (out, in) shape and values (state_dict, training and saving see the same numbers;
-safetensors' save_model packs them back), the memory of its transpose. F.linear computes
-x @ W.T, and MKL's sgemm reads a contiguous (in, out) W.T faster when x has a few rows. Measured
+place: the same (out, in) shape and values (state_dict and training see the same numbers), the
+memory of its transpose (the run folder's save_weights lays them back: safetensors wants
+contiguous tensors). F.linear computes x @ W.T, and MKL's sgemm reads a contiguous (in, out)
+W.T faster when x has a few rows. Measured
 on an AVX-512 Xeon, one thread, GPT-2 small with random weights: a decode step of 8 rows took
 2.7x the time of one row with the usual layout, 2.0x with this one (the LM head alone, its
 weights read from memory: 1.85x faster); one row and long prompts take the same time both ways.
