@@ -425,7 +425,8 @@ class Engine:
                 # Read one span of slots side by side as a view of the cache (a gather would
                 # copy it at every layer). A slot in the span that is not decoding gets a dummy
                 # token at its next position: a free slot is overwritten when it is taken, a
-                # prefilling one by its own chunk, in a later group of this same forward.
+                # prefilling one by its next chunk (a later group of this forward, or of a later
+                # one when the step's prompt budget is spent) before anything reads it.
                 picked = [slot - rows[0] for slot in rows]
                 span = range(rows[0], rows[-1] + 1)
                 owners = [self._running.get(slot) for slot in span]  # None: a free slot
