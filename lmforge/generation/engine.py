@@ -379,7 +379,8 @@ class Engine:
         if was_training:
             self.model.eval()
         try:
-            threads = self.threads or self._auto_threads(len(decoding) + len(chunks))
+            tokens = len(decoding) + sum(len(chunk) for _, chunk in chunks)  # rows of the GEMMs
+            threads = self.threads or self._auto_threads(tokens)
             with torch.inference_mode(), decode_threads(threads):
                 self._forward(decoding, chunks)
         finally:
