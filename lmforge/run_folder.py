@@ -74,6 +74,10 @@ def save_weights(model: torch.nn.Module, path: Path, weights: dict | None = None
 
 def _write_weights(model: torch.nn.Module, path, weights: dict | None) -> None:
     if weights is None:
+        with torch.no_grad():  # an engine lays weights out column-major (decode_layout_)
+            for param in model.parameters():
+                if not param.is_contiguous():
+                    param.data = param.contiguous()
         save_model(model, str(path), metadata={"format": "pt"})
     else:
         save_file(weights, str(path), metadata={"format": "pt"})

@@ -114,16 +114,13 @@ def slot_cache_bytes(attns: list, slots: int, max_len: int, itemsize: int) -> in
     return sum(2 * slots * a.num_kv_heads * max_len * a.head_dim for a in attns) * itemsize
 
 
-class SlotBatch:
-    """The rows of one forward over an engine's slot caches: row i is slot rows[i], whose T new
-    tokens sit at positions starts[i] .. starts[i] + T - 1 of that slot.
+class SlotRows:
+    """Rows of one forward that read the same number T of new tokens: row i is slot rows[i],
+    whose tokens sit at positions starts[i] .. starts[i] + T - 1 of that slot."""
 
-    Built once per forward and shared by every layer; `caches` holds one SlotKVCache per layer.
-    """
-
-    def __init__(self, caches: list, rows: list[int], starts: list[int], T: int, device):
-        self.caches = caches
+    def __init__(self, cache: SlotKVCache, rows: list[int], starts: list[int], T: int, device):
         n, first = len(rows), rows[0]
+        self.shape = (n, T)
         self.rows = torch.tensor(rows, device=device)
         # Slots side by side are read as a view; others are gathered (after a cancel, say).
         contiguous = rows == list(range(first, first + n))
@@ -135,13 +132,10 @@ class SlotBatch:
         if n == 1 and T == 1:  # one row, one query: it sees every key read
             self.mask = None
         # where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)
-        _, H, max_len, _ = caches[0].k.shape
+        _, H, max_len, _ = cache.k.shape
         heads = torch.arange(H, device=device)[None, :, None]
         slot_heads = self.rows[:, None, None] * H + heads  # (n, H, 1)
         self.flat = (slot_heads * max_len + self.positions[:, None, :]).flatten()  # n * H * T
-
-    def layer(self, i: int) -> "SlotView":
-        return SlotView(self.caches[i], self)
 
     def write(self, cache: SlotKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write (n, H, T, D) keys and values at each row's positions; return the rows'
@@ -150,6 +144,33 @@ class SlotBatch:
         cache.k.view(-1, D).index_copy_(0, self.flat, k.reshape(-1, D).to(dtype))
         cache.v.view(-1, D).index_copy_(0, self.flat, v.reshape(-1, D).to(dtype))
         return cache.k[self.index, :, : self.length], cache.v[self.index, :, : self.length]
+
+
+class SlotBatch:
+    """Every token of one forward over an engine's slot caches, packed in one sequence: groups
+    of rows (rows, starts, T) one after the other, each row's T tokens in order. Rows decoding
+    one token and prompt chunks of any length so share one forward: the linear layers read
+    their weights once for all the tokens; only attention goes group by group, in the order
+    given (where two groups write the same cache place, the later one wins).
+
+    Built once per forward and shared by every layer; `caches` holds one SlotKVCache per layer.
+    `positions` (1, N): each packed token's position in its slot; `last` (rows,): the packed
+    index of each row's last token, where its next token is predicted.
+    """
+
+    def __init__(self, caches: list, groups: list[tuple[list[int], list[int], int]], device):
+        self.caches = caches
+        self.groups = [SlotRows(caches[0], rows, starts, T, device) for rows, starts, T in groups]
+        self.sizes = [n * T for n, T in (g.shape for g in self.groups)]
+        self.positions = torch.cat([g.positions.flatten() for g in self.groups])[None]
+        last, offset = [], 0
+        for (_, T), size in zip((g.shape for g in self.groups), self.sizes):
+            last += range(offset + T - 1, offset + size, T)
+            offset += size
+        self.last = torch.tensor(last, device=device)
+
+    def layer(self, i: int) -> "SlotView":
+        return SlotView(self.caches[i], self)
 
 
 class SlotView:
@@ -320,10 +341,10 @@ class MultiHeadAttention(nn.Module):
             document_ids: (B, T) packed rows (training, no cache): which example each token
                 belongs to; attention stays inside an example, rotary positions restart at 0.
         """
+        if isinstance(cache, SlotView):
+            return self._slot_forward(x, cache)
         B, T, _ = x.shape
         q, k, v = self._project(x)  # (B, H, T, D), (B, KV, T, D) twice
-        if isinstance(cache, SlotView):
-            return self._slot_forward(q, k, v, cache)
         start = cache.length if cache is not None else 0
         packed = None
         if document_ids is not None:
@@ -362,22 +383,25 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _slot_forward(self, q: Tensor, k: Tensor, v: Tensor, view: SlotView) -> Tensor:
-        """Attention for an engine's rows, each at its own positions in its own slot."""
-        batch = view.batch
-        if self.rotary is not None:
-            q, k = self.rotary(q, batch.positions), self.rotary(k, batch.positions)
-        k, v = batch.write(view.cache, k, v)  # (n, KV, S, D)
-        if k.dtype != q.dtype:  # a cache in the weights' dtype, read under autocast
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        mask = batch.mask
-        if self.sliding_window is not None and batch.length > self.sliding_window:
-            keys = torch.arange(batch.length, device=q.device)  # (S,)
-            near = keys > batch.positions[:, None, :, None] - self.sliding_window  # (n, 1, T, S)
-            mask = near if mask is None else mask & near
-        y = sdpa(q, k, v, attn_mask=mask)
-        B, _, T, _ = q.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, self.inner_dim))
+    def _slot_forward(self, x: Tensor, view: SlotView) -> Tensor:
+        """Attention for an engine's packed tokens (1, N, C), each at its own position in its own
+        slot: one qkv and one output projection for all, attention group by group."""
+        batch, out = view.batch, []
+        for group, part in zip(batch.groups, x[0].split(batch.sizes)):
+            q, k, v = self._project(part.view(*group.shape, -1))  # (n, H, T, D), (n, KV, T, D)
+            if self.rotary is not None:
+                q, k = self.rotary(q, group.positions), self.rotary(k, group.positions)
+            k, v = group.write(view.cache, k, v)  # (n, KV, S, D)
+            if k.dtype != q.dtype:  # a cache in the weights' dtype, read under autocast
+                k, v = k.to(q.dtype), v.to(q.dtype)
+            mask = group.mask
+            if self.sliding_window is not None and group.length > self.sliding_window:
+                keys = torch.arange(group.length, device=q.device)  # (S,)
+                near = keys > group.positions[:, None, :, None] - self.sliding_window
+                mask = near if mask is None else mask & near  # (n, 1, T, S)
+            y = sdpa(q, k, v, attn_mask=mask)  # (n, H, T, D)
+            out.append(y.transpose(1, 2).reshape(-1, self.inner_dim))
+        return self.out(torch.cat(out) if len(out) > 1 else out[0])[None]  # (1, N, C)
 
     def _probabilities(self, q, k, mask):
         """softmax(q k^T / sqrt(D)) as SDPA computes it, in float32 and detached."""

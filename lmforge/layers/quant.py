@@ -119,7 +119,7 @@ def _pack_seconds(dtype: torch.dtype) -> float:
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     """(int8 (N, K), float32 scale (N,)) with weight ~= int8 * scale[:, None], row by row."""
-    w = weight.detach().float()
+    w = weight.detach().float().contiguous()  # the kernels want (N, K) row-major
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scale

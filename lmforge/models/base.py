@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from lmforge.errors import ConfigError
+from lmforge.layers.attention import SlotBatch
 
 
 def check_config(config, positive: Sequence[str], choices: dict[str, Sequence[str]]) -> None:
@@ -106,3 +107,29 @@ class CausalLM(Task):
         from lmforge.generation.generate import generate
 
         return generate(self, prompt_ids, max_new_tokens, **sampling)
+
+
+class SlotForward:
+    """An engine's forwards (lmforge.generation.engine) for a transformer LM whose backbone has
+    `forward_slots(packed ids (1, N), SlotBatch) -> hidden (1, N, C)` and whose task has `head`.
+    """
+
+    def step_slots(self, token_ids: Tensor, caches: list, rows: list[int], starts: list[int]):
+        """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on (what came
+        before in that slot stays, what comes after is forgotten): logits (n, T, V)."""
+        n, T = token_ids.shape
+        batch = SlotBatch(caches, [(rows, starts, T)], token_ids.device)
+        return self.head(
+            self.backbone.forward_slots(token_ids.reshape(1, -1), batch).view(n, T, -1)
+        )
+
+    def step_slot_groups(self, groups: list[tuple[Tensor, list[int], list[int]]], caches: list):
+        """One forward of several step_slots calls' rows, given as (token_ids (n, T), rows,
+        starts) groups whose T may differ (rows decoding one token beside prompt chunks), in
+        that order: logits (rows of every group, V) of each row's last token only."""
+        device = groups[0][0].device
+        batch = SlotBatch(
+            caches, [(rows, starts, ids.shape[1]) for ids, rows, starts in groups], device
+        )
+        ids = torch.cat([ids.flatten() for ids, _, _ in groups])[None]  # (1, N)
+        return self.head(self.backbone.forward_slots(ids, batch)[0, batch.last])

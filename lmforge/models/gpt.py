@@ -26,7 +26,7 @@ from lmforge.layers.attention import (
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
-from lmforge.models.base import Backbone, CausalLM, check_config, init_normal
+from lmforge.models.base import Backbone, CausalLM, SlotForward, check_config, init_normal
 
 # ---------------------------------------------------------------- config
 
@@ -173,8 +173,8 @@ class GPTBackbone(Backbone):
         return self.final_norm(x) if self.final_norm is not None else x
 
     def forward_slots(self, token_ids: Tensor, batch: SlotBatch) -> Tensor:
-        """(n, T) ids of an engine's rows -> hidden (n, T, C); row i's tokens sit at
-        batch.positions[i] of its own slot (the engine keeps them below max_seq_len)."""
+        """Packed ids (1, N) of an engine's rows -> hidden (1, N, C); each token sits at its
+        batch.positions of its own slot (the engine keeps them below max_seq_len)."""
         x = self.embed(token_ids, 0, batch.positions)  # rotary: positions go to attention
         for i, block in enumerate(self.blocks):
             x = block(x, None, batch.layer(i))
@@ -184,7 +184,7 @@ class GPTBackbone(Backbone):
 # ---------------------------------------------------------------- tasks
 
 
-class GPTCausalLM(CausalLM):
+class GPTCausalLM(SlotForward, CausalLM):
     """GPT backbone + LM head (tied to the token embedding when config.tie_embeddings).
 
     Example:
@@ -266,14 +266,6 @@ class GPTCausalLM(CausalLM):
         weight = self.backbone.embed.token.weight
         attns = [b.attn for b in self.backbone.blocks]
         return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
-
-    def step_slots(
-        self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]
-    ) -> Tensor:
-        """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on (what came
-        before in that slot stays, what comes after is forgotten): logits (n, T, V)."""
-        batch = SlotBatch(caches, rows, starts, token_ids.shape[1], token_ids.device)
-        return self.head(self.backbone.forward_slots(token_ids, batch))
 
 
 # ---------------------------------------------------------------- presets

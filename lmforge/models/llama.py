@@ -26,7 +26,7 @@ from lmforge.layers.attention import (
 )
 from lmforge.layers.embeddings import ROPE_SCALINGS, RotaryEmbedding
 from lmforge.layers.heads import LMHead
-from lmforge.models.base import Backbone, CausalLM, check_config, init_normal
+from lmforge.models.base import Backbone, CausalLM, SlotForward, check_config, init_normal
 
 # ---------------------------------------------------------------- config
 
@@ -240,8 +240,8 @@ class LlamaBackbone(Backbone):
         return self.final_norm(x)
 
     def forward_slots(self, token_ids: Tensor, batch: SlotBatch) -> Tensor:
-        """(n, T) ids of an engine's rows -> hidden (n, T, C); row i's tokens sit at
-        batch.positions[i] of its own slot (the engine keeps them below max_seq_len)."""
+        """Packed ids (1, N) of an engine's rows -> hidden (1, N, C); each token sits at its
+        batch.positions of its own slot (the engine keeps them below max_seq_len)."""
         x = self.embed(token_ids)
         for i, block in enumerate(self.blocks):
             x = block(x, None, batch.layer(i))
@@ -251,7 +251,7 @@ class LlamaBackbone(Backbone):
 # ---------------------------------------------------------------- tasks
 
 
-class LlamaCausalLM(CausalLM):
+class LlamaCausalLM(SlotForward, CausalLM):
     """Llama backbone + LM head (tied to the token embedding when config.tie_embeddings).
 
     Example:
@@ -326,14 +326,6 @@ class LlamaCausalLM(CausalLM):
         weight = self.backbone.embed.weight
         attns = [b.attn for b in self.backbone.blocks]
         return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
-
-    def step_slots(
-        self, token_ids: Tensor, caches: list[SlotKVCache], rows: list[int], starts: list[int]
-    ) -> Tensor:
-        """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on: logits
-        (n, T, V)."""
-        batch = SlotBatch(caches, rows, starts, token_ids.shape[1], token_ids.device)
-        return self.head(self.backbone.forward_slots(token_ids, batch))
 
 
 # ---------------------------------------------------------------- presets

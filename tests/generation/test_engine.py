@@ -414,3 +414,92 @@ def test_int8_streams_batched_decode_as_they_do_alone():
         torch.testing.assert_close(
             got, torch.tensor([x.logprob for x in a.logprobs]), atol=0.05, rtol=0
         )
+
+
+# ---------------------------------------------------------------- one forward a step
+
+
+class CountForwards:
+    """Records the groups of every model forward the engine makes: (rows, tokens) per group."""
+
+    def __init__(self, model, monkeypatch):
+        self.forwards = []
+        step = model.step_slot_groups
+
+        def counted(groups, caches):
+            self.forwards.append([(len(rows), ids.shape[1]) for ids, rows, _ in groups])
+            return step(groups, caches)
+
+        monkeypatch.setattr(model, "step_slot_groups", counted)
+
+
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary"])
+def test_several_joiners_are_prefilled_in_one_forward_beside_the_decoding_rows(name, monkeypatch):
+    model = MODELS[name]()
+    engine = Engine(model, slots=4, prefill_chunk=64)
+    spy = CountForwards(model, monkeypatch)
+    params = SamplingParams(6, temperature=0, logprobs=0)  # 9 + 6 < 16: nothing slides
+    first = engine.submit(PROMPTS[0], params)
+    engine.step()  # first prefills alone: one forward, one group
+    joiners = [engine.submit(p, params) for p in PROMPTS[1:]]
+    engine.step()  # first decodes while three prompts of 9, 1 and 6 tokens join
+    assert spy.forwards[0] == [(1, 3)]
+    assert spy.forwards[1] == [(1, 1), (1, 9), (1, 1), (1, 6)]
+    assert all(len(h.tokens) == 1 for h in joiners)  # each read its prompt, sampled a token
+    engine.run()
+    assert all(len(f) == 1 for f in spy.forwards[2:])  # then one group of decoding rows
+    assert len(spy.forwards) == 1 + 6
+    for prompt, handle in zip(PROMPTS, [first, *joiners]):
+        assert_as_alone(model, prompt, handle, 6)
+
+
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary", "lstm"])
+def test_a_prompt_longer_than_the_step_budget_reads_on_beside_short_ones(name):
+    """prefill_chunk bounds a step's prompt tokens, all joiners together, first come first
+    read: a 14-token prompt takes 3 steps of 5 while a stream decodes, the short ones after it
+    wait their turn, and every token is the one decoding alone gives."""
+    model = MODELS[name]()
+    long = [7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4]
+    params = SamplingParams(2, temperature=0, logprobs=0)  # 14 + 2 = 16: nothing slides
+    engine = Engine(model, slots=4, prefill_chunk=5)
+    running = engine.submit(PROMPTS[2], GREEDY)
+    engine.step()
+    handles = [engine.submit(p, params) for p in (long, PROMPTS[0], PROMPTS[3])]
+    read, decoded = [], []
+    while engine.has_work:
+        before = [len(h.pending) for h in handles]
+        engine.step()
+        read.append(sum(b - len(h.pending) for h, b in zip(handles, before)))
+        decoded.append(len(running.tokens))
+    assert read[:5] == [5, 5, 5, 5, 3] and sum(read) == 14 + 3 + 6  # 5 a step at most
+    assert decoded[:5] == [2, 3, 4, 5, 6]  # the running stream keeps its pace meanwhile
+    assert_as_alone(model, PROMPTS[2], running, GREEDY.max_new_tokens)
+    for prompt, handle in zip((long, PROMPTS[0], PROMPTS[3]), handles):
+        assert_as_alone(model, prompt, handle, 2)
+
+
+def test_prompt_chunks_beside_decoding_rows_give_the_logits_of_separate_forwards():
+    """step_slot_groups (one forward: a span of decoding rows with a gap, then two prompt
+    chunks, one of them in the gap) gives each row's last logits as separate step_slots calls
+    do, within float tolerance; the caches end the same."""
+    model = tiny_gpt("rotary", seed=2)
+    with torch.no_grad():
+        apart, together = model.init_slots(4, 16), model.init_slots(4, 16)
+        for caches in (apart, together):
+            model.step_slots(torch.tensor([[1, 2, 3], [4, 5, 6]]), caches, [0, 3], [0, 0])
+            model.step_slots(torch.tensor([[9, 9, 9, 9]]), caches, [2], [0])
+        decode = (torch.tensor([[7], [0], [0], [8]]), [0, 1, 2, 3], [3, 0, 4, 3])
+        chunks = [(torch.tensor([[11, 12, 13, 14, 15]]), [1], [0])]
+        chunks.append((torch.tensor([[16, 17]]), [2], [4]))
+        got = model.step_slot_groups([decode, *chunks], together)
+        want = [model.step_slots(ids, apart, rows, starts)[:, -1] for ids, rows, starts in [decode]]
+        want += [model.step_slots(ids, apart, rows, starts)[:, -1] for ids, rows, starts in chunks]
+    want = torch.cat(want)
+    assert got.shape == (6, model.config.vocab_size)
+    torch.testing.assert_close(got[[0, 3, 4, 5]], want[[0, 3, 4, 5]], atol=1e-5, rtol=1e-4)
+    for a, b in zip(apart, together):  # the gap's dummy tokens were overwritten by the chunks
+        torch.testing.assert_close(a.k[:, :, :6], b.k[:, :, :6], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.v[:, :, :6], b.v[:, :, :6], atol=1e-5, rtol=1e-4)
+    full = [[1, 2, 3, 7], [11, 12, 13, 14, 15], [9, 9, 9, 9, 16, 17], [4, 5, 6, 8]]
+    reference = torch.stack([model(torch.tensor([p]))[0, -1] for p in full])
+    torch.testing.assert_close(got[[0, 4, 5, 3]], reference, atol=1e-5, rtol=1e-4)
