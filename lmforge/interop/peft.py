@@ -10,6 +10,7 @@ adapter leaves out (PEFT's default q_proj, v_proj) is a zero block.
 """
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -31,11 +32,12 @@ from lmforge.interop.hf import (
 from lmforge.layers.lora import apply_lora, lora_layers
 from lmforge.models.base import Backbone
 
+log = logging.getLogger(__name__)
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."  # PeftModel's name for the model it wraps
-# PEFT's task_type for our task kinds (lmforge.api.task_kind); a masked LM has none there
-TASK_TYPES = {"causal-lm": "CAUSAL_LM", "classify": "SEQ_CLS"}
+ADAPTER_FOLDER = "adapter"  # RUN/adapter
 
 
 def _layout(model) -> tuple[str, dict, dict[str, tuple[str, list[str]]]]:
@@ -49,9 +51,8 @@ def _layout(model) -> tuple[str, dict, dict[str, tuple[str, list[str]]]]:
             f"no PEFT adapter names: {problems[0]}"
         )
     table = _table(model_type)
-    architecture = _architecture(model, table) if "tasks" in table else table["architecture"]
     layers = {}
-    for mine, their in _names(table, architecture).items():
+    for mine, their in _names(table, _their_architecture(model, table)).items():
         if their is None or not mine.endswith(".weight"):
             continue
         for i in _layers(mine, model.config.num_layers):
@@ -60,6 +61,25 @@ def _layout(model) -> tuple[str, dict, dict[str, tuple[str, list[str]]]]:
                 modules = [m.removeprefix(table["base_prefix"]) for m in modules]
             layers[mine.format(i=i).removesuffix(".weight")] = (mine, modules)
     return model_type, table, layers
+
+
+def _their_architecture(model, table: dict) -> str:
+    return _architecture(model, table) if "tasks" in table else table["architecture"]
+
+
+def _full_weights(model, prefixes) -> dict[str, str]:
+    """{our key: their key} of the weights under our module names `prefixes` (a classifier's
+    head), which an adapter holds whole (PEFT's modules_to_save)."""
+    table = _table(export_type(model))
+    names = _names(table, _their_architecture(model, table))
+    out = {}
+    for key in model.state_dict():
+        if key.split(".")[0] in prefixes:
+            their = names.get(key)
+            if not isinstance(their, str):
+                raise ConfigError(f"{key} has no Hugging Face name: a PEFT adapter cannot hold it")
+            out[key] = their
+    return out
 
 
 def adapter_tensors(model) -> tuple[dict[str, Tensor], list[str]]:
@@ -81,14 +101,15 @@ def adapter_tensors(model) -> tuple[dict[str, Tensor], list[str]]:
     return tensors, modules
 
 
-def save_adapter(model, folder: str | Path, base: str = "", task: str = "causal-lm") -> None:
+def save_adapter(model, folder: str | Path, base: str = "", trained: tuple = ()) -> None:
     """Write the LoRA adapter of `model` as PEFT does into `folder` (which must exist):
     adapter_model.safetensors and adapter_config.json. PeftModel.from_pretrained(transformers
     model of `base`, folder) then computes what `model` does.
 
     Args:
         base: the base model's name or folder (base_model_name_or_path).
-        task: our task kind, for PEFT's task_type.
+        trained: our names of modules trained whole (a classifier's "head"), saved whole as
+            PEFT's modules_to_save.
     """
     from lmforge.run_folder import save_tensors
 
@@ -96,6 +117,10 @@ def save_adapter(model, folder: str | Path, base: str = "", task: str = "causal-
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapter to save")
     tensors, modules = adapter_tensors(model)
+    whole = _full_weights(model, trained)
+    state = model.state_dict()
+    for mine, their in whole.items():
+        tensors[PREFIX + their] = state[mine].detach().float().cpu().clone()
     first = next(iter(layers.values()))
     ranks = {(m.rank, m.alpha) for m in layers.values()}
     dropout = first.dropout.p if isinstance(first.dropout, torch.nn.Dropout) else 0.0
@@ -107,7 +132,7 @@ def save_adapter(model, folder: str | Path, base: str = "", task: str = "causal-
                 rank_pattern[module], alpha_pattern[module] = layer.rank, layer.alpha
     config = {
         "peft_type": "LORA",
-        "task_type": TASK_TYPES.get(task),
+        "task_type": _task_type(model),
         "base_model_name_or_path": base or None,
         "r": first.rank,
         "lora_alpha": first.alpha,
@@ -115,7 +140,7 @@ def save_adapter(model, folder: str | Path, base: str = "", task: str = "causal-
         "target_modules": sorted(set(modules)),  # full names: PEFT matches them exactly
         "fan_in_fan_out": export_type(model) == "gpt2",  # GPT-2's Conv1D stores (in, out)
         "bias": "none",
-        "modules_to_save": None,
+        "modules_to_save": sorted({t.rpartition(".")[0] for t in whole.values()}) or None,
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
@@ -127,6 +152,27 @@ def save_adapter(model, folder: str | Path, base: str = "", task: str = "causal-
     folder = Path(folder)
     save_tensors(tensors, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _task_type(model) -> str | None:
+    """PEFT's task_type for our task: CAUSAL_LM, SEQ_CLS, or None (a masked LM)."""
+    if hasattr(model, "step"):
+        return "CAUSAL_LM"
+    return "SEQ_CLS" if hasattr(model, "num_classes") else None
+
+
+def save_run_adapter(model, run_dir: str | Path, base: str = "", trained=()) -> Path | None:
+    """RUN/adapter/ (save_adapter), replaced atomically; None, with a warning, for a model with no
+    Hugging Face layout (no PEFT names): its run still holds the adapter in model.safetensors."""
+    from lmforge.files import write_folder_atomic
+
+    try:
+        _layout(model)
+    except ConfigError as e:
+        log.warning("no PEFT adapter folder written: %s", e)
+        return None
+    out = Path(run_dir) / ADAPTER_FOLDER
+    return write_folder_atomic(out, lambda tmp: save_adapter(model, tmp, base, tuple(trained)))
 
 
 def read_adapter_config(folder: str | Path) -> dict:
@@ -165,13 +211,20 @@ def load_adapter(model, folder: str | Path) -> list[str]:
     _, table, layers = _layout(model)
     theirs = load_file(str(folder / ADAPTER_WEIGHTS))
     found: dict[str, dict[str, Tensor]] = {}  # their module -> {"A": ..., "B": ...}
+    whole = {}  # their key -> tensor of the modules it holds whole (modules_to_save)
     for key, tensor in theirs.items():
         module, _, kind = key.removeprefix(PREFIX).rpartition(".lora_")
-        if kind not in ("A.weight", "B.weight"):
-            raise CheckpointError(
-                f"{folder}: {key!r} is not a LoRA weight; lmforge loads lora_A/lora_B only"
-            )
-        found.setdefault(module, {})[kind[0]] = tensor.float()
+        if kind in ("A.weight", "B.weight"):
+            found.setdefault(module, {})[kind[0]] = tensor.float()
+        else:
+            whole[key.removeprefix(PREFIX)] = tensor
+    ours = {t: m for m, t in _full_weights(model, ("head",)).items()} if whole else {}
+    if set(whole) - set(ours):
+        key = sorted(set(whole) - set(ours))[0]
+        raise CheckpointError(
+            f"{folder}: {key!r} is neither a LoRA weight nor a weight of the model's head, "
+            f"which lmforge loads: was the adapter made for another model?"
+        )
     owner = {m: name for name, (_, modules) in layers.items() for m in modules}
     unknown = sorted(set(found) - set(owner))
     if unknown:
@@ -228,6 +281,9 @@ def load_adapter(model, folder: str | Path) -> list[str]:
         weights[name] = (a, b)
     if not weights:
         raise CheckpointError(f"{folder}: the adapter holds no LoRA weights")
+    with torch.no_grad():
+        for key, tensor in whole.items():
+            model.get_parameter(ours[key]).copy_(tensor)
     dropout = float(config.get("lora_dropout") or 0.0)
     names = apply_lora(model, r, alpha, dropout, targets=list(weights), ranks=ranks)
     for name, layer in lora_layers(model).items():
