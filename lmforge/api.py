@@ -286,17 +286,28 @@ def _task_spec(model) -> dict | None:
     return None
 
 
-def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
+def convert(
+    source: str | Path,
+    to: str,
+    out: str | Path,
+    overwrite: bool = False,
+    merge_lora: bool = False,
+    adapter: str | Path | None = None,
+) -> Path:
     """Write the model and tokenizer of `source` (run folder, Hugging Face folder or name) to a
     new folder `out` in format `to`: "hf" (transformers loads it) or "lmforge" (a run folder).
+    `merge_lora`: fold a LoRA run's adapters (or the PEFT `adapter` folder added to `source`)
+    into plain weights, which a LoRA model needs for either format.
 
     The folder is written under a temporary name and renamed, so it is complete or absent.
 
     Example:
         convert("runs/eli5", "hf", "export/eli5")
         transformers.AutoModelForCausalLM.from_pretrained("export/eli5")
+        convert("runs/eli5-lora", "hf", "export/eli5-merged", merge_lora=True)
     """
     from lmforge.interop.hf import FORMATS, write_hf_folder
+    from lmforge.layers.lora import lora_layers, merge_lora_
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
 
     if to not in FORMATS:
@@ -314,6 +325,21 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
             f"{folder} holds {model.quantized} weights (lmforge quantize), which convert does not "
             "write; convert the run it was quantized from"
         )
+    if adapter is not None:
+        from lmforge.interop.peft import load_adapter
+
+        load_adapter(model, adapter)
+    if merge_lora and not lora_layers(model):
+        raise ConfigError(
+            f"--merge-lora: {source} has no LoRA adapter (it was not trained with --lora-rank): "
+            "drop --merge-lora, or add a PEFT adapter folder with --adapter DIR"
+        )
+    if lora_layers(model) and not merge_lora:
+        raise ConfigError(
+            f"{source} has a LoRA adapter: pass --merge-lora to write merged weights (a LoRA "
+            "run's adapter/ folder alone is what PEFT loads)"
+        )
+    merge_lora_(model)
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model, folder)
 

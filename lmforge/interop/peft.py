@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.files import write_atomic, write_folder_atomic
 from lmforge.interop.hf import (
     _architecture,
     _layers,
@@ -102,7 +103,7 @@ def adapter_tensors(model) -> tuple[dict[str, Tensor], list[str]]:
 
 
 def save_adapter(model, folder: str | Path, base: str = "", trained: tuple = ()) -> None:
-    """Write the LoRA adapter of `model` as PEFT does into `folder` (which must exist):
+    """Write the LoRA adapter of `model` as PEFT does into `folder` (made if missing):
     adapter_model.safetensors and adapter_config.json. PeftModel.from_pretrained(transformers
     model of `base`, folder) then computes what `model` does.
 
@@ -150,8 +151,9 @@ def save_adapter(model, folder: str | Path, base: str = "", trained: tuple = ())
         "revision": None,
     }
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     save_tensors(tensors, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
 
 
 def _task_type(model) -> str | None:
@@ -164,8 +166,6 @@ def _task_type(model) -> str | None:
 def save_run_adapter(model, run_dir: str | Path, base: str = "", trained=()) -> Path | None:
     """RUN/adapter/ (save_adapter), replaced atomically; None, with a warning, for a model with no
     Hugging Face layout (no PEFT names): its run still holds the adapter in model.safetensors."""
-    from lmforge.files import write_folder_atomic
-
     try:
         _layout(model)
     except ConfigError as e:

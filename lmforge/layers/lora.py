@@ -119,9 +119,14 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
             if hit:
                 picked.append(name)
                 break
+    if not names:
+        raise ConfigError(
+            f"--lora-rank: a {type(model).__name__} has no linear layers in its backbone for LoRA "
+            "to wrap: drop --lora-rank, or train a gpt, llama or bert model"
+        )
     if not picked:
         kinds = sorted({n.split(".blocks.")[-1].split(".", 1)[-1] for n in names})
-        there = ", ".join(kinds) if kinds else "none (it has no Linear layers LoRA can wrap)"
+        there = ", ".join(kinds)
         raise ConfigError(
             f"--lora-targets {','.join(targets)} matches no module of this "
             f"{type(model).__name__}; its linear layers: {there}; use {'|'.join(TARGETS)} or "
