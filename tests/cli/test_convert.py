@@ -281,3 +281,10 @@ def test_convert_refusal_lists_every_reason_on_one_line(tmp_path, capsys):
     assert "norm_first=False" in line and "tie_embeddings=False" in line and "--to lmforge" in line
     assert not (tmp_path / "hf").exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "run"]  # no temporary folder left behind
+
+
+def test_merge_lora_needs_a_lora_run(folders, tmp_path, capsys):
+    run, _ = folders
+    err = _error(capsys, ["convert", str(run), "--merge-lora", "--to", "hf", str(tmp_path / "x")])
+    assert "has no LoRA adapter (it was not trained with --lora-rank): drop --merge-lora" in err
+    assert not (tmp_path / "x").exists()
