@@ -61,7 +61,9 @@ class LoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.base_layer(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+        # the scaling on the rank-r activations: the same product as PEFT's (B A x) * scaling,
+        # at a fraction of the cost of scaling the full-width output
+        return self.base_layer(x) + self.lora_B(self.lora_A(self.dropout(x)) * self.scaling)
 
     def delta(self) -> Tensor:
         """The update as a weight (out, in): scaling * B @ A, in float32."""
