@@ -94,3 +94,24 @@ def test_a_peft_adapter_folder_on_a_base_model(hf_gpt2, tmp_path, capsys):
     assert main([*argv, "--merge-lora", "--to", "hf", str(tmp_path / "hf")]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     torch.testing.assert_close(merged(IDS).logits, with_run, atol=1e-4, rtol=1e-4)
+
+
+def test_a_lora_classifier_trains_its_new_head_in_full(tmp_path):
+    texts = {"pos": "a great moving film", "neg": "a dull boring waste"}
+    rows = ["review,sentiment"] + [f"{texts[k]} {i},{k}" for i in range(30) for k in texts]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    lmforge.train(
+        data=str(tmp_path / "reviews.csv"), field="review", label_field="sentiment",
+        task="classify", tokenizer="wordpiece", vocab_size=100, preset="bert-nano", embed_dim=16,
+        ffn_dim=32, max_seq_len=16, batch_size=8, threads=1, max_steps=3, lora_rank=2,
+        out=str(tmp_path / "run"),
+    )  # fmt: skip
+    run = tmp_path / "run"
+    lora = json.loads((run / "config.json").read_text())["lora"]
+    assert lora["trained"] == ["head"] and "backbone.pooler" in lora["targets"]
+    state = load_state(sorted((run / "checkpoints").iterdir())[-1])
+    # A and B of each wrapped layer, and the head's weight and bias
+    assert len(state["optimizer"]["state"]) == 2 * len(lora["targets"]) + 2
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["classifier"] and adapter["task_type"] == "SEQ_CLS"
+    assert lmforge.load(run)(torch.randint(5, 50, (2, 8))).shape == (2, 2)
