@@ -222,6 +222,12 @@ class TrainConfig:
             raise ConfigError(f"unknown --backend {self.backend!r}: use gloo or nccl")
         if self.lora_rank is not None:
             lora.check_options(self.lora_rank, self.lora_alpha, self.lora_dropout)
+            if self.optimizer != "adamw":  # Muon orthogonalizes whole hidden matrices
+                raise ConfigError(
+                    f"--lora-rank trains its adapters with AdamW, and the optimizer is "
+                    f"{self.optimizer} (the gpt-baby and gpt-shakespeare presets' choice): add "
+                    "--optimizer adamw"
+                )
         elif self.lora_alpha is not None or self.lora_dropout:
             raise ConfigError("--lora-alpha and --lora-dropout set up LoRA: add --lora-rank 8")
         if self.stateful and self.batching not in ("auto", "epochs"):

@@ -308,6 +308,7 @@ def _one_error_line(capsys, argv) -> str:
             "attn.out, attn.qkv, ffn.down, ffn.up",
         ),
         (["--lora-dropout", "0.1"], "set up LoRA: add --lora-rank 8"),
+        (["--lora-rank", "4", "--optimizer", "muon"], "and the optimizer is muon"),
     ],
 )
 def test_bad_lora_options_are_one_line_and_write_nothing(
