@@ -303,7 +303,7 @@ def _one_error_line(capsys, argv) -> str:
         (["--lora-rank", "0"], "--lora-rank 0 is not a rank: give 1 or more"),
         (["--lora-rank", "4", "--lora-dropout", "-0.1"], r"--lora-dropout -0.1 must be in [0, 1)"),
         (
-            ["--lora-rank", "4", "--lora-targets", "q_proj"],
+            ["--lora-rank", "4", "--lora-targets", "q_proj", "--optimizer", "adamw"],
             "--lora-targets q_proj matches no module of this GPTCausalLM; its linear layers: "
             "attn.out, attn.qkv, ffn.down, ffn.up",
         ),
