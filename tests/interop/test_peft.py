@@ -30,6 +30,15 @@ def _llama():  # grouped-query attention: q and k/v parts of different sizes
     return transformers.LlamaForCausalLM(config)
 
 
+def _gpt_neox():  # lmforge's rotary GPTs: q/k/v rows head by head there, [q | k | v] here
+    config = transformers.GPTNeoXConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, rotary_pct=1.0,
+        use_parallel_residual=False,
+    )  # fmt: skip
+    return transformers.GPTNeoXForCausalLM(config)
+
+
 def _bert_classifier():
     config = transformers.BertConfig(
         vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -38,7 +47,14 @@ def _bert_classifier():
     return transformers.BertForSequenceClassification(config)
 
 
-MODELS = {"gpt2": _gpt2, "llama": _llama}
+MODELS = {"gpt2": _gpt2, "llama": _llama, "gpt_neox": _gpt_neox}
+# what PEFT targets in the adapters it makes; Llama: PEFT's usual q/v only (k left out) and gate
+# without up, so each fused part has its own A (or none)
+PEFT_TARGETS = {
+    "gpt2": ["c_attn", "c_fc"],
+    "llama": ["q_proj", "v_proj", "gate_proj", "o_proj"],
+    "gpt_neox": ["query_key_value", "dense_4h_to_h"],
+}
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -79,6 +95,7 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(base, tmp_path, targets)
     expected = {
         "gpt2": "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight",
         "llama": "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight",
+        "gpt_neox": "base_model.model.gpt_neox.layers.1.attention.query_key_value.lora_B.weight",
     }[kind]
     assert expected in keys
     theirs = peft.PeftModel.from_pretrained(_auto(folder), tmp_path).eval()
@@ -87,10 +104,8 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(base, tmp_path, targets)
 
 def test_a_peft_made_adapter_loads_into_lmforge_with_the_same_logits(base, tmp_path):
     kind, folder = base
-    # Llama: PEFT's usual q/v only (k is left out) and gate without up: each fused part its own A
-    targets = ["c_attn", "c_fc"] if kind == "gpt2" else ["q_proj", "v_proj", "gate_proj", "o_proj"]
     config = peft.LoraConfig(
-        r=4, lora_alpha=16, target_modules=targets, fan_in_fan_out=kind == "gpt2"
+        r=4, lora_alpha=16, target_modules=PEFT_TARGETS[kind], fan_in_fan_out=kind == "gpt2"
     )
     theirs = peft.get_peft_model(_auto(folder), config)
     _randomize_b(theirs)
@@ -128,7 +143,7 @@ def test_a_classifier_adapter_carries_its_head(tmp_path):
 
 def test_an_adapter_for_another_model_is_refused_in_one_line(base, tmp_path):
     kind, folder = base
-    other = "llama" if kind == "gpt2" else "gpt2"
+    other = "llama" if kind != "llama" else "gpt2"
     torch.manual_seed(0)
     MODELS[other]().save_pretrained(tmp_path / other)
     ours = load_hf_model(tmp_path / other).eval()
