@@ -39,6 +39,12 @@ def main() -> None:
     )
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--pretrained", default=None, help="a pretrained run to reuse (skips step 1)")
+    ap.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="the fine-tuning budget of both, in steps (default: the example's 3 epochs)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tiny", action="store_true", help="smoke run: the example's --tiny sizes")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
@@ -50,6 +56,8 @@ def main() -> None:
         size, vocab_size = ex.TINY, 512
         args.pretrain_steps = min(args.pretrain_steps, 30)
         budget = dict(max_steps=20, eval_every=10)
+    if args.finetune_steps:
+        budget = dict(max_steps=args.finetune_steps, eval_every=max(1, args.finetune_steps // 3))
     progress.enable(not args.json)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)

@@ -78,6 +78,9 @@ def test_merged_exports_compute_what_the_adapter_model_does(hf_gpt2, tmp_path, c
     plain = lmforge.load(tmp_path / "lf")
     assert not any(isinstance(m, LoRALinear) for m in plain.modules())
     torch.testing.assert_close(plain(IDS), expected, atol=1e-4, rtol=1e-4)
+    # int8 weights of a LoRA run are those of its merged model
+    int8 = lmforge.load(run, quantize="int8")
+    torch.testing.assert_close(int8(IDS), lmforge.load(tmp_path / "lf", quantize="int8")(IDS))
     # sample runs on the LoRA run itself (the adapter on its base)
     assert (
         main(["sample", str(run), "--max-new-tokens", "5", "--seed", "1", "--prompt", "Why"]) == 0
