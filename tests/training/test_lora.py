@@ -97,6 +97,12 @@ def test_a_peft_adapter_folder_on_a_base_model(hf_gpt2, tmp_path, capsys):
     assert main([*argv, "--merge-lora", "--to", "hf", str(tmp_path / "hf")]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     torch.testing.assert_close(merged(IDS).logits, with_run, atol=1e-4, rtol=1e-4)
+    capsys.readouterr()
+    sample = ["sample", "--max-new-tokens", "8", "--seed", "1", "--prompt", "Why"]
+    assert main([*sample, str(tmp_path / "run")]) == 0
+    from_run = capsys.readouterr().out
+    assert main([*sample, str(hf_gpt2), "--adapter", str(tmp_path / "run" / "adapter")]) == 0
+    assert capsys.readouterr().out == from_run
 
 
 def test_a_lora_classifier_trains_its_new_head_in_full(tmp_path):
