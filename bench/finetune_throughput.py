@@ -10,6 +10,11 @@ warm-up steps (the first step allocates the optimizer state). Run by hand:
 
     .venv/bin/python bench/finetune_throughput.py --json
     .venv/bin/python bench/finetune_throughput.py --tiny --json   # a seconds-long smoke run
+    .venv/bin/python bench/finetune_throughput.py --lora --json   # + LoRA beside full fine-tuning
+
+--lora adds a third contender, lmforge with LoRA adapters (rank --lora-rank, alpha twice that,
+every block Linear) on the frozen model, and reports its peak RSS over full fine-tuning's
+(`memory_ratio_vs_full`) and full fine-tuning's step time over its own (`speedup_vs_full`).
 """
 
 import argparse
@@ -50,7 +55,7 @@ def _save_folder(folder: Path, num_layers: int, tiny: bool = False) -> None:
     GPT2LMHeadModel(config).save_pretrained(folder)
 
 
-def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
+def run_one(kind: str, folder: str, steps: int, warmup: int, lora_rank: int = 8) -> dict:
     """Time `steps` fine-tuning steps of one contender in this process."""
     import torch
 
@@ -65,11 +70,15 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
     labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100)], dim=1)  # ours: already shifted
     cfg = TrainConfig(lr=2e-5, weight_decay=0.01)
     precision = devices.resolve_precision("auto", torch.device("cpu"))
-    if kind == "lmforge":
+    if kind in ("lmforge", "lora"):
         import lmforge
 
         model = lmforge.load(folder).train()
         batch = {"token_ids": ids, "labels": labels}
+        if kind == "lora":  # what `train --lora-rank R` does to the model
+            from lmforge.layers.lora import apply_lora
+
+            apply_lora(model, lora_rank, 2.0 * lora_rank, targets="all-linear")
     else:
         from transformers import GPT2LMHeadModel
 
@@ -77,7 +86,7 @@ def run_one(kind: str, folder: str, steps: int, warmup: int) -> dict:
         batch = {"input_ids": ids, "labels": ids}  # transformers shifts inside the loss
     optimizer = make_optimizer(model, cfg)  # the same AdamW and parameter groups for both
 
-    if kind == "lmforge":
+    if kind in ("lmforge", "lora"):
 
         def step():
             train_step(model, batch, optimizer, precision=precision, grad_clip=1.0)
@@ -112,19 +121,26 @@ def main() -> None:
         action="store_true",
         help="smoke run: a 2 x 64 model, 1 trial of 2 steps (checks the script, measures nothing)",
     )
+    ap.add_argument(
+        "--lora",
+        action="store_true",
+        help="also time LoRA fine-tuning of the same model (memory_ratio_vs_full, speedup_vs_full)",
+    )
+    ap.add_argument("--lora-rank", type=int, default=8, help="the LoRA contender's rank")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.folder, args.steps, args.warmup)))
+        row = run_one(args.one, args.folder, args.steps, args.warmup, args.lora_rank)
+        print(json.dumps(row))
         return
     if args.tiny:
         args.steps, args.warmup, args.trials = 2, 1, 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "gpt2"
         _save_folder(folder, args.num_layers, args.tiny)
-        results = {"lmforge": [], "hf": []}
+        results = {"lmforge": [], "hf": [], **({"lora": []} if args.lora else {})}
         for _ in range(args.trials):
             for kind in results:
                 cmd = [
@@ -138,6 +154,8 @@ def main() -> None:
                     str(args.steps),
                     "--warmup",
                     str(args.warmup),
+                    "--lora-rank",
+                    str(args.lora_rank),
                 ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -164,6 +182,16 @@ def main() -> None:
         "steps": args.steps,
         **machine_fields(),
     }
+    if args.lora:
+        row.update(
+            {
+                "lora_rank": args.lora_rank,
+                "lora_tokens_per_s": med["lora"],
+                "lora_peak_rss_mb": rss["lora"],
+                "memory_ratio_vs_full": rss["lora"] / rss["lmforge"],
+                "speedup_vs_full": med["lora"] / med["lmforge"],  # tokens/s ratio = step time's
+            }
+        )
     if args.json:
         print(json.dumps(row))
     else:

@@ -15,19 +15,27 @@ from lmforge.errors import ConfigError
 from lmforge.presets import from_preset
 
 
-def load(run_or_preset: str | Path, device: str | None = None, quantize: str | None = None):
+def load(
+    run_or_preset: str | Path,
+    device: str | None = None,
+    quantize: str | None = None,
+    adapter: str | Path | None = None,
+):
     """The task model of a run folder, a Hugging Face folder or name, or a preset, in eval mode.
 
     Names resolve as in `lmforge.presets.find_checkpoint` (LMFORGE_MODELS_DIR, the Hugging Face
     cache, a download); a preset with no weights anywhere (gpt-baby) gets random weights.
     `quantize="int8"`: int8 weights with a scale per output channel in every linear layer and
-    the output head (`model.int8_kernel` says which matmul runs).
+    the output head (`model.int8_kernel` says which matmul runs). A LoRA run comes with its
+    adapters; `adapter=DIR` adds a PEFT LoRA adapter folder (save_pretrained's, or a run's
+    adapter/) on top of the model's own weights.
 
     Example:
         model = lmforge.load("runs/shakespeare")  # or "distilgpt2", "path/to/hf-folder"
         logits = model(torch.tensor([[5, 6, 7]]))  # (1, 3, vocab_size)
+        tuned = lmforge.load("hf/smollm2-135m", adapter="peft-out")  # base + PEFT adapter
     """
-    return from_preset(run_or_preset, device=device, quantize=quantize)
+    return from_preset(run_or_preset, device=device, quantize=quantize, adapter=adapter)
 
 
 def load_tokenizer(path: str | Path):
@@ -121,11 +129,13 @@ def load_run(
     device: str = "auto",
     unknown_token: str | None = None,
     quantize: str | None = None,
+    adapter: str | Path | None = None,
 ):
     """Load a run folder, Hugging Face folder or name as a LoadedRun, the model on the picked
     device. `unknown_token` maps characters a char tokenizer has not seen to that one of its
     own (see CharTokenizer.with_unknown_token); `quantize="int8"` gives the model int8 weights
-    (lmforge.layers.quant; a run `lmforge quantize` wrote has them already).
+    (lmforge.layers.quant; a run `lmforge quantize` wrote has them already); `adapter` adds a
+    PEFT LoRA adapter folder (lmforge.interop.peft).
 
     Example:
         run = load_run("runs/wine")
@@ -145,6 +155,11 @@ def load_run(
             f"(lmforge train --preset {run}) and use the run folder"
         )
     model = load_folder(folder)
+    if adapter is not None:
+        from lmforge.interop.peft import load_adapter
+
+        load_adapter(model, adapter)
+        model.eval()
     tokenizer = with_unknown_token(load_tokenizer(folder), unknown_token)
     check_tokenizer_fits(tokenizer, model, folder)
     config = {} if is_hf_folder(folder) else ckpt.read_config(folder)
@@ -222,6 +237,7 @@ def save_quantized(
         )
     config = loaded.config or run_config(loaded.model, str(loaded.folder))
     config = {**config, "quantize": kind, "quantized_from": str(loaded.folder)}
+    config.pop("lora", None)  # quantize_ merges a LoRA run's adapters into its weights
     config.pop("lmforge_version", None)  # write_config stamps the running version
     quantize_(loaded.model, kind)
 
@@ -270,17 +286,28 @@ def _task_spec(model) -> dict | None:
     return None
 
 
-def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
+def convert(
+    source: str | Path,
+    to: str,
+    out: str | Path,
+    overwrite: bool = False,
+    merge_lora: bool = False,
+    adapter: str | Path | None = None,
+) -> Path:
     """Write the model and tokenizer of `source` (run folder, Hugging Face folder or name) to a
     new folder `out` in format `to`: "hf" (transformers loads it) or "lmforge" (a run folder).
+    `merge_lora`: fold a LoRA run's adapters (or the PEFT `adapter` folder added to `source`)
+    into plain weights, which a LoRA model needs for either format.
 
     The folder is written under a temporary name and renamed, so it is complete or absent.
 
     Example:
         convert("runs/eli5", "hf", "export/eli5")
         transformers.AutoModelForCausalLM.from_pretrained("export/eli5")
+        convert("runs/eli5-lora", "hf", "export/eli5-merged", merge_lora=True)
     """
     from lmforge.interop.hf import FORMATS, write_hf_folder
+    from lmforge.layers.lora import lora_layers, merge_lora_
     from lmforge.presets import check_tokenizer_fits, find_checkpoint, load_folder
     from lmforge.tokenizers.chat import saved_chat_template
 
@@ -299,6 +326,21 @@ def convert(source: str | Path, to: str, out: str | Path, overwrite: bool = Fals
             f"{folder} holds {model.quantized} weights (lmforge quantize), which convert does not "
             "write; convert the run it was quantized from"
         )
+    if adapter is not None:
+        from lmforge.interop.peft import load_adapter
+
+        load_adapter(model, adapter)
+    if merge_lora and not lora_layers(model):
+        raise ConfigError(
+            f"--merge-lora: {source} has no LoRA adapter (it was not trained with --lora-rank): "
+            "drop --merge-lora, or add a PEFT adapter folder with --adapter DIR"
+        )
+    if lora_layers(model) and not merge_lora:
+        raise ConfigError(
+            f"{source} has a LoRA adapter: pass --merge-lora to write merged weights (a LoRA "
+            "run's adapter/ folder alone is what PEFT loads)"
+        )
+    merge_lora_(model)
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model, folder)
     template = saved_chat_template(tokenizer, folder)  # in tokenizer_config.json, for one

@@ -243,6 +243,11 @@ def load_folder(folder: Path):
         from lmforge.layers.quant import quantize_
 
         quantize_(task, config["quantize"])
+    if config.get("lora"):  # a LoRA run: the adapters it trained, on its frozen base weights
+        from lmforge.layers.lora import apply_lora
+
+        lora = config["lora"]
+        apply_lora(task, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
     load_weights(task, weights)
     return task.eval()
 
@@ -271,12 +276,18 @@ def check_tokenizer_fits(tokenizer, model, where: str | Path) -> None:
         )
 
 
-def from_preset(name_or_path: str | Path, device: str | None = None, quantize: str | None = None):
+def from_preset(
+    name_or_path: str | Path,
+    device: str | None = None,
+    quantize: str | None = None,
+    adapter: str | Path | None = None,
+):
     """A task model from a run folder, a Hugging Face folder or name, or a preset name.
 
     Names resolve through `find_checkpoint` (LMFORGE_MODELS_DIR, the Hugging Face cache, a
     download); a preset with no checkpoint anywhere (gpt-baby, ...) gets random weights.
-    `quantize="int8"` swaps every linear layer for int8 weights (lmforge.layers.quant).
+    `quantize="int8"` swaps every linear layer for int8 weights (lmforge.layers.quant);
+    `adapter` adds a PEFT LoRA adapter folder (lmforge.interop.peft.load_adapter).
 
     Example:
         model = lmforge.load("runs/shakespeare")   # or "distilgpt2", "path/to/hf-folder"
@@ -292,6 +303,11 @@ def from_preset(name_or_path: str | Path, device: str | None = None, quantize: s
         task = build_task(preset["family"], preset["config"]).eval()
     else:
         task = load_folder(folder)
+    if adapter is not None:
+        from lmforge.interop.peft import load_adapter
+
+        load_adapter(task, adapter)
+        task.eval()
     if device is not None:
         task.to(device)
     if quantize is not None:

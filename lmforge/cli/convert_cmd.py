@@ -16,6 +16,17 @@ class ConvertConfig:
         },
     )
     overwrite: bool = field(default=False, metadata={"help": "replace OUT if it exists"})
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "fold a LoRA run's adapters (or --adapter's) into plain weights"},
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "a PEFT LoRA adapter folder to add to SOURCE (with --merge-lora)",
+            "default_help": "none",
+        },
+    )
 
 
 def add_parser(sub):
@@ -35,6 +46,14 @@ def run(args) -> int:
     from lmforge.api import convert
 
     cfg = options.from_args(args, ConvertConfig)
-    out = convert(args.source, cfg.to, args.out, overwrite=cfg.overwrite)
-    print(f"wrote {out} ({cfg.to} format)")
+    out = convert(
+        args.source,
+        cfg.to,
+        args.out,
+        overwrite=cfg.overwrite,
+        merge_lora=cfg.merge_lora,
+        adapter=cfg.adapter,
+    )
+    merged = ", LoRA merged" if cfg.merge_lora else ""
+    print(f"wrote {out} ({cfg.to} format{merged})")
     return 0

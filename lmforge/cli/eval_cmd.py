@@ -38,6 +38,7 @@ class EvalConfig:
     precision: str = option(default="auto", metadata={"help": "auto|fp32|bf16"})
     unknown_token: str | None = option(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
     quantize: str | None = options.quantize_option()
+    adapter: str | None = options.adapter_option()
 
 
 def add_parser(sub):
@@ -60,7 +61,7 @@ def run(args) -> int:
     from lmforge.training.run_data import eval_data, make_examples, sft_eval_examples
 
     cfg = options.from_args(args, EvalConfig)
-    loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
+    loaded = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize, cfg.adapter)
     if loaded.kind != "causal-lm":  # classify / mlm runs
         return _run_task(args, cfg, loaded)
     info = loaded.data or {"batching": "windows"}

@@ -37,6 +37,18 @@ def quantize_option():
     )
 
 
+def adapter_option():
+    """The --adapter field of the verbs that load a model to run it (sample, eval)."""
+    return dataclasses.field(
+        default=None,
+        metadata={
+            "help": "a PEFT LoRA adapter folder to apply on top of the model (save_pretrained's "
+            "output, or a LoRA run's adapter/)",
+            "default_help": "none; a LoRA run brings its own",
+        },
+    )
+
+
 class _Append(argparse.Action):
     """action="append" that starts a new list instead of appending to the (sentinel) default."""
 

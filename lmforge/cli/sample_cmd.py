@@ -50,6 +50,7 @@ class SampleConfig:
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     unknown_token: str | None = field(default=None, metadata={"help": UNKNOWN_TOKEN_HELP})
     quantize: str | None = options.quantize_option()
+    adapter: str | None = options.adapter_option()
     threads: int | None = field(
         default=None,
         metadata={"help": "CPU threads while decoding (default: the fastest of 1 and all cores)"},
@@ -80,7 +81,7 @@ def run(args) -> int:
     from lmforge.generation.generate import generate_text, generate_texts
 
     cfg = options.from_args(args, SampleConfig)
-    run = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize)
+    run = load_run(args.run, cfg.device, cfg.unknown_token, cfg.quantize, cfg.adapter)
     run.require("causal-lm", "`lmforge sample`")
     model, tok = run.model, run.tokenizer
     tok.encode(cfg.prompt)  # a prompt the tokenizer cannot encode fails before any output

@@ -263,7 +263,11 @@ def export_problems(config, model_type: str = "gpt2", model=None) -> list[str]:
         placed = {k.format(i=i) for k in names for i in _layers(k, config.num_layers)}
         placed |= set(table.get("tied", {}))  # the weight it shares is written
         prefix = "backbone." if isinstance(model, Backbone) else ""
-        state = {prefix + k: v for k, v in model.state_dict().items()}
+        state = {  # a LoRA layer (lmforge.layers.lora) is placed as the Linear it wraps
+            prefix + k.replace(".base_layer.", "."): v
+            for k, v in model.state_dict().items()
+            if ".lora_" not in k
+        }
         optional = table.get("optional", ())  # exact without it while it holds zeros
         homeless = sorted(
             k for k, v in state.items() if k not in placed and not (k in optional and not v.any())

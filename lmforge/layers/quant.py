@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.layers.heads import LMHead
+from lmforge.layers.lora import merge_lora_
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
         quantize_(model, "int8")  # "int8pack" on a CPU whose torch has the kernel
     """
     check_kind(kind)
+    merge_lora_(model)  # a LoRA model's int8 weights are its merged ones
     if not (hasattr(model, "step") and hasattr(model, "init_state")):
         # BERT's first-token path slices its attention weights itself: int8 would break it
         raise ConfigError(

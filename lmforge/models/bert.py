@@ -91,7 +91,8 @@ def _run_blocks_first_token(blocks, x: Tensor, padding_mask: Tensor | None) -> T
     for block in body:
         x = block(x, padding_mask)
     attn = last.attn
-    if attn.capture_probs or last.norm_first:  # the short cut below is BERT's post-norm block
+    # the short cut below is BERT's post-norm block, reading a plain Linear's fused weight
+    if attn.capture_probs or last.norm_first or not isinstance(attn.qkv, nn.Linear):
         return last(x, padding_mask)[:, 0]
     B, T, _ = x.shape
     H, D, inner = attn.num_heads, attn.head_dim, attn.inner_dim

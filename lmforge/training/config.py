@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from dataclasses import field as option
 
 from lmforge.errors import ConfigError
+from lmforge.layers import lora
 from lmforge.training import optim
 from lmforge.training.run_data import SPLITS
 from lmforge.training.schedules import SCHEDULES, parse_duration
@@ -78,6 +79,29 @@ class TrainConfig:
     )
     freeze_backbone: bool = option(
         default=False, metadata={"help": "classify: train only the new layers and the head"}
+    )
+    lora_rank: int | None = option(
+        default=None,
+        metadata={
+            "help": "train a LoRA adapter of this rank (e.g. 8) on a frozen model, saved in "
+            "PEFT's format in RUN/adapter (default: off, every weight trains)"
+        },
+    )
+    lora_alpha: float | None = option(
+        default=None,
+        metadata={
+            "help": "LoRA scale numerator: updates are scaled alpha/rank (default: 2 x rank)"
+        },
+    )
+    lora_dropout: float = option(
+        default=0.0, metadata={"help": "dropout on the LoRA adapters' input, in [0, 1)"}
+    )
+    lora_targets: str = option(
+        default="all-linear",
+        metadata={
+            "help": "linear layers that get adapters: attn, mlp, all-linear (every one but the "
+            "head), or comma-separated layer names (qkv,down)"
+        },
     )
     split: str = option(
         default="test",
@@ -218,6 +242,16 @@ class TrainConfig:
             raise ConfigError(f"unknown --strategy {self.strategy!r}: use ddp or fsdp")
         if self.backend not in (None, "gloo", "nccl"):
             raise ConfigError(f"unknown --backend {self.backend!r}: use gloo or nccl")
+        if self.lora_rank is not None:
+            lora.check_options(self.lora_rank, self.lora_alpha, self.lora_dropout)
+            if self.optimizer != "adamw":  # Muon orthogonalizes whole hidden matrices
+                raise ConfigError(
+                    f"--lora-rank trains its adapters with AdamW, and the optimizer is "
+                    f"{self.optimizer} (the gpt-baby and gpt-shakespeare presets' choice): add "
+                    "--optimizer adamw"
+                )
+        elif self.lora_alpha is not None or self.lora_dropout:
+            raise ConfigError("--lora-alpha and --lora-dropout set up LoRA: add --lora-rank 8")
         if self.stateful and self.batching not in ("auto", "epochs"):
             raise ConfigError(
                 f"--stateful needs consecutive windows, which --batching {self.batching} does not "

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.layers.lora import merge_lora_
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def _pretrained_start(folder: Path, model_over: dict, tok, block_size: int) -> t
     from lmforge.presets import check_tokenizer_fits, load_folder
 
     base = load_folder(folder)
+    merge_lora_(base)  # a LoRA run starts the new one from its merged weights
     check_tokenizer_fits(tok, base, folder)
     model_over = {k: v for k, v in model_over.items() if k != "max_seq_len"}
     changed = sorted(k.replace("_", "-") for k in model_over if k != "dropout")

@@ -19,6 +19,8 @@ from lmforge.data.batching import (
 )
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.tokenizers.chat import save_chat_template
+from lmforge.interop.peft import save_run_adapter
+from lmforge.layers.lora import apply_lora
 from lmforge.training import distributed
 from lmforge.training.config import BUDGETS, TrainConfig
 from lmforge.training.loop import LostContact, _lost_contact, _steps_per_epoch, fit
@@ -305,7 +307,8 @@ def _train(options: dict, held: ExitStack) -> dict:
         if not hasattr(task, "backbone") or spec is None:
             raise ConfigError("--freeze-backbone applies to --task classify: drop it")
         task.backbone.requires_grad_(False)
-    if spec is not None:
+    lora = _add_lora(task, cfg, spec) if cfg.lora_rank is not None else None
+    if spec is not None or lora is not None:
         log.info(
             "trainable parameters: %s of %s (%.1f%%)",
             f"{task.num_params(trainable_only=True):,}",
@@ -333,6 +336,7 @@ def _train(options: dict, held: ExitStack) -> dict:
                     "batching": batching,
                     "block_size": block_size,
                 },
+                **({"lora": lora} if lora is not None else {}),
                 **({"resumes": resumed["resumes"]} if resumed and resumed["resumes"] else {}),
             },
         )
@@ -371,7 +375,7 @@ def _train(options: dict, held: ExitStack) -> dict:
         block_size,
     )
     try:
-        return fit(
+        result = fit(
             task,
             batcher,
             val_examples,
@@ -383,5 +387,29 @@ def _train(options: dict, held: ExitStack) -> dict:
             tokenizer=tok,
             label_names=(spec or {}).get("labels"),
         )
+        if lora is not None and rank == 0:  # fit leaves the run's kept model in task
+            save_run_adapter(task, run_dir, cfg.init_from or "", lora["trained"])
+        return result
     finally:
         distributed.teardown()
+
+
+def _add_lora(task, cfg: TrainConfig, spec: dict | None) -> dict:
+    """--lora-rank: freeze `task` and wrap the layers --lora-targets picks in LoRA adapters; a
+    new task's own parts (a classifier's head and extra layers) train in full. Returns the run
+    config's "lora" entry, which load_folder reads to rebuild the same layers."""
+    alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_rank
+    names = apply_lora(task, cfg.lora_rank, alpha, cfg.lora_dropout, cfg.lora_targets)
+    trained = []
+    if spec is not None and spec.get("kind") == "classify":
+        for name, child in task.named_children():
+            if name != "backbone" and any(True for _ in child.parameters()):
+                child.requires_grad_(True)
+                trained.append(name)
+    return {
+        "rank": cfg.lora_rank,
+        "alpha": alpha,
+        "dropout": cfg.lora_dropout,
+        "targets": names,
+        "trained": trained,
+    }

@@ -317,3 +317,10 @@ def test_the_export_carries_the_runs_chat_template(folders, tmp_path, name):
 def test_a_run_without_a_template_exports_none(folders):
     config = json.loads((folders[1] / "tokenizer_config.json").read_text())
     assert "chat_template" not in config
+
+
+def test_merge_lora_needs_a_lora_run(folders, tmp_path, capsys):
+    run, _ = folders
+    err = _error(capsys, ["convert", str(run), "--merge-lora", "--to", "hf", str(tmp_path / "x")])
+    assert "has no LoRA adapter (it was not trained with --lora-rank): drop --merge-lora" in err
+    assert not (tmp_path / "x").exists()

@@ -285,3 +285,44 @@ def test_bf16_training_runs_where_asked(tiny_text, tmp_path, capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["precision"] == "bf16" and result["val_loss"] < 10
+
+
+def _one_error_line(capsys, argv) -> str:
+    """The one error line of a run that exits 2; the data may have been prepared (its progress
+    shown) before the model could be checked."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lora-rank", "0"], "--lora-rank 0 is not a rank: give 1 or more"),
+        (["--lora-rank", "4", "--lora-dropout", "-0.1"], r"--lora-dropout -0.1 must be in [0, 1)"),
+        (
+            ["--lora-rank", "4", "--lora-targets", "q_proj", "--optimizer", "adamw"],
+            "--lora-targets q_proj matches no module of this GPTCausalLM; its linear layers: "
+            "attn.out, attn.qkv, ffn.down, ffn.up",
+        ),
+        (["--lora-dropout", "0.1"], "set up LoRA: add --lora-rank 8"),
+        (["--lora-rank", "4", "--optimizer", "muon"], "and the optimizer is muon"),
+    ],
+)
+def test_bad_lora_options_are_one_line_and_write_nothing(
+    tiny_text, tmp_path, capsys, flags, message
+):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_text), "--tokenizer", "char", *TINY, "--max-steps", "1"]
+    assert message in _one_error_line(capsys, [*argv, *flags, "--out", str(out)])
+    assert not out.exists()
+
+
+def test_lora_on_a_char_rnn_is_refused(tiny_text, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_text), "--tokenizer", "char", "--preset"]
+    argv += ["char-rnn-lstm-shakespeare", "--max-steps", "1", "--lora-rank", "4"]
+    err = _one_error_line(capsys, [*argv, "--out", str(tmp_path / "run")])
+    assert "no linear layers in its backbone for LoRA to wrap: drop --lora-rank" in err
+    assert not (tmp_path / "run").exists()
