@@ -18,9 +18,9 @@ from lmforge.data.batching import (
     WindowBatcher,
 )
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.tokenizers.chat import save_chat_template
 from lmforge.interop.peft import save_run_adapter
 from lmforge.layers.lora import apply_lora
+from lmforge.tokenizers.chat import save_chat_template
 from lmforge.training import distributed
 from lmforge.training.config import BUDGETS, TrainConfig
 from lmforge.training.loop import LostContact, _lost_contact, _steps_per_epoch, fit
