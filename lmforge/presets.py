@@ -248,8 +248,26 @@ def load_folder(folder: Path):
 
         lora = config["lora"]
         apply_lora(task, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    _untie_saved_head(task, weights)
     load_weights(task, weights)
     return task.eval()
+
+
+def _untie_saved_head(task, weights: Path) -> None:
+    """Untie the head of `task` when the file holds it apart from the token embedding (a tied
+    head trained on its own, train --lora-train-head): tied weights are stored once."""
+    from safetensors import safe_open
+
+    from lmforge.layers.heads import LMHead
+
+    head = getattr(task, "head", None)
+    if not (isinstance(head, LMHead) and head.is_tied):
+        return
+    shared = [k for k, v in task.state_dict().items() if v.data_ptr() == head.weight.data_ptr()]
+    with safe_open(str(weights), "pt") as f:
+        keys = set(f.keys())
+    if set(shared) <= keys:  # both names of the tied weight: two tensors
+        head.untie()
 
 
 def tokenizer_path(folder: Path) -> Path:

@@ -607,9 +607,16 @@ def write_hf_folder(model, tokenizer, folder: str | Path) -> None:
     table = _table(model_type)
     config = hf_config_from(model.config, model_type, tokenizer, model=model)
     state = to_hf_state_dict(model, model_type)
+    head = getattr(model, "head", None)
+    if getattr(head, "is_tied", True) is False and _is_tied(model.config, "head.weight", table):
+        config["tie_word_embeddings"] = False  # a tied head trained apart (--lora-train-head)
     for mine in table.get("tied", {}):  # transformers re-ties it; safetensors refuses sharing
         their = table["weights"].get(mine)
-        if their is not None and _is_tied(model.config, mine, table):
+        if (
+            their is not None
+            and _is_tied(model.config, mine, table)
+            and config.get("tie_word_embeddings", True)
+        ):
             state.pop(their)
     if table.get("packs_tokens"):
         hf_tokenizer = _with_packing(hf_tokenizer, tokenizer)

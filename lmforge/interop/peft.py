@@ -30,6 +30,7 @@ from lmforge.interop.hf import (
     export_problems,
     export_type,
 )
+from lmforge.layers.heads import LMHead
 from lmforge.layers.lora import apply_lora, lora_layers
 from lmforge.models.base import Backbone
 
@@ -281,6 +282,9 @@ def load_adapter(model, folder: str | Path) -> list[str]:
         weights[name] = (a, b)
     if not weights:
         raise CheckpointError(f"{folder}: the adapter holds no LoRA weights")
+    head = getattr(model, "head", None)
+    if whole and isinstance(head, LMHead):  # PEFT's modules_to_save copy of a tied lm_head
+        head.untie()
     with torch.no_grad():
         for key, tensor in whole.items():
             model.get_parameter(ours[key]).copy_(tensor)

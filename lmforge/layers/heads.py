@@ -34,5 +34,12 @@ class LMHead(nn.Module):
             self.weight = nn.Parameter(torch.empty(vocab_size, embed_dim).normal_(std=0.02))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if use_bias else None
 
+    def untie(self) -> None:
+        """Give a tied head its own copy of the embedding's weight (a head trained apart from the
+        embedding, as PEFT's modules_to_save does); an untied head stays as it is."""
+        if self.is_tied:
+            self.weight = nn.Parameter(self.weight.detach().clone())
+            self.is_tied = False
+
     def forward(self, hidden: Tensor) -> Tensor:
         return F.linear(hidden, self.weight, self.bias)  # (B, T, V)

@@ -103,6 +103,13 @@ class TrainConfig:
             "head), or comma-separated layer names (qkv,down)"
         },
     )
+    lora_train_head: bool = option(
+        default=False,
+        metadata={
+            "help": "with --lora-rank: the language model's output head trains in full beside "
+            "the adapters (a tied head gets its own copy; the input embedding stays frozen)"
+        },
+    )
     split: str = option(
         default="test",
         metadata={
@@ -250,8 +257,10 @@ class TrainConfig:
                     f"{self.optimizer} (the gpt-baby and gpt-shakespeare presets' choice): add "
                     "--optimizer adamw"
                 )
-        elif self.lora_alpha is not None or self.lora_dropout:
-            raise ConfigError("--lora-alpha and --lora-dropout set up LoRA: add --lora-rank 8")
+        elif self.lora_alpha is not None or self.lora_dropout or self.lora_train_head:
+            raise ConfigError(
+                "--lora-alpha, --lora-dropout and --lora-train-head set up LoRA: add --lora-rank 8"
+            )
         if self.stateful and self.batching not in ("auto", "epochs"):
             raise ConfigError(
                 f"--stateful needs consecutive windows, which --batching {self.batching} does not "

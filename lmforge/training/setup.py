@@ -19,6 +19,7 @@ from lmforge.data.batching import (
 )
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.peft import save_run_adapter
+from lmforge.layers.heads import LMHead
 from lmforge.layers.lora import apply_lora
 from lmforge.tokenizers.chat import save_chat_template
 from lmforge.training import distributed
@@ -406,6 +407,15 @@ def _add_lora(task, cfg: TrainConfig, spec: dict | None) -> dict:
             if name != "backbone" and any(True for _ in child.parameters()):
                 child.requires_grad_(True)
                 trained.append(name)
+    elif cfg.lora_train_head:
+        if not isinstance(getattr(task, "head", None), LMHead):
+            raise ConfigError(
+                f"--lora-train-head trains a causal language model's output head (gpt and llama "
+                f"families), and a {type(task).__name__} has none: drop --lora-train-head"
+            )
+        task.head.untie()  # its own copy, as PEFT's modules_to_save: the embedding stays frozen
+        task.head.requires_grad_(True)
+        trained.append("head")
     return {
         "rank": cfg.lora_rank,
         "alpha": alpha,

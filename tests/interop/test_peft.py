@@ -153,3 +153,71 @@ def test_an_adapter_for_another_model_is_refused_in_one_line(base, tmp_path):
         load_adapter(load_hf_model(folder), tmp_path / "adapter")
     with pytest.raises(CheckpointError, match="not a PEFT adapter folder"):
         load_adapter(load_hf_model(folder), tmp_path)
+
+
+def _llama_tied():
+    config = transformers.LlamaConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+def _embedding(model):
+    return model.backbone.get_submodule("embed.token" if model.family == "gpt" else "embed").weight
+
+
+HEADS = {"gpt2": _gpt2, "llama": _llama, "llama-tied": _llama_tied}  # tied, untied, tied
+
+
+@pytest.fixture(params=sorted(HEADS))
+def lm(request, tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / request.param
+    HEADS[request.param]().save_pretrained(folder)
+    return folder
+
+
+def test_a_trained_lm_head_travels_as_modules_to_save(lm, tmp_path):
+    ours = load_hf_model(lm).eval()
+    embedding = _embedding(ours).detach().clone()
+    apply_lora(ours, rank=4, alpha=8, targets="attn")
+    _randomize_b(ours)
+    ours.head.untie()  # what train --lora-train-head does: the head's own copy trains
+    with torch.no_grad():
+        ours.head.weight.normal_(std=0.3)
+    assert torch.equal(_embedding(ours), embedding)
+    save_adapter(ours, tmp_path / "adapter", trained=("head",))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["lm_head"] and config["task_type"] == "CAUSAL_LM"
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert torch.equal(saved["base_model.model.lm_head.weight"], ours.head.weight)
+    theirs = peft.PeftModel.from_pretrained(_auto(lm), tmp_path / "adapter").eval()
+    torch.testing.assert_close(ours(IDS), theirs(IDS).logits, atol=1e-4, rtol=1e-4)
+    again = load_hf_model(lm).eval()
+    load_adapter(again, tmp_path / "adapter")
+    torch.testing.assert_close(again(IDS), ours(IDS), atol=1e-5, rtol=1e-5)
+    assert torch.equal(_embedding(again), embedding)  # the copy moved, not it
+
+
+def test_a_peft_made_adapter_with_lm_head_loads_into_lmforge(lm, tmp_path):
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=PEFT_TARGETS[lm.name.split("-")[0]],
+        fan_in_fan_out=lm.name == "gpt2", modules_to_save=["lm_head"],
+    )  # fmt: skip
+    theirs = peft.get_peft_model(_auto(lm), config)
+    _randomize_b(theirs)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "modules_to_save" in name:  # PEFT's trainable copy of lm_head
+                p.normal_(std=0.3)
+    theirs.save_pretrained(tmp_path / "adapter")
+    ours = load_hf_model(lm).eval()
+    embedding = _embedding(ours).detach().clone()
+    load_adapter(ours, tmp_path / "adapter")
+    expected = theirs.eval()(IDS).logits
+    torch.testing.assert_close(ours(IDS), expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(_embedding(ours), embedding)
