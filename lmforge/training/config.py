@@ -257,6 +257,12 @@ class TrainConfig:
                     f"{self.optimizer} (the gpt-baby and gpt-shakespeare presets' choice): add "
                     "--optimizer adamw"
                 )
+            if self.lora_train_head and self.task in ("mlm", "classify"):
+                raise ConfigError(
+                    f"--lora-train-head trains a causal language model's output head, and --task "
+                    f"{self.task} has none to train that way (a classifier's new head trains in "
+                    "full anyway): drop --lora-train-head"
+                )
         elif self.lora_alpha is not None or self.lora_dropout or self.lora_train_head:
             raise ConfigError(
                 "--lora-alpha, --lora-dropout and --lora-train-head set up LoRA: add --lora-rank 8"

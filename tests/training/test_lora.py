@@ -11,6 +11,7 @@ import lmforge
 from lmforge.cli.main import main
 from lmforge.interop.hf import load_hf_model
 from lmforge.layers.lora import LoRALinear
+from lmforge.layers.quant import quantize_weight
 from lmforge.run_folder import load_state
 
 transformers = pytest.importorskip("transformers")
@@ -124,3 +125,61 @@ def test_a_lora_classifier_trains_its_new_head_in_full(tmp_path):
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["modules_to_save"] == ["classifier"] and adapter["task_type"] == "SEQ_CLS"
     assert lmforge.load(run)(torch.randint(5, 50, (2, 8))).shape == (2, 2)
+
+
+def test_lora_train_head_trains_a_copy_of_the_tied_head(hf_gpt2, tmp_path, capsys):
+    _train(hf_gpt2, tmp_path, "run", max_steps=4, lora_train_head=True)
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["lora"]["trained"] == ["head"]
+    weights = load_file(run / "model.safetensors")
+    base = load_hf_model(hf_gpt2).state_dict()
+    embedding = base["backbone.embed.token.weight"]
+    assert torch.equal(weights["backbone.embed.token.weight"], embedding)  # frozen
+    assert not torch.equal(weights["head.weight"], embedding)  # its own copy moved
+    # the optimizer holds the 8 adapter matrices and the head's weight
+    state = load_state(sorted((run / "checkpoints").iterdir())[-1])
+    assert len(state["optimizer"]["state"]) == 9
+    model = lmforge.load(run)
+    assert torch.equal(model.head.weight, weights["head.weight"])
+    expected = model(IDS)
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["lm_head"]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_gpt2)
+    theirs = peft.PeftModel.from_pretrained(reference, run / "adapter").eval()
+    torch.testing.assert_close(theirs(IDS).logits, expected, atol=1e-4, rtol=1e-4)
+    on_base = lmforge.load(hf_gpt2, adapter=run / "adapter")
+    torch.testing.assert_close(on_base(IDS), expected, atol=1e-5, rtol=1e-5)
+    # merged, in either format, and int8: the trained head stays
+    assert main(["convert", str(run), "--merge-lora", "--to", "hf", str(tmp_path / "hf")]) == 0
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(merged(IDS).logits, expected, atol=1e-4, rtol=1e-4)
+    assert main(["convert", str(run), "--merge-lora", "--to", "lmforge", str(tmp_path / "lf")]) == 0
+    torch.testing.assert_close(lmforge.load(tmp_path / "lf")(IDS), expected, atol=1e-4, rtol=1e-4)
+    assert main(["quantize", str(run), "--out", str(tmp_path / "int8")]) == 0
+    int8 = lmforge.load(tmp_path / "int8")
+    assert torch.equal(int8.head.weight, quantize_weight(weights["head.weight"])[0])
+    torch.testing.assert_close(int8(IDS), lmforge.load(run, quantize="int8")(IDS))
+
+
+def test_resumed_lora_run_with_its_head_equals_the_straight_one(hf_gpt2, tmp_path):
+    _train(hf_gpt2, tmp_path, "straight", max_steps=6, lora_train_head=True)
+    _train(hf_gpt2, tmp_path, "split", max_steps=3, lora_train_head=True)
+    _train(hf_gpt2, tmp_path, "split", max_steps=6, lora_train_head=True, resume=True)
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a = load_file(tmp_path / "straight" / name)
+        b = load_file(tmp_path / "split" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_lora_train_head_bad_input_is_one_line(hf_gpt2, tmp_path, capsys):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT * 40, encoding="utf-8")
+    argv = ["train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--max-steps", "1"]
+    assert main([*argv, "--init-from", str(hf_gpt2), "--lora-train-head"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lora-train-head" in err and "--lora-rank 8" in err and len(err.splitlines()) == 1
+    mlm = ["--preset", "bert-nano", "--task", "mlm", "--tokenizer", "wordpiece"]
+    assert main([*argv, *mlm, "--vocab-size", "100", "--lora-rank", "2", "--lora-train-head"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--task mlm" in err and "drop --lora-train-head" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
