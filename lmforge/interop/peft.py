@@ -169,6 +169,7 @@ def save_run_adapter(model, run_dir: str | Path, base: str = "", trained=()) -> 
     Hugging Face layout (no PEFT names): its run still holds the adapter in model.safetensors."""
     try:
         _layout(model)
+        _full_weights(model, trained)
     except ConfigError as e:
         log.warning("no PEFT adapter folder written: %s", e)
         return None
