@@ -553,7 +553,11 @@ def load_hf_model(folder: str | Path):
     tasks = table.get("tasks", {})
     if tasks and architecture not in tasks:  # a head we have no task for: the table's own
         architecture = table["architecture"]
-    state = from_hf_state_dict(read_hf_weights(folder), config, model_type, folder, architecture)
+    # a head their config unties where our layout ties it (a tied head trained apart, merged
+    # from --lora-train-head): read from its own weight, into its own copy
+    untie = hf_config.get("tie_word_embeddings") is False and _is_tied(config, "head.weight", table)
+    reading = dataclasses.replace(config, tie_embeddings=False) if untie else config
+    state = from_hf_state_dict(read_hf_weights(folder), reading, model_type, folder, architecture)
     family = model_types()[model_type]
     task_cls = family_classes(family)[1]  # the family's own task unless the table names one
     if architecture in tasks:
@@ -567,6 +571,8 @@ def load_hf_model(folder: str | Path):
         task = task_cls(config, len(labels), labels=labels)
     else:
         task = task_cls(config)
+    if untie:
+        task.head.untie()
     try:
         missing, unexpected = task.load_state_dict(state, strict=False)
     except RuntimeError as e:

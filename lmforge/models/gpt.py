@@ -485,8 +485,7 @@ HF_NAMES = {
             scale_attn_weights=True,
             scale_attn_by_inverse_layer_idx=False,
             add_cross_attention=False,
-            tie_word_embeddings=True,
-        ),
+        ),  # tie_word_embeddings=False (an lm_head of its own) loads into an untied head
         fits="train one with GPT-2's switches (e.g. --preset gpt-baby)",
         architecture="GPT2LMHeadModel",
         tasks={"GPT2LMHeadModel": "GPTCausalLM"},
@@ -520,7 +519,7 @@ HF_NAMES = {
         tied={"head.weight": "backbone.embed.token.weight"},
         ignored=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers; we build our own
         token_ids={"bos_token_id": ("bos", "eos"), "eos_token_id": ("eos",)},
-        written=dict(dtype="float32"),
+        written=dict(dtype="float32", tie_word_embeddings=True),
     ),
     # lmforge's rotary GPTs (gpt-shakespeare) leave as GPT-NeoX: pre-norm with sequential
     # residuals, rotate-half RoPE on whole heads; a model without biases exports zero ones.

@@ -153,6 +153,8 @@ def test_lora_train_head_trains_a_copy_of_the_tied_head(hf_gpt2, tmp_path, capsy
     assert main(["convert", str(run), "--merge-lora", "--to", "hf", str(tmp_path / "hf")]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     torch.testing.assert_close(merged(IDS).logits, expected, atol=1e-4, rtol=1e-4)
+    assert not merged.config.tie_word_embeddings
+    torch.testing.assert_close(lmforge.load(tmp_path / "hf")(IDS), expected, atol=1e-4, rtol=1e-4)
     assert main(["convert", str(run), "--merge-lora", "--to", "lmforge", str(tmp_path / "lf")]) == 0
     torch.testing.assert_close(lmforge.load(tmp_path / "lf")(IDS), expected, atol=1e-4, rtol=1e-4)
     assert main(["quantize", str(run), "--out", str(tmp_path / "int8")]) == 0
