@@ -1,9 +1,9 @@
 """Held-out ELI5 perplexity of LoRA beside full fine-tuning at the same budget, on the workflow
 of examples/gpt2_finetune_eli5.py: the same small GPT-2-shaped model pretrained on Tiny
 Shakespeare, then fine-tuned on ELI5 answers with the example's recipe (3 epochs of 8 x 128
-blocks), once in full and once with LoRA adapters (--lora-rank, alpha twice the rank, every
-block Linear) on the frozen model. Both are scored by the example's own function on the same
-held-out blocks. Prints one JSON line. Run by hand (a quiet machine: minutes):
+blocks), once in full, once with LoRA adapters (--lora-rank, alpha twice the rank, every block
+Linear) on the frozen model, and once with the adapters and the output head
+(--lora-train-head). All are scored by the example's own function on the same held-out blocks. Prints one JSON line. Run by hand (a quiet machine: minutes):
 
     .venv/bin/python bench/lora_eli5.py --json
     .venv/bin/python bench/lora_eli5.py --tiny --json   # a smoke run in seconds, measures nothing
@@ -72,6 +72,7 @@ def main() -> None:
         for name, extra in (
             ("full", dict(lr=args.lr)),
             ("lora", dict(lr=args.lora_lr, lora_rank=args.lora_rank)),
+            ("lora_head", dict(lr=args.lora_lr, lora_rank=args.lora_rank, lora_train_head=True)),
         ):
             start = time.perf_counter()
             result = lmforge.train(
@@ -88,6 +89,8 @@ def main() -> None:
             model = lmforge.load(out / name)
             lora = [p for n, p in model.named_parameters() if ".lora_" in n]
             trainable[name] = sum(p.numel() for p in lora) if lora else model.num_params()
+            if name == "lora_head":  # its own (untied) head trains in full too
+                trainable[name] += model.head.weight.numel()
         row = {
             "shape": "tiny" if args.tiny else "small",
             "finetune_steps": results["full"]["steps"],
@@ -97,8 +100,10 @@ def main() -> None:
             "eli5_val_perplexity_before": ex.held_out_perplexity(pretrained, tuned),
             "eli5_val_perplexity_full": ex.held_out_perplexity(out / "full", tuned),
             "eli5_val_perplexity_lora": ex.held_out_perplexity(out / "lora", tuned),
+            "eli5_val_perplexity_lora_head": ex.held_out_perplexity(out / "lora_head", tuned),
             "trainable_params_full": trainable["full"],
             "trainable_params_lora": trainable["lora"],
+            "trainable_params_lora_head": trainable["lora_head"],
             "tokens_per_s_full": results["full"]["tokens_per_s"],
             "tokens_per_s_lora": results["lora"]["tokens_per_s"],
             "seconds_full": round(results["full"]["seconds"], 1),
