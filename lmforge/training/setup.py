@@ -18,7 +18,7 @@ from lmforge.data.batching import (
     WindowBatcher,
 )
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.training import distributed
+from lmforge.training import budget, distributed
 from lmforge.training.config import BUDGETS, TrainConfig
 from lmforge.training.loop import LostContact, _lost_contact, _steps_per_epoch, fit
 from lmforge.training.pretrained import (
@@ -88,6 +88,7 @@ RESUME_MAY_CHANGE = frozenset(
         "keep",
         "save_every_epoch",
         "split",
+        "auto",
     }
 )
 
@@ -180,6 +181,7 @@ def train(**options) -> dict:
 
 def _train(options: dict, held: ExitStack) -> dict:
     resumed = None  # with --resume: the run's config.json, its "resumes" list brought up to date
+    explicit = {k for k, v in options.items() if v is not None}  # what the user asked for
     if options.get("resume"):
         options, resumed = resume_options(options)
     options, init_folder = _init_from_options(options)
@@ -270,6 +272,18 @@ def _train(options: dict, held: ExitStack) -> dict:
 
     from lmforge.presets import build_task
 
+    choice = resumed.get("auto_choice") if resumed else None  # a resumed run keeps its choice
+    if resumed is None and init_folder is None and budget.applies(cfg, preset, world):
+        model_cfg, choice = budget.choose_recipe(
+            cfg,
+            preset,
+            model_cfg,
+            explicit,
+            lambda c: build_task(preset["family"], c, spec),
+            dev,
+            block_size,
+        )
+        log.info("%s", choice["reason"])
     ckpt_path = None
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
@@ -320,6 +334,7 @@ def _train(options: dict, held: ExitStack) -> dict:
                     "block_size": block_size,
                 },
                 **({"resumes": resumed["resumes"]} if resumed and resumed["resumes"] else {}),
+                **({"auto_choice": choice} if choice else {}),
             },
         )
     stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks
@@ -353,7 +368,7 @@ def _train(options: dict, held: ExitStack) -> dict:
         block_size,
     )
     try:
-        return fit(
+        result = fit(
             task,
             batcher,
             val_examples,
@@ -365,5 +380,6 @@ def _train(options: dict, held: ExitStack) -> dict:
             tokenizer=tok,
             label_names=(spec or {}).get("labels"),
         )
+        return {**result, "auto_choice": choice}
     finally:
         distributed.teardown()
