@@ -60,9 +60,12 @@ def choose_recipe(
     tasks = [build({**model_cfg, **shape}) for shape in shapes]
     params = [task.num_params() for task in tasks]
     seconds = parse_duration(cfg.max_time)
-    if rates is None and seconds is not None:
-        rates = probe_throughput(tasks, cfg, device, block_size, model_cfg["vocab_size"], seconds)
-    rates_or_none = rates or [None] * len(tasks)
+    vocab = model_cfg["vocab_size"]
+    probing = rates is None and seconds is not None
+    if probing:
+        rates = probe_throughput(tasks, cfg, device, block_size, vocab, seconds)
+    rates_or_none = list(rates or [None] * len(tasks))
+    rates = rates and rates_or_none  # a copy, which the dropout probe below may update
     tokens = [_budget_tokens(cfg.max_tokens, seconds, rate) for rate in rates_or_none]
     order = sorted(range(len(shapes)), key=params.__getitem__)
     fed = [i for i in order if tokens[i] >= MIN_TOKENS_PER_PARAM * params[i]]
@@ -71,6 +74,13 @@ def choose_recipe(
     dropout = model_cfg.get("dropout", 0.0)
     if "dropout" not in explicit and per_param >= DROPOUT_TOKENS_PER_PARAM:
         dropout = max(dropout, DROPOUT)
+        if probing:  # dropout slows a CPU step (by a third for 4 x 128): time it again
+            with_dropout = build({**model_cfg, **shapes[pick], "dropout": dropout})
+            (rates[pick],) = probe_throughput(
+                [with_dropout], cfg, device, block_size, vocab, seconds
+            )
+            tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
+            per_param = tokens[pick] / params[pick]
     choice = {
         **shapes[pick],
         "dropout": dropout,

@@ -150,3 +150,17 @@ def test_no_auto_keeps_the_presets_recipe(tiny_text, tmp_path, capsys, caplog, t
     config = json.loads((out / "config.json").read_text())
     assert result["auto_choice"] is None and "auto_choice" not in config and not said
     assert config["model"]["embed_dim"] == 128 and config["train"]["auto"] is False
+
+
+def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
+    calls = []
+
+    def probe(tasks, cfg, device, block_size, vocab, seconds):
+        calls.append([t.config.dropout for t in tasks])
+        return [1e6] * len(tasks) if len(calls) == 1 else [2e4]  # dropout: a slower step
+
+    monkeypatch.setattr(budget, "probe_throughput", probe)
+    model, choice = _choose("gpt-shakespeare", max_time="10m")
+    assert calls == [[0.0, 0.0], [budget.DROPOUT]]
+    assert model["embed_dim"] == 192 and model["dropout"] == budget.DROPOUT
+    assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
