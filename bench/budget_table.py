@@ -74,6 +74,12 @@ def main() -> int:
     p.add_argument("--preset", default="gpt-baby")
     p.add_argument("--tokens", type=int, nargs="+", default=[500_000, 1_000_000])
     p.add_argument("--dropout", type=float, nargs="+", default=[0.0])
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        metavar="LAYERSxDIM",
+        help="GPT sizes to train instead of the preset's candidates (heads of 32, FFN 4 x DIM)",
+    )
     p.add_argument("--data", default="tinyshakespeare")
     p.add_argument("--threads", type=int, default=1, help="1 keeps a shared machine usable")
     p.add_argument("--out-json", default="docs/budget_table.json")
@@ -85,8 +91,15 @@ def main() -> int:
     table["machine"] = _timing.machine_fields()
     preset = get_preset(args.preset)
     config = {**preset["config"], "vocab_size": 65}
+    shapes = preset["candidates"]
+    if args.sizes:
+        layers_dims = [tuple(int(n) for n in size.split("x")) for size in args.sizes]
+        shapes = [
+            dict(num_layers=n, embed_dim=c, num_heads=c // 32, ffn_dim=4 * c)
+            for n, c in layers_dims
+        ]
     for tokens in args.tokens:
-        for shape in preset["candidates"]:
+        for shape in shapes:
             for dropout in args.dropout:
                 key = dict(preset=args.preset, **shape, dropout=dropout, max_tokens=tokens)
                 if any(all(r.get(k) == v for k, v in key.items()) for r in table["rows"]):
