@@ -16,12 +16,15 @@ from lmforge.training.schedules import parse_duration
 
 log = logging.getLogger(__name__)
 
-# A larger candidate pays off once the budget gives it this many tokens per parameter; below
-# that the smaller one, with more steps per parameter, reaches a lower loss (docs/budget_table).
-MIN_TOKENS_PER_PARAM = 0.6
-# Above this many tokens per parameter the model starts to memorise Tiny Shakespeare's 1M
-# training characters (4 x 128 with 12.6M tokens: best 1.485 at 9M, 1.510 at the end, train loss
-# 1.09): dropout keeps the later steps useful.
+# A larger candidate pays off once the budget gives it this many tokens per parameter. Measured
+# steps-matched (docs/budget_table.json): at 3M tokens 6 x 192 (1.1 tokens/parameter) reached
+# 1.476 against 4 x 128's 1.517, and beat what 4 x 128 makes with any budget (1.480 at 5.9M,
+# overfitting past ~9M); at 2.3M (0.86 per parameter) it was still at 1.517 mid-schedule.
+MIN_TOKENS_PER_PARAM = 1.0
+# Past this many tokens per parameter a model starts to memorise Tiny Shakespeare's 1M training
+# characters: 4 x 128 was still improving at 7.4 (5.9M tokens), but with 12.6M its best was at
+# 9M (11.5 per parameter) and it ended worse (1.510, train loss 1.09). Dropout keeps the later
+# steps useful.
 DROPOUT_TOKENS_PER_PARAM = 8.0
 DROPOUT = 0.1
 PROBE_SHARE = 0.005  # each candidate's timed probe: this share of the time budget, 0.3 to 3 s

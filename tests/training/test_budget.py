@@ -121,9 +121,8 @@ def test_resume_keeps_the_choice_without_probing_again(
 ):
     out = tmp_path / "run"
     argv = ["--data", str(tiny_text), *TINY, "--out", str(out)]
-    first, _ = _train(
-        [*argv, "--max-tokens", str(tiny_candidates[1])], capsys, caplog
-    )  # 1 per param
+    budget_tokens = 2 * tiny_candidates[1]  # 2 tokens per parameter of the larger one
+    first, _ = _train([*argv, "--max-tokens", str(budget_tokens)], capsys, caplog)
     assert {k: first["auto_choice"][k] for k in LARGE} == LARGE
     config = json.loads((out / "config.json").read_text())
 
@@ -132,7 +131,7 @@ def test_resume_keeps_the_choice_without_probing_again(
 
     monkeypatch.setattr(budget, "probe_throughput", no_probe)
     monkeypatch.setattr(budget, "choose_recipe", no_probe)
-    total = str(tiny_candidates[1] + 4000)
+    total = str(budget_tokens + 4000)
     again, said = _train(["--out", str(out), "--resume", "--max-tokens", total], capsys, caplog)
     assert again["auto_choice"] == first["auto_choice"] and not said
     after = json.loads((out / "config.json").read_text())
