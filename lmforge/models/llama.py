@@ -349,7 +349,6 @@ PRESETS = {
         # gpt-shakespeare's candidate sizes, SwiGLU at 2/3 of the 4x width (budget.py picks)
         candidates=[
             dict(num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=4, ffn_dim=352),
-            dict(num_layers=6, embed_dim=128, num_heads=4, num_kv_heads=4, ffn_dim=352),
             dict(num_layers=6, embed_dim=192, num_heads=6, num_kv_heads=6, ffn_dim=512),
         ],
         train=dict(

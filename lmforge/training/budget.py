@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 # steps-matched (docs/budget_table.json): at 3M tokens 6 x 192 (1.1 tokens/parameter) reached
 # 1.476 against 4 x 128's 1.517, and beat what 4 x 128 makes with any budget (1.480 at 5.9M,
 # overfitting past ~9M); at 2.3M (0.86 per parameter) it was still at 1.517 mid-schedule.
-# 6 x 128, 0.8x 4 x 128's speed, was ahead of it per token too (1.502 at 3M).
+# 6 x 128 is no candidate: ahead of 4 x 128 at 3M (1.502) but not at 6M (1.487, where 4 x 128
+# made 1.480 with 5.9M), and 0.8x as fast.
 MIN_TOKENS_PER_PARAM = 1.0
 # Past this many tokens per parameter a model starts to memorise Tiny Shakespeare's 1M training
 # characters: 4 x 128 was still improving at 7.4 (5.9M tokens), but with 12.6M its best was at
