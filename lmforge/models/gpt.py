@@ -270,6 +270,11 @@ class GPTCausalLM(SlotForward, CausalLM):
 
 # ---------------------------------------------------------------- presets
 
+# Sizes a budgeted preset picks among (its `candidates`), by the tokens its budget buys:
+# README "Budget-aware recipes" has what each reaches at several token budgets.
+_SHAPE_4X128 = dict(num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512)
+_SHAPE_6X192 = dict(num_layers=6, embed_dim=192, num_heads=6, ffn_dim=768)
+
 PRESETS = {
     "gpt-tiny-wine": dict(
         config=dict(
@@ -315,6 +320,8 @@ PRESETS = {
         ),
         tokenizer="char",
         about="4 x 128 pre-norm GPT, context 64: nanoGPT's 'baby' CPU shape for characters",
+        # What a --max-time / --max-tokens budget picks among (lmforge/training/budget.py).
+        candidates=[_SHAPE_4X128, _SHAPE_6X192],
         # nanoGPT README's CPU run on Shakespeare characters, with Muon and a higher peak LR: on
         # a 2-core AVX2 CPU, --max-time 90s reached val 2.131 with AdamW at lr 1e-3 (warmup 100),
         # 1.922 at 3e-3 (warmup 50), 1.936 at 6e-3; with Muon 1.866 at 3e-3, 1.786 at 6e-3,
@@ -356,6 +363,7 @@ PRESETS = {
         ),
         tokenizer="char",
         about="4 x 128 pre-norm GPT, rotary positions, context 128: Shakespeare in 10 CPU minutes",
+        candidates=[_SHAPE_4X128, _SHAPE_6X192],
         train=dict(
             optimizer="muon",
             batch_size=12,

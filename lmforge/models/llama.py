@@ -353,6 +353,11 @@ PRESETS = {
         ),
         tokenizer="char",
         about="4 x 128 Llama-style decoder (RMSNorm, SwiGLU, rotary): Shakespeare in 10 CPU min",
+        # gpt-shakespeare's candidate sizes, SwiGLU at 2/3 of the 4x width (budget.py picks)
+        candidates=[
+            dict(num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=4, ffn_dim=352),
+            dict(num_layers=6, embed_dim=192, num_heads=6, num_kv_heads=6, ffn_dim=512),
+        ],
         train=dict(
             optimizer="muon",
             batch_size=12,

@@ -151,6 +151,13 @@ class TrainConfig:
     epochs: float | None = option(default=None, metadata={"help": "passes over the train split"})
     max_tokens: int | None = option(default=None, metadata={"help": "total training tokens"})
     max_time: str | None = option(default=None, metadata={"help": "wall-time budget: 90s, 10m"})
+    auto: bool = option(
+        default=True,
+        metadata={
+            "help": "with --max-time or --max-tokens, pick the model size (among the preset's "
+            "candidates) and dropout the budget can use; explicit flags always win"
+        },
+    )
     lr: float = option(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr: float | None = option(default=None, metadata={"help": "floor (default lr/10)"})
     warmup_steps: int = option(default=100, metadata={"help": "linear warmup steps"})

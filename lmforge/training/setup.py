@@ -22,7 +22,7 @@ from lmforge.interop.peft import save_run_adapter
 from lmforge.layers.heads import LMHead
 from lmforge.layers.lora import apply_lora
 from lmforge.tokenizers.chat import save_chat_template
-from lmforge.training import distributed
+from lmforge.training import budget, distributed
 from lmforge.training.config import BUDGETS, TrainConfig
 from lmforge.training.loop import LostContact, _lost_contact, _steps_per_epoch, fit
 from lmforge.training.pretrained import (
@@ -99,6 +99,7 @@ RESUME_MAY_CHANGE = frozenset(
         "keep",
         "save_every_epoch",
         "split",
+        "auto",
     }
 )
 
@@ -191,6 +192,7 @@ def train(**options) -> dict:
 
 def _train(options: dict, held: ExitStack) -> dict:
     resumed = None  # with --resume: the run's config.json, its "resumes" list brought up to date
+    explicit = {k for k, v in options.items() if v is not None}  # what the user asked for
     if options.get("resume"):
         options, resumed = resume_options(options)
     options, init_folder = _init_from_options(options)
@@ -285,6 +287,18 @@ def _train(options: dict, held: ExitStack) -> dict:
 
     from lmforge.presets import build_task
 
+    choice = resumed.get("auto_choice") if resumed else None  # a resumed run keeps its choice
+    if resumed is None and init_folder is None and budget.applies(cfg, preset, world):
+        model_cfg, choice = budget.choose_recipe(
+            cfg,
+            preset,
+            model_cfg,
+            explicit,
+            lambda c: build_task(preset["family"], c, spec),
+            dev,
+            block_size,
+        )
+        log.info("%s", choice["reason"])
     ckpt_path = None
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
@@ -339,6 +353,7 @@ def _train(options: dict, held: ExitStack) -> dict:
                 },
                 **({"lora": lora} if lora is not None else {}),
                 **({"resumes": resumed["resumes"]} if resumed and resumed["resumes"] else {}),
+                **({"auto_choice": choice} if choice else {}),
             },
         )
     stride = block_size + 1 if cfg.disjoint_windows else None  # the TF tutorial's chunks
@@ -390,7 +405,7 @@ def _train(options: dict, held: ExitStack) -> dict:
         )
         if lora is not None and rank == 0:  # fit leaves the run's kept model in task
             save_run_adapter(task, run_dir, cfg.init_from or "", lora["trained"])
-        return result
+        return {**result, "auto_choice": choice}
     finally:
         distributed.teardown()
 

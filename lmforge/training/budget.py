@@ -1,0 +1,166 @@
+"""Budget-aware recipes (issue #20): a --max-time or --max-tokens run picks, among the sizes its
+preset lists as `candidates`, the one its budget can feed, and dropout when tokens per parameter
+run high. The rule's numbers come from the steps-matched table in docs/budget_table.json (README,
+"Budget-aware recipes"): change them with new measurements, not by feel.
+"""
+
+import logging
+import time
+
+import torch
+
+from lmforge import device as devices
+from lmforge.training import optim
+from lmforge.training.config import TrainConfig
+from lmforge.training.schedules import parse_duration
+
+log = logging.getLogger(__name__)
+
+# A larger candidate pays off once the budget gives it this many tokens per parameter. Measured
+# steps-matched (docs/budget_table.json): at 3M tokens 6 x 192 (1.1 tokens/parameter) reached
+# 1.476 against 4 x 128's 1.517, and beat what 4 x 128 makes with any budget (1.480 at 5.9M,
+# overfitting past ~9M); at 2.3M (0.86 per parameter) it was still at 1.517 mid-schedule.
+# 6 x 128 is no candidate: ahead of 4 x 128 at 3M (1.502) but not at 6M (1.487, where 4 x 128
+# made 1.480 with 5.9M), and 0.8x as fast.
+MIN_TOKENS_PER_PARAM = 1.0
+# Past this many tokens per parameter a model starts to memorise Tiny Shakespeare's 1M training
+# characters: 4 x 128 was still improving at 7.4 (5.9M tokens), but with 12.6M its best was at
+# 9M (11.5 per parameter) and it ended worse (1.510, train loss 1.09). Dropout keeps the later
+# steps useful.
+DROPOUT_TOKENS_PER_PARAM = 8.0
+DROPOUT = 0.1
+PROBE_SHARE = 0.005  # each candidate's timed probe: this share of the time budget, 0.3 to 3 s
+
+
+def applies(cfg: TrainConfig, preset: dict, world: int) -> bool:
+    """Whether this run picks its recipe: a token or time budget, a preset with candidates,
+    --auto (the default), one process (ranks would time the probe apart and could disagree)."""
+    budgeted = cfg.max_time is not None or cfg.max_tokens is not None
+    return cfg.auto and budgeted and bool(preset.get("candidates")) and world == 1
+
+
+def choose_recipe(
+    cfg: TrainConfig,
+    preset: dict,
+    model_cfg: dict,
+    explicit: set[str],
+    build,
+    device: torch.device,
+    block_size: int,
+    rates: list[float] | None = None,
+) -> tuple[dict, dict]:
+    """The run's model config with the choice applied, and the choice (config.json's
+    "auto_choice"; weight decay is reported, not changed: the table shows no gain from it).
+
+    Args:
+        explicit: the option names the user gave (flags or --config): those always win.
+        build: model config dict -> task, to count each candidate's parameters and time it.
+        rates: tokens/s of each candidate (the probe's result); None runs the probe when the
+            budget is a time.
+    """
+    shapes = [dict(c) for c in preset["candidates"]]
+    fields = {k for shape in shapes for k in shape}  # num_layers, embed_dim, ... : the size
+    if explicit & fields:  # the user sized the model: time that shape alone
+        shapes = [{k: model_cfg[k] for k in sorted(fields)}]
+    tasks = [build({**model_cfg, **shape}) for shape in shapes]
+    params = [task.num_params() for task in tasks]
+    seconds = parse_duration(cfg.max_time)
+    vocab = model_cfg["vocab_size"]
+    probing = rates is None and seconds is not None
+    if probing:
+        rates = probe_throughput(tasks, cfg, device, block_size, vocab, seconds)
+    rates_or_none = list(rates or [None] * len(tasks))
+    rates = rates and rates_or_none  # a copy, which the dropout probe below may update
+    tokens = [_budget_tokens(cfg.max_tokens, seconds, rate) for rate in rates_or_none]
+    order = sorted(range(len(shapes)), key=params.__getitem__)
+    fed = [i for i in order if tokens[i] >= MIN_TOKENS_PER_PARAM * params[i]]
+    pick = fed[-1] if fed else order[0]
+    per_param = tokens[pick] / params[pick]
+    dropout = model_cfg.get("dropout", 0.0)
+    if "dropout" not in explicit and per_param >= DROPOUT_TOKENS_PER_PARAM:
+        dropout = max(dropout, DROPOUT)
+        if probing:  # dropout slows a CPU step (by a third for 4 x 128): time it again
+            with_dropout = build({**model_cfg, **shapes[pick], "dropout": dropout})
+            (rates[pick],) = probe_throughput(
+                [with_dropout], cfg, device, block_size, vocab, seconds
+            )
+            tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
+            per_param = tokens[pick] / params[pick]
+    choice = {
+        **shapes[pick],
+        "dropout": dropout,
+        "weight_decay": cfg.weight_decay,
+        "params": params[pick],
+        "tokens": int(tokens[pick]),
+        "tokens_per_param": round(per_param, 2),
+        "tokens_per_s": None if rates is None else round(rates[pick]),
+        "candidates": [
+            {**s, "params": p, "tokens": int(t), **({"tokens_per_s": round(r)} if rates else {})}
+            for s, p, t, r in zip(shapes, params, tokens, rates_or_none)
+        ],
+    }
+    choice["reason"] = describe(choice, seconds)
+    new_model = {**model_cfg, **shapes[pick]}
+    if "dropout" in model_cfg or dropout:
+        new_model["dropout"] = dropout
+    return new_model, choice
+
+
+def _budget_tokens(max_tokens: int | None, seconds: float | None, rate: float | None) -> float:
+    """The tokens a budget buys: the token budget, or the time budget at `rate`, the smaller."""
+    bought = [float(max_tokens)] if max_tokens is not None else []
+    if seconds is not None and rate is not None:
+        bought.append(seconds * rate)
+    return min(bought)
+
+
+def probe_throughput(tasks, cfg: TrainConfig, device, block_size: int, vocab: int, seconds):
+    """Training tokens/s of each task: a few timed optimizer steps on random batches of the run's
+    shape, after two untimed ones (not counted in the run's budget)."""
+    rates = []
+    limit = min(max(PROBE_SHARE * seconds, 0.3), 3.0)
+    for task in tasks:
+        task = task.to(device)
+        task.train()
+        precision = devices.resolve_precision(cfg.precision, device, task)
+        opt = optim.make_optimizer(
+            task, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), kind=cfg.optimizer
+        )
+        shape = (cfg.batch_size * cfg.grad_accum, block_size)
+        steps, start = 0, None
+        while start is None or steps < 3 or time.perf_counter() - start < limit:
+            ids = torch.randint(0, vocab, shape, device=device)
+            batch = {"token_ids": ids, "labels": torch.roll(ids, -1, dims=1)}
+            with devices.autocast(device, precision):
+                loss = task.loss(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            steps += 1
+            if steps == 2 and start is None:  # the first steps pay for allocation and kernels
+                start, steps = time.perf_counter(), 0
+        rates.append(steps * shape[0] * shape[1] / (time.perf_counter() - start))
+    return rates
+
+
+def describe(choice: dict, seconds: float | None) -> str:
+    """The one line a run prints about its choice, e.g. "10 min at ~21k tok/s = ~12.6M tokens:
+    6 x 192, dropout 0.1 (4.8 tokens/parameter)"."""
+    size = f"{choice['num_layers']} x {choice['embed_dim']}"
+    head = f"{_count(choice['tokens'])} tokens"
+    if seconds is not None and choice["tokens_per_s"] is not None:
+        when = f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+        head = f"{when} at ~{_count(choice['tokens_per_s'])} tok/s = ~{head}"
+    others = [f"{c['num_layers']} x {c['embed_dim']}" for c in choice["candidates"]]
+    among = f" (of {', '.join(others)})" if len(others) > 1 else ""
+    return (
+        f"budget: {head}: {size}{among}, dropout {choice['dropout']:g} "
+        f"({choice['tokens_per_param']:g} tokens/parameter; --no-auto keeps the preset's)"
+    )
+
+
+def _count(n: float) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}".replace(".0" + unit, unit)
+    return f"{n:.0f}"

@@ -1,0 +1,165 @@
+"""Budget-aware recipes: the size and dropout a --max-time / --max-tokens run picks, and how the
+choice is printed, saved, reported, overridden and kept on --resume."""
+
+import json
+
+import pytest
+import torch
+
+from lmforge.cli.main import main
+from lmforge.models import gpt
+from lmforge.presets import build_task, get_preset
+from lmforge.training import budget
+from lmforge.training.config import TrainConfig
+
+SMALL = dict(num_layers=1, embed_dim=16, num_heads=2, ffn_dim=32)
+LARGE = dict(num_layers=2, embed_dim=32, num_heads=2, ffn_dim=64)
+# gpt-baby, shrunk to a 16-token context; its candidates are replaced by SMALL and LARGE below
+TINY = ["--preset", "gpt-baby", "--max-seq-len", "16", "--batch-size", "4", "--threads", "1"]
+TINY += ["--eval-every", "1000", "--eval-tokens", "256", "--tokenizer", "char"]
+
+
+@pytest.fixture
+def tiny_candidates(monkeypatch):
+    monkeypatch.setitem(gpt.PRESETS["gpt-baby"], "candidates", [SMALL, LARGE])
+    model_cfg = {**gpt.PRESETS["gpt-baby"]["config"], "vocab_size": 40, "max_seq_len": 16}
+    return [build_task("gpt", {**model_cfg, **shape}).num_params() for shape in (SMALL, LARGE)]
+
+
+def _choose(preset_name, explicit=(), rates=None, **train):
+    preset = get_preset(preset_name)
+    model_cfg = {**preset["config"], "dropout": 0.0}
+    cfg = TrainConfig(preset=preset_name, **train)
+    return budget.choose_recipe(
+        cfg,
+        preset,
+        model_cfg,
+        set(explicit),
+        lambda c: build_task(preset["family"], c),
+        torch.device("cpu"),
+        128,
+        rates=rates,
+    )
+
+
+def _train(argv, capsys, caplog) -> tuple[dict, list[str]]:
+    """`lmforge train ARGV --json`'s result, and the "budget: ..." lines it logged."""
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lmforge"):
+        assert main(["train", *argv, "--json"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("budget: ")]
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1]), said
+
+
+def test_the_choice_follows_the_tokens_the_measured_throughput_buys():
+    params = [
+        build_task("gpt", {**get_preset("gpt-shakespeare")["config"], **shape}).num_params()
+        for shape in get_preset("gpt-shakespeare")["candidates"]
+    ]
+    small, large = params
+    # slow machine: the large model gets too few tokens per parameter, the small one is picked
+    per_s = 0.5 * budget.MIN_TOKENS_PER_PARAM * large / 600  # half what the large one needs
+    slow = [3 * per_s, per_s]
+    model, choice = _choose("gpt-shakespeare", rates=slow, max_time="10m")
+    assert (model["num_layers"], model["embed_dim"]) == (4, 128) and model["dropout"] == 0.0
+    assert choice == _choose("gpt-shakespeare", rates=slow, max_time="10m")[1]  # deterministic
+    assert choice["tokens"] == int(slow[0] * 600) and choice["params"] == small
+    # fast machine: enough tokens for the large one, and past the dropout band
+    per_s = budget.DROPOUT_TOKENS_PER_PARAM * large / 600 * 1.01
+    model, choice = _choose("gpt-shakespeare", rates=[3 * per_s, per_s], max_time="10m")
+    assert (model["num_layers"], model["embed_dim"], model["ffn_dim"]) == (6, 192, 768)
+    assert model["dropout"] == budget.DROPOUT and choice["tokens_per_param"] >= 8
+    assert choice["reason"].startswith("budget: 10 min at ~")
+    assert "6 x 192" in choice["reason"] and "dropout 0.1" in choice["reason"]
+
+
+def test_a_token_budget_needs_no_probe_and_the_smaller_of_both_budgets_counts(monkeypatch):
+    monkeypatch.setattr(budget, "probe_throughput", None)  # calling it would fail
+    model, choice = _choose("gpt-shakespeare", max_tokens=500_000)
+    assert model["embed_dim"] == 128 and choice["tokens"] == 500_000
+    assert choice["tokens_per_s"] is None and choice["reason"].startswith("budget: 500k tokens:")
+    _, both = _choose("gpt-shakespeare", rates=[1e6, 1e6], max_tokens=500_000, max_time="10m")
+    assert both["tokens"] == 500_000
+
+
+def test_explicit_flags_win_over_the_choice():
+    huge = [1e7, 1e7]  # tokens enough for the large model with dropout
+    model, choice = _choose("gpt-shakespeare", {"embed_dim"}, huge, max_time="10m")
+    assert model["embed_dim"] == 128 and len(choice["candidates"]) == 1  # the user's size alone
+    assert model["dropout"] == budget.DROPOUT
+    model, _ = _choose("gpt-shakespeare", {"dropout"}, huge, max_time="10m")
+    assert model["embed_dim"] == 192 and model["dropout"] == 0.0
+
+
+def test_every_candidate_builds_in_its_preset():
+    for name in ("gpt-baby", "gpt-shakespeare", "llama-shakespeare"):
+        preset = get_preset(name)
+        for shape in preset["candidates"]:
+            task = build_task(preset["family"], {**preset["config"], **shape})
+            assert task.num_params() > 0
+
+
+def test_a_time_budget_probes_prints_saves_and_reports_its_choice(
+    tiny_text, tmp_path, capsys, caplog, tiny_candidates
+):
+    out = tmp_path / "run"
+    result, said = _train(
+        ["--data", str(tiny_text), *TINY, "--max-time", "3s", "--out", str(out)], capsys, caplog
+    )
+    choice = result["auto_choice"]
+    assert said == [choice["reason"]] and "3 s at ~" in said[0]
+    assert choice["tokens_per_s"] > 0 and len(choice["candidates"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_choice"] == choice
+    picked = {k: config["model"][k] for k in SMALL}
+    assert picked == {k: choice[k] for k in SMALL} and picked in (SMALL, LARGE)
+    assert result["steps"] > 0 and result["elapsed_s"] < 10
+
+
+def test_resume_keeps_the_choice_without_probing_again(
+    tiny_text, tmp_path, capsys, caplog, tiny_candidates, monkeypatch
+):
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_text), *TINY, "--out", str(out)]
+    budget_tokens = 2 * tiny_candidates[1]  # 2 tokens per parameter of the larger one
+    first, _ = _train([*argv, "--max-tokens", str(budget_tokens)], capsys, caplog)
+    assert {k: first["auto_choice"][k] for k in LARGE} == LARGE
+    config = json.loads((out / "config.json").read_text())
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a resumed run must not probe")
+
+    monkeypatch.setattr(budget, "probe_throughput", no_probe)
+    monkeypatch.setattr(budget, "choose_recipe", no_probe)
+    total = str(budget_tokens + 4000)
+    again, said = _train(["--out", str(out), "--resume", "--max-tokens", total], capsys, caplog)
+    assert again["auto_choice"] == first["auto_choice"] and not said
+    after = json.loads((out / "config.json").read_text())
+    assert after["model"] == config["model"] and after["auto_choice"] == config["auto_choice"]
+    assert again["tokens"] > first["tokens"]
+
+
+def test_no_auto_keeps_the_presets_recipe(tiny_text, tmp_path, capsys, caplog, tiny_candidates):
+    out = tmp_path / "run"
+    result, said = _train(
+        ["--data", str(tiny_text), *TINY, "--max-tokens", "2000", "--no-auto", "--out", str(out)],
+        capsys,
+        caplog,
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert result["auto_choice"] is None and "auto_choice" not in config and not said
+    assert config["model"]["embed_dim"] == 128 and config["train"]["auto"] is False
+
+
+def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
+    calls = []
+
+    def probe(tasks, cfg, device, block_size, vocab, seconds):
+        calls.append([t.config.dropout for t in tasks])
+        return [1e6] * len(tasks) if len(calls) == 1 else [2e4]  # dropout: a slower step
+
+    monkeypatch.setattr(budget, "probe_throughput", probe)
+    model, choice = _choose("gpt-shakespeare", max_time="10m")
+    assert calls == [[0.0, 0.0], [budget.DROPOUT]]
+    assert model["embed_dim"] == 192 and model["dropout"] == budget.DROPOUT
+    assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
