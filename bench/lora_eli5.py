@@ -3,7 +3,8 @@ of examples/gpt2_finetune_eli5.py: the same small GPT-2-shaped model pretrained 
 Shakespeare, then fine-tuned on ELI5 answers with the example's recipe (3 epochs of 8 x 128
 blocks), once in full, once with LoRA adapters (--lora-rank, alpha twice the rank, every block
 Linear) on the frozen model, and once with the adapters and the output head
-(--lora-train-head). All are scored by the example's own function on the same held-out blocks. Prints one JSON line. Run by hand (a quiet machine: minutes):
+(--lora-train-head). All are scored by the example's own function on the same held-out blocks.
+Prints one JSON line. Run by hand (a quiet machine: minutes):
 
     .venv/bin/python bench/lora_eli5.py --json
     .venv/bin/python bench/lora_eli5.py --tiny --json   # a smoke run in seconds, measures nothing
