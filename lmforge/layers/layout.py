@@ -34,3 +34,16 @@ def decode_layout_(model: nn.Module) -> int:
             weight.data = weight.t().contiguous().t()
             changed += 1
     return changed
+
+
+def train_layout_(model: nn.Module) -> int:
+    """Undo decode_layout_: every nn.Linear and LMHead weight row-major (contiguous) again, in
+    place; returns how many were changed. Training calls it after sampling from the model it
+    trains, so its steps (and a resumed run's, which loads row-major weights) compute alike."""
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, LMHead)) and not module.weight.is_contiguous():
+                module.weight.data = module.weight.contiguous()
+                changed += 1
+    return changed

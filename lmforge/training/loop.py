@@ -34,6 +34,7 @@ from lmforge.data.windows import IGNORE
 from lmforge.errors import DataError, LmforgeError
 from lmforge.evaluate.metrics import constant_predictions
 from lmforge.files import write_atomic
+from lmforge.layers.layout import train_layout_
 from lmforge.training import distributed, optim
 from lmforge.training.config import TrainConfig
 from lmforge.training.schedules import WARMUP_SHARE, lr_at, parse_duration
@@ -233,6 +234,7 @@ def fit(
     saved = ckpt.load_state(resume_from) if resume_from is not None else None
     if saved is not None:  # weights go in before sharding
         ckpt.load_weights(task, resume_from / "model.safetensors")
+    train_layout_(task)  # row-major, as a resumed run loads them, even if it decoded before
     if fsdp:
         distributed.shard(task)  # before the optimizer: parameters become sharded DTensors
     optimizer = make_optimizer(task, cfg)
@@ -742,4 +744,5 @@ def _print_sample(task, tokenizer) -> None:
         )
     )
     task.train(was)
+    train_layout_(task)  # the engine laid the weights out for decoding: back for training
     log.info("sample:\n%s", text)

@@ -74,6 +74,32 @@ def test_n_plus_n_resumed_steps_equal_2n_straight(tiny_text, tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
+def test_samples_during_training_keep_resume_exact(tiny_text, tmp_path):
+    # --sample-every decodes through the engine, which lays weights out for decoding: training
+    # puts them back, so the straight run computes as the resumed one (row-major after loading)
+    kw = dict(schedule="constant", sample_every=4)
+    _run(tiny_text, tmp_path / "straight", max_steps=16, **kw)
+    _run(tiny_text, tmp_path / "split", max_steps=8, **kw)
+    _run(tiny_text, tmp_path / "split", max_steps=16, resume=True, **kw)
+    _assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+def test_a_sample_leaves_the_weights_row_major(tiny_text):
+    from lmforge.layers.layout import decode_layout_
+    from lmforge.models.gpt import GPTCausalLM, GPTConfig
+    from lmforge.tokenizers.char import CharTokenizer
+
+    tok = CharTokenizer.train(tiny_text.read_text())
+    task = GPTCausalLM(GPTConfig(vocab_size=tok.vocab_size, num_layers=1, embed_dim=32,
+                                 num_heads=2, ffn_dim=64, max_seq_len=16))  # fmt: skip
+    weights = [m.weight for m in task.modules() if isinstance(m, torch.nn.Linear)]
+    before = [w.detach().clone() for w in weights]
+    assert decode_layout_(task) > 0 and not weights[0].is_contiguous()  # what the engine does
+    loop._print_sample(task, tok)
+    assert all(w.is_contiguous() for w in weights)
+    assert all(torch.equal(w, b) for w, b in zip(weights, before))
+
+
 def test_resume_needs_only_the_run_folder_and_the_new_budget(tiny_text, tmp_path):
     # the run's own data, tokenizer, model overrides and recipe come from its config.json
     _run(tiny_text, tmp_path / "straight", max_steps=16, schedule="constant")
