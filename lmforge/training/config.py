@@ -260,8 +260,8 @@ class TrainConfig:
             lora.check_options(self.lora_rank, self.lora_alpha, self.lora_dropout)
             if self.optimizer != "adamw":  # Muon orthogonalizes whole hidden matrices
                 raise ConfigError(
-                    f"--lora-rank trains its adapters with AdamW, and the optimizer is "
-                    f"{self.optimizer} (the gpt-baby and gpt-shakespeare presets' choice): add "
+                    f"--lora-rank trains its adapters with AdamW, and --optimizer is "
+                    f"{self.optimizer}: drop --optimizer (LoRA picks adamw) or give "
                     "--optimizer adamw"
                 )
             if self.lora_train_head and self.task in ("mlm", "classify"):

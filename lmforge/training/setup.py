@@ -196,6 +196,8 @@ def _train(options: dict, held: ExitStack) -> dict:
     if options.get("resume"):
         options, resumed = resume_options(options)
     options, init_folder = _init_from_options(options)
+    if options.get("lora_rank") is not None and options.get("optimizer") is None:
+        options = {**options, "optimizer": "adamw"}  # adapters train with AdamW, not the preset's
     cfg, model_over, preset = resolve_options(options)
     from lmforge.presets import family_classes
 

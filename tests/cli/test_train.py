@@ -308,7 +308,7 @@ def _one_error_line(capsys, argv) -> str:
             "attn.out, attn.qkv, ffn.down, ffn.up",
         ),
         (["--lora-dropout", "0.1"], "set up LoRA: add --lora-rank 8"),
-        (["--lora-rank", "4", "--optimizer", "muon"], "and the optimizer is muon"),
+        (["--lora-rank", "4", "--optimizer", "muon"], "and --optimizer is muon: drop --optimizer"),
     ],
 )
 def test_bad_lora_options_are_one_line_and_write_nothing(
@@ -326,3 +326,15 @@ def test_lora_on_a_char_rnn_is_refused(tiny_text, tmp_path, capsys):
     err = _one_error_line(capsys, [*argv, "--out", str(tmp_path / "run")])
     assert "no linear layers in its backbone for LoRA to wrap: drop --lora-rank" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_on_a_muon_preset_trains_with_adamw(tiny_text, tmp_path):
+    # gpt-baby trains with Muon; its adapters take AdamW without being told
+    argv = ["train", "--data", str(tiny_text), "--max-steps", "2"]
+    assert main([*argv, "--tokenizer", "char", *TINY, "--out", str(tmp_path / "base")]) == 0
+    base = json.loads((tmp_path / "base" / "config.json").read_text())["train"]
+    assert base["optimizer"] == "muon"
+    lora = ["--init-from", str(tmp_path / "base"), "--lora-rank", "4", "--block-size", "16"]
+    assert main([*argv, *lora, "--out", str(tmp_path / "lora")]) == 0
+    config = json.loads((tmp_path / "lora" / "config.json").read_text())
+    assert config["train"]["optimizer"] == "adamw" and config["lora"]["rank"] == 4
