@@ -9,10 +9,18 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.attention import SlotBatch
+from lmforge.layers.attention import (
+    KVCache,
+    KVState,
+    SlotBatch,
+    SlotKVCache,
+    slot_cache_bytes,
+    slot_caches,
+)
 
 
 def check_config(config, positive: Sequence[str], choices: dict[str, Sequence[str]]) -> None:
@@ -109,10 +117,78 @@ class CausalLM(Task):
         return generate(self, prompt_ids, max_new_tokens, **sampling)
 
 
-class SlotForward:
-    """An engine's forwards (lmforge.generation.engine) for a transformer LM whose backbone has
-    `forward_slots(packed ids (1, N), SlotBatch) -> hidden (1, N, C)` and whose task has `head`.
+class TransformerLM(CausalLM):
+    """A decoder-only transformer task (GPT, Llama): backbone + `head` (an LMHead), with a KV
+    cache per block for generate() and an engine's slot caches (lmforge.generation.engine).
+    The backbone takes (ids, mask, cache=, document_ids=) and has `blocks` (each with `attn`)
+    and `forward_slots(packed ids (1, N), SlotBatch) -> hidden (1, N, C)`; a subclass builds
+    both and names its `token_embedding` (the weights a tied head shares).
     """
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        raise NotImplementedError(f"{type(self).__name__} must name its token_embedding")
+
+    def forward(
+        self,
+        token_ids: Tensor,
+        padding_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
+    ) -> Tensor:
+        """(B, T) ids -> logits (B, T, V); `document_ids` (B, T) marks packed examples."""
+        hidden = self.backbone(token_ids, padding_mask, document_ids=document_ids)
+        return self.head(hidden)  # (B, T, V)
+
+    def loss(self, batch: dict) -> Tensor:
+        """Mean cross-entropy in float32 over labels != -100.
+
+        Args:
+            batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted (labels[:, t]
+                is the target after position t), optional "padding_mask" (B, T) bool, optional
+                "document_ids" (B, T) (packed examples).
+        """
+        logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("document_ids"))
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+        )
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> KVState:
+        """One empty KVCache of max_seq_len positions per block (allocated on the first step,
+        at key/value-head size)."""
+        return KVState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
+
+    def step(
+        self, token_ids: Tensor, state: KVState, padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVState]:
+        """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place.
+
+        Args:
+            padding_mask: (B, t) bool for the new tokens, True = real (left padding: a row's
+                pads come before its prompt). The state remembers it for later steps.
+        """
+        mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
+        return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
+
+    def reorder_state(self, state: KVState, rows: Tensor) -> KVState:
+        """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
+        return state.reorder(rows)
+
+    # An engine's slots: a cache allocated once, rows at their own positions. slot_bytes ->
+    # init_slots once -> step_slots / step_slot_groups at every step. Slots side by side are
+    # read as a view; a token fed at a slot's next position changes nothing it will read.
+    slot_span_is_a_view = True
+
+    def slot_bytes(self, slots: int, max_len: int) -> int:
+        """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
+        itemsize = self.token_embedding.weight.element_size()
+        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
+
+    def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
+        """One SlotKVCache of (slots, KV heads, max_len, D) per block, in the embedding's dtype
+        (not the head's: int8 once quantized)."""
+        weight = self.token_embedding.weight
+        attns = [b.attn for b in self.backbone.blocks]
+        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
 
     def step_slots(self, token_ids: Tensor, caches: list, rows: list[int], starts: list[int]):
         """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on (what came

@@ -8,25 +8,19 @@ one and update HF_NAMES in the same change.
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.layers.attention import (
     KVCache,
-    KVState,
     SlotBatch,
-    SlotKVCache,
     document_positions,
-    slot_cache_bytes,
-    slot_caches,
 )
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
-from lmforge.models.base import Backbone, CausalLM, SlotForward, check_config, init_normal
+from lmforge.models.base import Backbone, TransformerLM, check_config, init_normal
 
 # ---------------------------------------------------------------- config
 
@@ -184,7 +178,7 @@ class GPTBackbone(Backbone):
 # ---------------------------------------------------------------- tasks
 
 
-class GPTCausalLM(SlotForward, CausalLM):
+class GPTCausalLM(TransformerLM):
     """GPT backbone + LM head (tied to the token embedding when config.tie_embeddings).
 
     Example:
@@ -207,65 +201,9 @@ class GPTCausalLM(SlotForward, CausalLM):
             tied_to=backbone.embed.token if c.tie_embeddings else None,
         )
 
-    def forward(
-        self,
-        token_ids: Tensor,
-        padding_mask: Tensor | None = None,
-        document_ids: Tensor | None = None,
-    ) -> Tensor:
-        """(B, T) ids -> logits (B, T, V); `document_ids` (B, T) marks packed examples."""
-        hidden = self.backbone(token_ids, padding_mask, document_ids=document_ids)
-        return self.head(hidden)  # (B, T, V)
-
-    def loss(self, batch: dict) -> Tensor:
-        """Mean cross-entropy in float32 over labels != -100.
-
-        Args:
-            batch: "token_ids" (B, T) long, "labels" (B, T) long already shifted (labels[:, t]
-                is the target after position t), optional "padding_mask" (B, T) bool, optional
-                "document_ids" (B, T) (packed examples).
-        """
-        logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("document_ids"))
-        return F.cross_entropy(
-            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
-        )
-
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> KVState:
-        """One empty KVCache of max_seq_len positions per block (allocated on the first step)."""
-        return KVState([KVCache(self.config.max_seq_len) for _ in self.backbone.blocks])
-
-    def step(
-        self, token_ids: Tensor, state: KVState, padding_mask: Tensor | None = None
-    ) -> tuple[Tensor, KVState]:
-        """Feed (B, t) tokens after those in `state`: logits (B, t, V); the caches grow in place.
-
-        Args:
-            padding_mask: (B, t) bool for the new tokens, True = real (left padding: a row's
-                pads come before its prompt). The state remembers it for later steps.
-        """
-        mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
-        return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
-
-    def reorder_state(self, state: KVState, rows: Tensor) -> KVState:
-        """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
-        return state.reorder(rows)
-
-    # An engine's slots (lmforge.generation.engine): a cache allocated once, rows at their own
-    # positions. slot_bytes -> init_slots once -> step_slots at every step. Slots side by side
-    # are read as a view; a token fed at a slot's next position changes nothing it will read.
-    slot_span_is_a_view = True
-
-    def slot_bytes(self, slots: int, max_len: int) -> int:
-        """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
-        itemsize = self.backbone.embed.token.weight.element_size()
-        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
-
-    def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
-        """One SlotKVCache of (slots, H, max_len, D) per block, in the embedding's dtype (not
-        the head's: int8 once quantized)."""
-        weight = self.backbone.embed.token.weight
-        attns = [b.attn for b in self.backbone.blocks]
-        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.backbone.embed.token
 
 
 # ---------------------------------------------------------------- presets
