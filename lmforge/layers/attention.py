@@ -374,8 +374,13 @@ class MultiHeadAttention(nn.Module):
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> queries (B, H, T, D), keys and values (B, KV, T, D), q/k normed."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.splits, dim=-1)
+        return self._heads(self.qkv(x))
+
+    def _heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The qkv projection's (B, T, .) output as queries (B, H, T, D), keys and values
+        (B, KV, T, D), q/k normed."""
+        B, T, _ = qkv.shape
+        q, k, v = qkv.split(self.splits, dim=-1)
         q = q.view(B, T, self.num_heads, self.head_dim)
         k = k.view(B, T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:  # over each head's D (Qwen3)
@@ -387,8 +392,9 @@ class MultiHeadAttention(nn.Module):
         """Attention for an engine's packed tokens (1, N, C), each at its own position in its own
         slot: one qkv and one output projection for all, attention group by group."""
         batch, out = view.batch, []
-        for group, part in zip(batch.groups, x[0].split(batch.sizes)):
-            q, k, v = self._project(part.view(*group.shape, -1))  # (n, H, T, D), (n, KV, T, D)
+        qkv = self.qkv(x[0])  # (N, .): the weights read once for every token of the step
+        for group, part in zip(batch.groups, qkv.split(batch.sizes)):
+            q, k, v = self._heads(part.view(*group.shape, -1))  # (n, H, T, D), (n, KV, T, D)
             if self.rotary is not None:
                 q, k = self.rotary(q, group.positions), self.rotary(k, group.positions)
             k, v = group.write(view.cache, k, v)  # (n, KV, S, D)
