@@ -467,7 +467,7 @@ class Engine:
         """Sample each handle's next token from its (V,) row of logits and record it."""
         logits = logits.float()
         raw = logits
-        greedy = logits.argmax(-1).tolist()
+        greedy = None  # argmax of every row at once, when a row asks for it
         for i, handle in enumerate(handles):
             p = handle.params
             row = logits[i : i + 1]
@@ -488,6 +488,8 @@ class Engine:
                 and not p.no_repeat_ngram_size
                 and not penalized
             ):
+                if greedy is None:
+                    greedy = logits.argmax(-1).tolist()
                 token = greedy[i]
             else:
                 options = (p.temperature, p.top_k, p.top_p, p.min_p)

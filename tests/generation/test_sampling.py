@@ -8,6 +8,7 @@ from lmforge.generation.sampling import (
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
     apply_temperature,
+    draw,
     min_p_filter,
     sample_next_token,
     top_k_filter,
@@ -84,6 +85,18 @@ def test_draws_follow_the_distribution_and_a_seed_repeats_them():
     assert draws.float().mean().item() == pytest.approx(0.3, abs=0.03)
     again = sample_next_token(logits, generator=torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)
+
+
+def test_draw_matches_the_probabilities_and_never_picks_a_zero():
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.3, 0.0])
+    ids = draw(probs.expand(20_000, 6), torch.Generator().manual_seed(1))
+    counts = torch.bincount(ids, minlength=6).float() / 20_000
+    assert counts[[1, 3, 5]].sum() == 0  # zero-probability ids, the last one included
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+    # a row whose mass sits at its very end, and unnormalised rows, stay in range
+    edge = torch.tensor([[0.0, 0.0, 1e-30], [2.0, 0.0, 0.0]])
+    for seed in range(50):
+        assert draw(edge, torch.Generator().manual_seed(seed)).tolist() == [2, 0]
 
 
 def test_bf16_logits_are_sampled_in_float32():
