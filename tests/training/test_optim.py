@@ -5,7 +5,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
-from lmforge.training.optim import MultiOptimizer, Muon, make_optimizer
+from lmforge.training.optim import MultiOptimizer, Muon, make_optimizer, orthogonalize
 
 
 def _gpt() -> GPTCausalLM:
@@ -72,6 +72,36 @@ def test_muon_step_matches_torch_muon():
     moved = (params[1] - start).abs().max()
     assert (params[0] - params[1]).abs().max() < 0.02 * moved
     assert opt.state[p]["momentum_buffer"].shape == start.shape
+
+
+def test_muon_orthogonalizes_a_stack_as_each_matrix_alone():
+    torch.manual_seed(0)
+    stack = torch.randn(3, 40, 24)
+    coefficients = (3.4445, -4.7750, 2.0315)
+    together = orthogonalize(stack, coefficients, 5, 1e-7)
+    for matrix, done in zip(stack, together):
+        torch.testing.assert_close(done, orthogonalize(matrix, coefficients, 5, 1e-7))
+    singular = torch.linalg.svdvals(together[0])
+    assert 0.5 < singular.min() and singular.max() < 1.5  # near-orthogonal rows
+
+
+def test_muon_steps_matrices_of_one_shape_together_as_alone():
+    torch.manual_seed(0)
+    shapes = [(16, 8), (8, 8), (16, 8)]  # two share a shape: one stacked iteration
+    starts = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(2)]
+    together = [torch.nn.Parameter(x.clone()) for x in starts]
+    alone = [torch.nn.Parameter(x.clone()) for x in starts]
+    opts = [Muon(together, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")]
+    opts += [Muon([p], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw") for p in alone]
+    for step in grads:
+        for p, q, g in zip(together, alone, step):
+            p.grad, q.grad = g.clone(), g.clone()
+        for opt in opts:
+            opt.step()
+    for p, q, x in zip(together, alone, starts):
+        assert not torch.equal(p, x)
+        torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
