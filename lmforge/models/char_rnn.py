@@ -216,17 +216,23 @@ _TUTORIAL_RECIPE = dict(
     save_every_epoch=True,
 )
 
+# What a --max-time / --max-tokens budget picks among (lmforge/training/budget.py; README
+# "Budget-aware recipes" has what each reaches at several token budgets). CANDIDATES_EVIDENCE
+_CANDIDATES = [dict(hidden_dim=256), dict(hidden_dim=512), dict(hidden_dim=1024)]
+
 PRESETS = {
     "char-rnn-lstm-shakespeare": dict(
         config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="lstm"),
         tokenizer="char",
         about="embedding 256 + one LSTM of 1024 units (5.3M), the TensorFlow char-RNN tutorial",
+        candidates=_CANDIDATES,
         train=dict(_TUTORIAL_RECIPE),
     ),
     "char-rnn-gru-shakespeare": dict(
         config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="gru"),
         tokenizer="char",
         about="embedding 256 + one GRU of 1024 units (4.0M), the TensorFlow tutorial's GRU",
+        candidates=_CANDIDATES,
         train=dict(_TUTORIAL_RECIPE),
     ),
 }
