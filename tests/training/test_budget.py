@@ -204,14 +204,11 @@ def test_a_char_rnn_takes_the_rnn_rule_and_says_so_in_units():
         model, choice = _choose(RNN, rates=rates, max_time="10m")
         assert model["hidden_dim"] == shape["hidden_dim"] == choice["hidden_dim"]
         assert choice["params"] == params[i] and model["cell"] == "lstm"
-        assert (
-            f"{shape['hidden_dim']} units (of 256 units, 512 units, 1024 units)"
-            in (choice["reason"])
-        )
+        assert f"{shape['hidden_dim']} units (of 256 units, 512 units)" in choice["reason"]
     # past the RNN's dropout band: the largest, with the RNN's dropout
     tokens = 1.01 * rule.dropout_tokens_per_param * params[-1]
     model, choice = _choose(RNN, max_tokens=int(tokens))
-    assert model["hidden_dim"] == 1024 and model["dropout"] == rule.dropout
+    assert model["hidden_dim"] == 512 and model["dropout"] == rule.dropout
     assert choice["tokens_per_s"] is None and f"dropout {rule.dropout:g}" in choice["reason"]
     # too few tokens for any of them: the smallest, no dropout
     model, choice = _choose(RNN, max_tokens=1000)
@@ -243,7 +240,7 @@ def test_a_char_rnn_run_with_max_tokens_picks_saves_and_resumes_its_units(
 
 
 def test_explicit_units_or_no_auto_keep_a_char_rnn_as_asked(
-    tiny_text, tmp_path, capsys, caplog, rnn_candidates
+    tiny_text, tmp_path, capsys, caplog, rnn_candidates, monkeypatch
 ):
     tokens = str(int(budget.RULES["char_rnn"].min_tokens_per_param * rnn_candidates[1]) + 64)
     base = ["--data", str(tiny_text), *TINY_RNN, "--max-tokens", tokens]
@@ -254,8 +251,9 @@ def test_explicit_units_or_no_auto_keep_a_char_rnn_as_asked(
     assert choice["hidden_dim"] == 8 and len(choice["candidates"]) == 1 and len(said) == 1
     assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["hidden_dim"] == 8
 
+    monkeypatch.setitem(char_rnn.PRESETS[RNN]["config"], "hidden_dim", 12)  # not 1024: fast
     off = tmp_path / "b"
     result, said = _train([*base, "--no-auto", "--out", str(off)], capsys, caplog)
     config = json.loads((off / "config.json").read_text())
     assert result["auto_choice"] is None and "auto_choice" not in config and not said
-    assert config["model"]["hidden_dim"] == 1024 and config["train"]["auto"] is False
+    assert config["model"]["hidden_dim"] == 12 and config["train"]["auto"] is False
