@@ -216,17 +216,26 @@ _TUTORIAL_RECIPE = dict(
     save_every_epoch=True,
 )
 
+# What a --max-time / --max-tokens budget picks among (lmforge/training/budget.py; README
+# "Budget-aware recipes" has what each reaches at several token budgets). 1024 units, the
+# tutorial's, is no candidate: ahead per token (1.637 at 2.56M against 512's 1.677) but 2.8x
+# slower than 512, and it memorises the 1M characters after 7 epochs (best 1.490 at 6.9M
+# tokens), before a time budget feeds it as much as 512 needs to win (3 per parameter, 16M).
+_CANDIDATES = [dict(hidden_dim=256), dict(hidden_dim=512)]
+
 PRESETS = {
     "char-rnn-lstm-shakespeare": dict(
         config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="lstm"),
         tokenizer="char",
         about="embedding 256 + one LSTM of 1024 units (5.3M), the TensorFlow char-RNN tutorial",
+        candidates=_CANDIDATES,
         train=dict(_TUTORIAL_RECIPE),
     ),
     "char-rnn-gru-shakespeare": dict(
         config=dict(vocab_size=65, embed_dim=256, hidden_dim=1024, num_layers=1, cell="gru"),
         tokenizer="char",
         about="embedding 256 + one GRU of 1024 units (4.0M), the TensorFlow tutorial's GRU",
+        candidates=_CANDIDATES,
         train=dict(_TUTORIAL_RECIPE),
     ),
 }

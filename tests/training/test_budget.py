@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmforge.cli.main import main
-from lmforge.models import gpt
+from lmforge.models import char_rnn, gpt
 from lmforge.presets import build_task, get_preset
 from lmforge.training import budget
 from lmforge.training.config import TrainConfig
@@ -92,7 +92,13 @@ def test_explicit_flags_win_over_the_choice():
 
 
 def test_every_candidate_builds_in_its_preset():
-    for name in ("gpt-baby", "gpt-shakespeare", "llama-shakespeare"):
+    for name in (
+        "gpt-baby",
+        "gpt-shakespeare",
+        "llama-shakespeare",
+        RNN,
+        "char-rnn-gru-shakespeare",
+    ):
         preset = get_preset(name)
         for shape in preset["candidates"]:
             task = build_task(preset["family"], {**preset["config"], **shape})
@@ -163,3 +169,91 @@ def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
     assert calls == [[0.0, 0.0], [budget.DROPOUT]]
     assert model["embed_dim"] == 192 and model["dropout"] == budget.DROPOUT
     assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
+
+
+# ---------------------------------------------------------------- char RNN
+
+RNN = "char-rnn-lstm-shakespeare"
+# the LSTM preset, shrunk: a 16-token context, batches of 4; its candidates become 8 and 16 units
+TINY_RNN = ["--preset", RNN, "--embed-dim", "8", "--block-size", "16", "--batch-size", "4"]
+TINY_RNN += ["--threads", "1", "--eval-every", "1000", "--eval-tokens", "256"]
+UNITS = [dict(hidden_dim=8), dict(hidden_dim=16)]
+
+
+@pytest.fixture
+def rnn_candidates(monkeypatch, tiny_text):
+    """The tiny units' parameter counts on tiny_text's characters (the run's vocabulary)."""
+    monkeypatch.setitem(char_rnn.PRESETS[RNN], "candidates", UNITS)
+    vocab = len(set(tiny_text.read_text()))
+    model_cfg = {**char_rnn.PRESETS[RNN]["config"], "vocab_size": vocab, "embed_dim": 8}
+    return [build_task("char_rnn", {**model_cfg, **shape}).num_params() for shape in UNITS]
+
+
+def test_a_char_rnn_takes_the_rnn_rule_and_says_so_in_units():
+    rule = budget.RULES["char_rnn"]
+    preset = get_preset(RNN)
+    params = [
+        build_task("char_rnn", {**preset["config"], **shape}).num_params()
+        for shape in preset["candidates"]
+    ]
+    assert params == sorted(params)
+    # each candidate in turn is the largest one its tokens feed (the rates of a time budget)
+    for i, shape in enumerate(preset["candidates"]):
+        rates = [1.01 * rule.min_tokens_per_param * p / 600 for p in params]
+        rates[i + 1 :] = [0.5 * r for r in rates[i + 1 :]]  # the larger ones: half what they need
+        model, choice = _choose(RNN, rates=rates, max_time="10m")
+        assert model["hidden_dim"] == shape["hidden_dim"] == choice["hidden_dim"]
+        assert choice["params"] == params[i] and model["cell"] == "lstm"
+        assert f"{shape['hidden_dim']} units (of 256 units, 512 units)" in choice["reason"]
+    # past the RNN's dropout band: the largest, with the RNN's dropout
+    tokens = 1.01 * rule.dropout_tokens_per_param * params[-1]
+    model, choice = _choose(RNN, max_tokens=int(tokens))
+    assert model["hidden_dim"] == 512 and model["dropout"] == rule.dropout
+    assert choice["tokens_per_s"] is None and f"dropout {rule.dropout:g}" in choice["reason"]
+    # too few tokens for any of them: the smallest, no dropout
+    model, choice = _choose(RNN, max_tokens=1000)
+    assert model["hidden_dim"] == 256 and model["dropout"] == 0.0
+
+
+def test_a_char_rnn_run_with_max_tokens_picks_saves_and_resumes_its_units(
+    tiny_text, tmp_path, capsys, caplog, rnn_candidates, monkeypatch
+):
+    small, large = rnn_candidates
+    min_per_param = budget.RULES["char_rnn"].min_tokens_per_param
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_text), *TINY_RNN, "--out", str(out)]
+    tokens = int(min_per_param * large) + 64  # feeds 16 units, not past the dropout band
+    first, said = _train([*argv, "--max-tokens", str(tokens)], capsys, caplog)
+    choice = first["auto_choice"]
+    assert choice["hidden_dim"] == 16 and choice["params"] == large and choice["dropout"] == 0.0
+    assert [c["params"] for c in choice["candidates"]] == [small, large]
+    assert said == [choice["reason"]] and "tokens: 16 units (of 8 units, 16 units)" in said[0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_choice"] == choice and config["model"]["hidden_dim"] == 16
+    assert config["model"]["embed_dim"] == 8 and config["model"]["cell"] == "lstm"
+
+    monkeypatch.setattr(budget, "choose_recipe", None)  # a resumed run must not choose again
+    more = str(tokens + 640)
+    again, said = _train(["--out", str(out), "--resume", "--max-tokens", more], capsys, caplog)
+    assert again["auto_choice"] == choice and not said and again["tokens"] > first["tokens"]
+    assert json.loads((out / "config.json").read_text())["model"] == config["model"]
+
+
+def test_explicit_units_or_no_auto_keep_a_char_rnn_as_asked(
+    tiny_text, tmp_path, capsys, caplog, rnn_candidates, monkeypatch
+):
+    tokens = str(int(budget.RULES["char_rnn"].min_tokens_per_param * rnn_candidates[1]) + 64)
+    base = ["--data", str(tiny_text), *TINY_RNN, "--max-tokens", tokens]
+    result, said = _train(
+        [*base, "--hidden-dim", "8", "--out", str(tmp_path / "a")], capsys, caplog
+    )
+    choice = result["auto_choice"]
+    assert choice["hidden_dim"] == 8 and len(choice["candidates"]) == 1 and len(said) == 1
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["hidden_dim"] == 8
+
+    monkeypatch.setitem(char_rnn.PRESETS[RNN]["config"], "hidden_dim", 12)  # not 1024: fast
+    off = tmp_path / "b"
+    result, said = _train([*base, "--no-auto", "--out", str(off)], capsys, caplog)
+    config = json.loads((off / "config.json").read_text())
+    assert result["auto_choice"] is None and "auto_choice" not in config and not said
+    assert config["model"]["hidden_dim"] == 12 and config["train"]["auto"] is False
