@@ -187,8 +187,8 @@ def test_bad_beam_arguments(pair):
         beam_search(model, [1, 2], 5, num_beams=0)
     with pytest.raises(ConfigError, match="left_pad"):
         generate(_NoPadding(), [[1], [2, 3]], 3, left_pad=True)
-    with pytest.raises(ConfigError, match="reorder_state"):
-        beam_search(_NoPadding(), [1], 3)
+    with pytest.raises(ConfigError, match="needs a model with step_slots"):
+        beam_search(_StepOnly(), [1], 3)
 
 
 class _NoPadding(GPTCausalLM):
@@ -199,6 +199,21 @@ class _NoPadding(GPTCausalLM):
 
     def step(self, token_ids, state):
         return super().step(token_ids, state)
+
+
+class _StepOnly(torch.nn.Module):
+    """A causal LM with init_state() and step() only: no slots, so no engine and no beams."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = GPTCausalLM(GPTConfig(vocab_size=V))
+        self.config = self.inner.config
+
+    def init_state(self, batch_size, device=None):
+        return self.inner.init_state(batch_size, device)
+
+    def step(self, token_ids, state, padding_mask=None):
+        return self.inner.step(token_ids, state, padding_mask)
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_tail_with_one_warning(caplog):
