@@ -322,3 +322,15 @@ def test_char_rnn_beams_wide_enough_find_the_best_sequence():
     totals = log_probs.gather(-1, seqs[:, :, None])[..., 0].sum(-1)
     assert best.token_ids == seqs[totals.argmax()].tolist()
     assert best.score == pytest.approx(float(totals.max()), abs=1e-4)
+
+
+def test_beams_that_do_not_fit_in_memory_are_one_line_naming_the_fix(pair, monkeypatch):
+    from lmforge.generation import engine as engine_module
+
+    _, model = pair
+    # 2 prompts x 4 beams = 8 slots of 5 + 5 positions; memory for 5 of them
+    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: model.slot_bytes(5, 10))
+    with pytest.raises(ConfigError, match="8 slots of 10 positions need") as e:
+        beam_search(model, [[1, 2, 3, 4, 5], [6]], 5, num_beams=4)
+    assert "\n" not in str(e.value)
+    assert "search at most 5 beams at once (fewer prompts, a smaller num_beams" in str(e.value)
