@@ -15,6 +15,14 @@ class ServeConfig:
     )
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     slots: int = field(default=8, metadata={"help": "sequences decoded side by side"})
+    max_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens a slot holds, prompt and reply (its cache's size); longer requests "
+            "get 400",
+            "default_help": "the model's context",
+        },
+    )
     max_queue: int = field(
         default=32, metadata={"help": "sequences that may wait for a slot; more get 429"}
     )
@@ -58,10 +66,11 @@ def add_parser(sub):
 
 def run(args) -> int:
     cfg = options.from_args(args, ServeConfig)
-    for name in ("slots", "max_queue", "max_tokens_limit", "max_body_bytes"):
-        if getattr(cfg, name) < (0 if name == "max_queue" else 1):
+    for name in ("slots", "max_queue", "max_tokens_limit", "max_body_bytes", "max_len"):
+        value = getattr(cfg, name)
+        if value is not None and value < (0 if name == "max_queue" else 1):
             flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {getattr(cfg, name)} must be >= 1")
+            raise ConfigError(f"{flag} {value} must be >= 1")
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"--port {cfg.port} must be between 0 and 65535")
     try:
@@ -82,6 +91,7 @@ def run(args) -> int:
     app = create_app(
         args.run,
         slots=cfg.slots,
+        max_len=cfg.max_len,
         max_queue=cfg.max_queue,
         quantize=cfg.quantize,
         api_key=cfg.api_key,

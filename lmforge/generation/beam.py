@@ -2,8 +2,8 @@
 
 It follows transformers' beam search step for step (the best 2 x num_beams candidates per step,
 finished beams scored sum_logprobs / length ** length_penalty, the same early-stopping rules), so
-on the same weights both return the same tokens. Prompts of different lengths are left-padded;
-the model needs `step(..., padding_mask=)` and `reorder_state(state, rows)` (GPT has both).
+on the same weights both return the same tokens. It runs on the engine (engine.py): each beam is
+a slot, every prompt's beams step in one forward, and a reorder copies slots in place.
 """
 
 from collections.abc import Callable, Sequence
@@ -13,14 +13,8 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.generation.prompts import (
-    as_prompts,
-    crop_prompts,
-    feed,
-    left_padded,
-    model_device,
-    takes_padding_mask,
-)
+from lmforge.generation.engine import Engine, slots_that_fit
+from lmforge.generation.prompts import as_prompts, crop_prompts, left_padded, model_device
 from lmforge.generation.sampling import no_repeat_ngram_filter
 
 _NEVER = -1.0e9  # transformers' "very large negative" score: keeps a beam out of every top-k
@@ -93,23 +87,26 @@ def beam_search(
     _check(
         num_beams, num_return, length_penalty, early_stopping, no_repeat_ngram_size, max_new_tokens
     )
-    if not takes_padding_mask(model) or not hasattr(model, "reorder_state"):
+    if not (hasattr(model, "step_slots") and hasattr(model, "copy_slots")):
         raise ConfigError(
-            f"beam search needs a model with step(..., padding_mask=) and reorder_state(); "
-            f"{type(model).__name__} has not: sample instead (num_beams=1)"
+            "beam search runs on the engine: it needs a model with step_slots() and "
+            f"copy_slots() (the GPT and char-RNN families); {type(model).__name__} has not: "
+            "sample instead (num_beams=1)"
         )
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
     prompts = crop_prompts(as_prompts(prompt_ids), context, room=1)
-    longest = max(len(p) for p in prompts)
-    if context is not None and longest + max_new_tokens > context:
-        max_new_tokens = context - longest  # every beam must fit in the context
+    # every beam must fit in the context: a prompt's beams stop where it is full
+    max_new = [
+        max_new_tokens if context is None else min(max_new_tokens, context - len(p))
+        for p in prompts
+    ]
     was_training = model.training
     model.eval()
     try:
         return _search(
             model,
             prompts,
-            max_new_tokens,
+            max_new,
             num_beams,
             float(length_penalty),
             early_stopping,
@@ -121,6 +118,39 @@ def beam_search(
         )
     finally:
         model.train(was_training)
+
+
+def _engine(model, prompts, max_new, K, device) -> Engine:
+    """An engine with a slot for each beam of each prompt, each as long as its beams grow."""
+    context = getattr(model.config, "max_seq_len", None)
+    length = None if context is None else max(len(p) + m for p, m in zip(prompts, max_new))
+    fit = slots_that_fit(model, len(prompts) * K, length, device)
+    if fit is not None:
+        raise ConfigError(
+            f"{fit[1]}: one slot per beam (prompts x num_beams); search at most {fit[0]} beams "
+            "at once (fewer prompts, a smaller num_beams / --num-beams)"
+        )
+    # threads: torch's count, as the caller set it (generate_text picks the fastest)
+    return Engine(model, len(prompts) * K, length, device=device, threads=torch.get_num_threads())
+
+
+def _reassign(slots: list[int], sources: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The slots of a prompt's new beams, new beam j continuing old beam sources[j], and the
+    (source, destination) slot copies that makes: an old beam's first child keeps its slot, a
+    second child takes the slot of an old beam no one continues."""
+    new: list[int | None] = [None] * len(slots)
+    kept = set()
+    for j, b in enumerate(sources):
+        if b not in kept:
+            kept.add(b)
+            new[j] = slots[b]
+    free = [slots[b] for b in range(len(slots)) if b not in kept]
+    copies = []
+    for j, b in enumerate(sources):
+        if new[j] is None:
+            new[j] = free.pop()
+            copies.append((slots[b], new[j]))
+    return new, copies
 
 
 def _search(
@@ -137,28 +167,36 @@ def _search(
     device,
 ):
     N, P = len(prompts), max(len(p) for p in prompts)
-    ids, real = left_padded(prompts, max_new, device)  # (N, W), W = P + max_new
-    state = model.init_state(N, device)
-    logits, state = feed(model, ids, real, 0, P, state)
+    lengths = [len(p) for p in prompts]
+    engine = _engine(model, prompts, max_new, K, device)
+    # every prompt read in one forward into its first beam's slot, then copied to the others
+    slots = [list(range(n * K, n * K + K)) for n in range(N)]  # slots[n][j]: beam j's slot
+    groups = [(torch.tensor([p], device=device), [s[0]], [0]) for p, s in zip(prompts, slots)]
+    logits = engine.forward_slots(groups)  # (N, V)
+    engine.copy_slots([s[0] for s in slots for _ in s[1:]], [d for s in slots for d in s[1:]], P)
     rows = torch.arange(N, device=device).repeat_interleave(K)  # every prompt K times
-    state = model.reorder_state(state, rows)
-    logits, ids, real = logits[rows, -1:], ids[rows], real[rows]
+    logits = logits[rows]  # (N * K, V)
+    # the token history: prompts right-aligned so every beam's step-t token sits in column P + t
+    ids, real = left_padded(prompts, max(max_new), device)  # (N, W), W = P + max new
+    real = real[rows]
     W = ids.shape[1]
-    running = ids.view(N, K, W)
+    running = ids[rows].view(N, K, W)
     running_scores = torch.zeros(N, K, device=device)
     running_scores[:, 1:] = _NEVER  # step one draws from the first copy only, never K repeats
     done = running.clone()  # finished beams and their scores, best first
     done_scores = torch.full((N, K), _NEVER, device=device)
     done_lengths = torch.zeros(N, K, dtype=torch.long, device=device)
     is_done = torch.zeros(N, K, dtype=torch.bool, device=device)
-    may_improve = torch.ones(N, 1, dtype=torch.bool, device=device)
+    may_improve = torch.ones(N, 1, dtype=torch.bool, device=device)  # False: the prompt is over
+    live = list(range(N))  # the prompts whose beams still step
+    last_step = torch.tensor(max_new, device=device)[:, None] - 1  # (N, 1)
+    never_length = torch.tensor([m**length_penalty for m in max_new], device=device)[:, None]
     stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
     keep = max(2, 1 + len(stops)) * K  # enough that K beams go on even if K candidates stop
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished beams
-    arange_n = torch.arange(N, device=device)[:, None]
-    for step in range(max_new):
+    for step in range(max(max_new)):
         pos = P + step  # the column this step writes
-        log_probs = logits[:, -1].float().log_softmax(-1)  # (N * K, V)
+        log_probs = logits.float().log_softmax(-1)  # (N * K, V)
         if ngram:
             flat = running.view(N * K, W)
             log_probs = no_repeat_ngram_filter(log_probs, flat[:, :pos], ngram, real[:, :pos])
@@ -168,10 +206,12 @@ def _search(
         beam, token = flat_index // V, flat_index % V
         cand = _gather(running, beam)  # (N, keep, W)
         cand[:, :, pos] = token
-        stopped = torch.isin(token, stop_ids) | (step + 1 == max_new)
-        if is_stopped is not None:
+        stopped = torch.isin(token, stop_ids) | (step >= last_step)
+        if is_stopped is not None:  # asked of the prompts still searched only
             new = cand[:, :, P : pos + 1].tolist()
-            flags = [[bool(is_stopped(t)) for t in row] for row in new]
+            flags = [[False] * keep for _ in range(N)]
+            for n in live:
+                flags[n] = [bool(is_stopped(t)) for t in new[n]]
             stopped |= torch.tensor(flags, device=device)
         # the K best candidates that did not stop run on
         open_scores = cand_scores + stopped.float() * _NEVER
@@ -192,20 +232,33 @@ def _search(
         is_done = _gather(torch.cat([is_done, finished_now], 1), pick)
         # can a running beam still beat the worst finished one?
         if early_stopping == "never" and length_penalty > 0:
-            best_length = max_new
+            best_possible = running_scores[:, :1] / never_length
         else:
-            best_length = step + 1
-        best_possible = running_scores[:, :1] / best_length**length_penalty
+            best_possible = running_scores[:, :1] / (step + 1) ** length_penalty
         worst = torch.where(is_done, done_scores.min(1, keepdim=True).values, _NEVER)
         may_improve = may_improve & (best_possible > worst).any(-1, keepdim=True)
-        everyone_done = bool(is_done.all()) and early_stopping is True
-        if not bool(may_improve.any()) or everyone_done or bool(stopped.all()):
+        # a prompt is also over when no candidate runs on (every one stopped, or its last step)
+        # or, stopping early, once K beams finished; its beams leave the forward
+        may_improve &= ~stopped.all(1, keepdim=True)
+        if early_stopping is True:
+            may_improve &= ~is_done.all(1, keepdim=True)
+        live = may_improve[:, 0].nonzero()[:, 0].tolist()
+        if not live:
             break
-        rows = (arange_n * K + source).flatten()
-        state = model.reorder_state(state, rows)
-        real = real[rows]
-        flat = running.view(N * K, W)
-        logits, state = feed(model, flat, real, pos, pos + 1, state)
+        sources, copies = source.tolist(), []
+        for n in live:
+            slots[n], moved = _reassign(slots[n], sources[n])
+            copies += moved
+        engine.copy_slots([s for s, _ in copies], [d for _, d in copies], pos)
+        # one forward over every live beam, in slot order (slots side by side are read as a view)
+        order = sorted(
+            (slot, n * K + j, lengths[n] + step) for n in live for j, slot in enumerate(slots[n])
+        )
+        beam_rows = torch.tensor([r for _, r, _ in order], device=device)
+        tokens = running.view(N * K, W)[beam_rows, pos : pos + 1]  # (beams, 1)
+        out = engine.forward_slots([(tokens, [o[0] for o in order], [o[2] for o in order])])
+        logits = out.new_zeros(N * K, V)  # the rows of prompts that are over stay unread
+        logits[beam_rows] = out
     out = []
     for n in range(N):
         beams = []

@@ -22,7 +22,8 @@ is allocated once and written in place.
 It talks to a model through `slot_bytes`, `init_slots`, `step_slots` and, where the model packs
 rows of different lengths in one forward, `step_slot_groups` (GPT and Llama; a char RNN runs
 its groups one after another); the model never sees a request. Past the context a sequence
-re-reads its last max_len tokens from position 0, as generate() does.
+re-reads its last max_len tokens from position 0, as generate() does. Beam search (beam.py)
+keeps its own slots on an engine with no request: `forward_slots` and `copy_slots`.
 
 Example:
     engine = Engine(model, slots=4)
@@ -450,6 +451,23 @@ class Engine:
                 picked.append(read + i)
         if handles:
             self._emit(handles, logits[picked])
+
+    # ------------------------------------------------------------ slots driven by the caller
+
+    def forward_slots(self, groups: list[tuple[Tensor, list[int], list[int]]]) -> Tensor:
+        """One forward over the slot state for a caller that places its rows itself (beam
+        search; no request may run meanwhile): (token_ids (n, T), slots, start positions)
+        groups, in that order -> logits (rows of every group, V) of each row's last token."""
+        threads = self.threads or self._auto_threads(sum(ids.numel() for ids, _, _ in groups))
+        with torch.inference_mode(), decode_threads(threads):
+            return self._step_groups(groups)
+
+    def copy_slots(self, src_rows: list[int], dst_rows: list[int], length: int | None) -> None:
+        """Slot dst_rows[i] takes slot src_rows[i]'s state (its first `length` positions), in
+        place; no slot may be both a source and a destination."""
+        if dst_rows:
+            with torch.inference_mode():
+                self.model.copy_slots(self.state, src_rows, dst_rows, length)
 
     def _step_groups(self, groups: list) -> Tensor:
         """The model's logits (rows, V) of each group's rows' last tokens: in one forward where

@@ -2,7 +2,7 @@
 
 Models with `step_slots` (GPT, char-RNN) decode on the Engine (engine.py), one slot per row;
 any other causal LM is driven through `init_state(batch_size, device)` and
-`step(token_ids, state)` by the loop here. Beam search (beam.py) keeps its own loop.
+`step(token_ids, state)` by the loop here. Beam search (beam.py) runs on the Engine too.
 """
 
 import itertools

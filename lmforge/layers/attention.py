@@ -54,12 +54,6 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]  # (B, H, S, D) views, S = end
 
-    def reorder(self, rows: Tensor) -> None:
-        """Keep (and repeat) batch rows: row i becomes old row rows[i] (beam search)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, rows)
-            self.v = self.v.index_select(0, rows)
-
 
 class KVState:
     """What a transformer decoder carries between decoding steps: one KVCache per block, and
@@ -83,14 +77,6 @@ class KVState:
             padding_mask = torch.ones_like(token_ids, dtype=torch.bool)
         self.padding_mask = torch.cat([self.padding_mask, padding_mask.to(torch.bool)], dim=1)
         return self.padding_mask
-
-    def reorder(self, rows: Tensor) -> "KVState":
-        """Keep (and repeat) batch rows: row i of the result is old row rows[i]."""
-        for cache in self.caches:
-            cache.reorder(rows)
-        if self.padding_mask is not None:
-            self.padding_mask = self.padding_mask.index_select(0, rows)
-        return self
 
 
 class SlotKVCache:

@@ -169,13 +169,10 @@ class TransformerLM(CausalLM):
         mask = state.extend_mask(padding_mask, token_ids)  # (B, S) or None
         return self.head(self.backbone(token_ids, mask, cache=state.caches)), state
 
-    def reorder_state(self, state: KVState, rows: Tensor) -> KVState:
-        """Select (and repeat) batch rows of the state, in place: beam search's reshuffle."""
-        return state.reorder(rows)
-
     # An engine's slots: a cache allocated once, rows at their own positions. slot_bytes ->
-    # init_slots once -> step_slots / step_slot_groups at every step. Slots side by side are
-    # read as a view; a token fed at a slot's next position changes nothing it will read.
+    # init_slots once -> step_slots / step_slot_groups at every step (copy_slots: beam search).
+    # Slots side by side are read as a view; a token fed at a slot's next position changes
+    # nothing it will read.
     slot_span_is_a_view = True
 
     def slot_bytes(self, slots: int, max_len: int) -> int:
@@ -198,6 +195,16 @@ class TransformerLM(CausalLM):
         return self.head(
             self.backbone.forward_slots(token_ids.reshape(1, -1), batch).view(n, T, -1)
         )
+
+    def copy_slots(
+        self, caches: list, src_rows: list[int], dst_rows: list[int], length: int | None = None
+    ) -> None:
+        """Slot dst_rows[i] takes slot src_rows[i]'s keys and values at positions 0 .. length - 1
+        (every position when None), in place: beam search's reorder. No slot may be both."""
+        for cache in caches:
+            for t in (cache.k, cache.v):  # (slots, KV, max_len, D)
+                for src, dst in zip(src_rows, dst_rows):
+                    t[dst, :, :length].copy_(t[src, :, :length])
 
     def step_slot_groups(self, groups: list[tuple[Tensor, list[int], list[int]]], caches: list):
         """One forward of several step_slots calls' rows, given as (token_ids (n, T), rows,

@@ -160,12 +160,6 @@ class CharRNNCausalLM(CausalLM):
         hidden, state = self.backbone.run(token_ids, state)
         return self.head(hidden), state
 
-    def reorder_state(self, state: RNNState, rows: Tensor) -> RNNState:
-        """Select (and repeat) batch rows of the state: row i of the result is old row rows[i]."""
-        if isinstance(state, tuple):
-            return tuple(s.index_select(1, rows) for s in state)
-        return state.index_select(1, rows)
-
     # An engine's slots (lmforge.generation.engine): the state of `slots` rows, allocated once;
     # each step reads and writes back the rows it feeds.
 
@@ -176,6 +170,14 @@ class CharRNNCausalLM(CausalLM):
 
     def init_slots(self, slots: int, max_len: int | None = None, device=None) -> RNNState:
         return self.init_state(slots, device)
+
+    def copy_slots(
+        self, state: RNNState, src_rows: list[int], dst_rows: list[int], length=None
+    ) -> None:
+        """Slot dst_rows[i] takes slot src_rows[i]'s h (and c), in place: beam search's reorder
+        (`length` is the transformers' argument: an RNN's state has no positions)."""
+        for part in state if isinstance(state, tuple) else (state,):  # (layers, slots, hidden)
+            part[:, dst_rows] = part[:, src_rows]
 
     def step_slots(
         self, token_ids: Tensor, state: RNNState, rows: list[int], starts: list[int]

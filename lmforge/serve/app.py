@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.serve import protocol
 from lmforge.serve.protocol import APIError
 
@@ -107,9 +107,9 @@ class Metrics:
 class ServerState:
     """The model, its engine thread and the server's limits; `ready` is set once loaded."""
 
-    def __init__(self, run, slots, max_queue, quantize, device, unknown_token, limits):
+    def __init__(self, run, slots, max_queue, quantize, device, unknown_token, limits, max_len):
         self.run, self.name = run, str(run)
-        self.slots, self.max_queue = slots, max_queue
+        self.slots, self.max_queue, self.max_len = slots, max_queue, max_len
         self.quantize, self.device, self.unknown_token = quantize, device, unknown_token
         self.max_tokens_limit, self.max_body_bytes, self.api_key = limits
         self.ready = threading.Event()
@@ -127,7 +127,13 @@ class ServerState:
         try:
             loaded = load_run(self.run, self.device, self.unknown_token, self.quantize)
             loaded.require("causal-lm", "`lmforge serve`")
-            engine = Engine(loaded.model, slots=self.slots, tokenizer=loaded.tokenizer)
+            context = getattr(loaded.model.config, "max_seq_len", None)
+            if context is not None and self.max_len is not None:
+                context = min(context, self.max_len)  # what a slot holds: requests fit in it
+            self._check_memory(loaded.model, context)
+            engine = Engine(
+                loaded.model, slots=self.slots, max_len=context, tokenizer=loaded.tokenizer
+            )
             engine.pick_threads()  # while /health says 503, not in the first requests' time
         except LmforgeError as e:  # /health says it; `lmforge serve` prints it and exits 2
             self.load_error = str(e)
@@ -135,12 +141,21 @@ class ServerState:
             return
         self.loaded = loaded
         self.template = load_chat_template(loaded.tokenizer, loaded.folder)
-        context = getattr(loaded.model.config, "max_seq_len", None)
         self.limits = protocol.Limits(self.max_tokens_limit, context, self.slots + self.max_queue)
         self.worker = EngineWorker(engine)
         self.worker.start()
         log.info("serving %s: %d slots, queue of %d", self.name, self.slots, self.max_queue)
         self.ready.set()
+
+    def _check_memory(self, model, max_len: int | None) -> None:
+        """The engine's memory check, its advice in `lmforge serve`'s flags."""
+        from lmforge.generation.engine import slots_that_fit
+        from lmforge.generation.prompts import model_device
+
+        fit = slots_that_fit(model, self.slots, max_len, model_device(model))
+        if fit is not None:
+            smaller = "" if max_len is None else " or a smaller --max-len"
+            raise ConfigError(f"{fit[1]}; pass --slots {fit[0]} or fewer{smaller}")
 
     def check_ready(self) -> None:
         if self.worker is None:
@@ -173,6 +188,7 @@ def create_app(
     device: str = "auto",
     unknown_token: str | None = None,
     model_name: str | None = None,
+    max_len: int | None = None,
 ):
     """The FastAPI app serving `run` (a run folder, Hugging Face folder or name).
 
@@ -181,6 +197,8 @@ def create_app(
 
     Args:
         slots: sequences decoded side by side; max_queue more may wait, then requests get 429.
+        max_len: tokens a slot holds, prompt and reply (default: the model's context); a
+            request that needs more gets 400. A 32k-context model fits in less memory so.
         api_key: when set, /v1/* need `Authorization: Bearer <api_key>`.
         max_tokens_limit: the most tokens one choice may ask for (max_tokens).
         max_body_bytes: larger request bodies get 413.
@@ -193,7 +211,7 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     limits = (max_tokens_limit, max_body_bytes, api_key)
-    state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits)
+    state = ServerState(run, slots, max_queue, quantize, device, unknown_token, limits, max_len)
     state.name = model_name or state.name
 
     @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         (["--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
         (["--slots", "0"], "--slots 0 must be >= 1"),
+        (["--max-len", "0"], "--max-len 0 must be >= 1"),
         (["--port", "70000"], "--port 70000 must be between 0 and 65535"),
         (["--max-token-limit", "5"], "did you mean --max-tokens-limit?"),
     ],

@@ -1,13 +1,16 @@
 """Beam search and left-padded batches: token-for-token parity with transformers' generate on a
-tiny random GPT-2, batches equal to prompts alone, no-repeat n-grams, stop tokens and strings."""
+tiny random GPT-2, batches equal to prompts alone, no-repeat n-grams, stop tokens and strings;
+beams on the engine's slots (allocated once, one forward a step), char-RNN beams too."""
 
 import pytest
 import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.beam import beam_search
+from lmforge.generation.engine import Engine
 from lmforge.generation.generate import FINISHED, generate, generate_text, generate_texts
 from lmforge.generation.sampling import no_repeat_ngram_filter
+from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 from lmforge.tokenizers.base import train_tokenizer
 
@@ -187,8 +190,8 @@ def test_bad_beam_arguments(pair):
         beam_search(model, [1, 2], 5, num_beams=0)
     with pytest.raises(ConfigError, match="left_pad"):
         generate(_NoPadding(), [[1], [2, 3]], 3, left_pad=True)
-    with pytest.raises(ConfigError, match="reorder_state"):
-        beam_search(_NoPadding(), [1], 3)
+    with pytest.raises(ConfigError, match="needs a model with step_slots"):
+        beam_search(_StepOnly(), [1], 3)
 
 
 class _NoPadding(GPTCausalLM):
@@ -199,6 +202,21 @@ class _NoPadding(GPTCausalLM):
 
     def step(self, token_ids, state):
         return super().step(token_ids, state)
+
+
+class _StepOnly(torch.nn.Module):
+    """A causal LM with init_state() and step() only: no slots, so no engine and no beams."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = GPTCausalLM(GPTConfig(vocab_size=V))
+        self.config = self.inner.config
+
+    def init_state(self, batch_size, device=None):
+        return self.inner.init_state(batch_size, device)
+
+    def step(self, token_ids, state, padding_mask=None):
+        return self.inner.step(token_ids, state, padding_mask)
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_tail_with_one_warning(caplog):
@@ -214,3 +232,105 @@ def test_a_prompt_longer_than_the_context_keeps_its_tail_with_one_warning(caplog
     # the one free position of the context: one new token, as for that tail alone
     assert best == beam_search(model, prompt[-15:], 5, num_beams=2)[0][0]
     assert len(best.token_ids) == 1
+
+
+# ---------------------------------------------------------------- on the engine
+
+
+@pytest.mark.parametrize("options", [dict(), dict(length_penalty=2.0, early_stopping="never")])
+def test_prompts_of_different_lengths_in_one_call_match_transformers(pair, options):
+    reference, model = pair
+    together = beam_search(
+        model, PROMPTS, 16, num_beams=4, num_return=4, stop_token_ids=[EOS], **options
+    )
+    for prompt, beams in zip(PROMPTS, together):
+        expected = hf_beams(reference, prompt, max_new_tokens=16, **options)
+        assert [h.token_ids for h in beams] == expected
+
+
+def test_each_prompt_keeps_its_own_room_in_the_context():
+    """A 14-token prompt of a 16-token context has room for 2 new tokens, a 3-token one for 13:
+    beside each other each gets its own, as alone (no stop token: every beam runs to its end)."""
+    torch.manual_seed(0)
+    model = GPTCausalLM(GPTConfig(vocab_size=V, max_seq_len=16, embed_dim=32, num_heads=4)).eval()
+    prompts = [[1, 2, 3], list(range(20, 34)), [7, 30, 11, 4, 19, 22, 8, 1, 5]]
+    together = beam_search(model, prompts, 13, num_beams=3, num_return=3)
+    for prompt, beams in zip(prompts, together):
+        assert {len(h.token_ids) for h in beams} == {min(13, 16 - len(prompt))}
+        alone = beam_search(model, prompt, 13, num_beams=3, num_return=3)[0]
+        assert [h.token_ids for h in beams] == [h.token_ids for h in alone]
+        assert [h.score for h in beams] == pytest.approx([h.score for h in alone], abs=1e-4)
+
+
+def tiny_rnn(vocab_size=V, cell="lstm"):
+    torch.manual_seed(0)
+    model = CharRNNCausalLM(
+        CharRNNConfig(vocab_size=vocab_size, embed_dim=8, hidden_dim=16, cell=cell)
+    ).eval()
+    with torch.no_grad():  # peaky, so that beams part ways
+        model.head.weight.mul_(4)
+    return model
+
+
+def _state_pointers(state) -> list[int]:
+    if isinstance(state, list):  # a transformer: one SlotKVCache per layer
+        return [t.data_ptr() for c in state for t in (c.k, c.v)]
+    return [t.data_ptr() for t in (state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("family", ["gpt", "lstm"])
+def test_the_slots_are_allocated_once_and_each_step_is_one_forward(pair, family, monkeypatch):
+    model = pair[1] if family == "gpt" else tiny_rnn()
+    calls = []  # per forward: the state's pointers and its groups' (rows, tokens per row)
+    forward = Engine.forward_slots
+
+    def spy(engine, groups):
+        calls.append(
+            (_state_pointers(engine.state), [(len(r), ids.shape[1]) for ids, r, _ in groups])
+        )
+        return forward(engine, groups)
+
+    monkeypatch.setattr(Engine, "forward_slots", spy)
+    prompts = PROMPTS[:3]
+    beam_search(model, prompts, 10, num_beams=4, stop_token_ids=[EOS])
+    assert len({tuple(p) for p, _ in calls}) == 1  # the same tensors throughout
+    assert calls[0][1] == [(1, len(p)) for p in prompts]  # every prompt read once, one forward
+    assert 2 <= len(calls) <= 10  # then one forward a step (the last step needs none)
+    for _, groups in calls[1:]:  # all live beams of every prompt together, a token each
+        assert len(groups) == 1 and groups[0][1] == 1 and groups[0][0] % 4 == 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_char_rnn_beams_of_a_batch_equal_each_prompt_alone(cell):
+    model = tiny_rnn(cell=cell)
+    together = beam_search(model, PROMPTS, 12, num_beams=4, num_return=3, stop_token_ids=[EOS])
+    for prompt, beams in zip(PROMPTS, together):
+        alone = beam_search(model, prompt, 12, num_beams=4, num_return=3, stop_token_ids=[EOS])
+        assert [h.token_ids for h in beams] == [h.token_ids for h in alone[0]]
+
+
+def test_char_rnn_beams_wide_enough_find_the_best_sequence():
+    """With num_beams = V ** 2 no 3-token sequence is ever dropped: the best beam is the best of
+    all V ** 3, scored by full forwards (the reorders copied every slot right)."""
+    v = 8
+    model, prompt = tiny_rnn(vocab_size=v), [3, 1, 4]
+    (best,) = beam_search(model, prompt, 3, num_beams=v * v, length_penalty=0.0)[0]
+    seqs = torch.cartesian_prod(*[torch.arange(v)] * 3)  # (v ** 3, 3)
+    ids = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs], 1)
+    with torch.no_grad():
+        log_probs = model(ids[:, :-1]).float().log_softmax(-1)[:, len(prompt) - 1 :]
+    totals = log_probs.gather(-1, seqs[:, :, None])[..., 0].sum(-1)
+    assert best.token_ids == seqs[totals.argmax()].tolist()
+    assert best.score == pytest.approx(float(totals.max()), abs=1e-4)
+
+
+def test_beams_that_do_not_fit_in_memory_are_one_line_naming_the_fix(pair, monkeypatch):
+    from lmforge.generation import engine as engine_module
+
+    _, model = pair
+    # 2 prompts x 4 beams = 8 slots of 5 + 5 positions; memory for 5 of them
+    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: model.slot_bytes(5, 10))
+    with pytest.raises(ConfigError, match="8 slots of 10 positions need") as e:
+        beam_search(model, [[1, 2, 3, 4, 5], [6]], 5, num_beams=4)
+    assert "\n" not in str(e.value)
+    assert "search at most 5 beams at once (fewer prompts, a smaller num_beams" in str(e.value)

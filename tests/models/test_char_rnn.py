@@ -111,11 +111,17 @@ def test_generation_equals_sampling_from_full_forwards():
     assert new == seq[len(prompt) :]
 
 
-def test_reorder_state_selects_rows(ids):
+def test_copy_slots_copies_h_and_c_in_place(ids):
     model = tiny_rnn()
-    _, state = model.step(ids, model.init_state(2))
-    h, c = model.reorder_state(state, torch.tensor([1, 1, 0]))
-    assert torch.equal(h[:, 0], state[0][:, 1]) and torch.equal(c[:, 2], state[1][:, 0])
+    state = model.init_slots(3)
+    model.step_slots(ids, state, [0, 1], [0, 0])
+    h, c = (part.clone() for part in state)
+    pointers = [part.data_ptr() for part in state]
+    model.copy_slots(state, [1, 1], [0, 2])  # two beams continue slot 1's
+    assert [part.data_ptr() for part in state] == pointers
+    for slot in range(3):
+        assert torch.equal(state[0][:, slot], h[:, 1]) and torch.equal(state[1][:, slot], c[:, 1])
+    assert not torch.equal(h[:, 0], h[:, 1])  # the copy changed slot 0
 
 
 def test_bad_cell_is_one_line():

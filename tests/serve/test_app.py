@@ -469,3 +469,30 @@ def test_int8_weights_serve_what_the_int8_engine_makes(serve_run):
         body = {"prompt": "The wine", "max_tokens": 8, "temperature": 0}
         status, _, raw = _raw(url, "POST", "/v1/completions", body)
     assert status == 200 and json.loads(raw)["choices"][0]["text"] == expected
+
+
+def test_max_len_serves_a_context_whose_full_slots_do_not_fit(serve_run, loaded, monkeypatch):
+    """serve_run's context is 512 tokens. With free memory for one slot of 100 positions, the
+    full context is refused at load (one line naming --slots and --max-len); max_len=64 serves,
+    answers as the engine alone, and refuses a request that needs more than 64 tokens."""
+    from lmforge.generation import engine as engine_module
+
+    expected, _ = alone(loaded, _ids(loaded, "The wine"), max_new_tokens=8, temperature=0)
+    budget = loaded.model.slot_bytes(1, 100)
+    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: budget)
+    refused = create_app(serve_run, slots=1).state.lmforge
+    refused.load()
+    assert refused.worker is None and "\n" not in refused.load_error
+    assert re.fullmatch(
+        r"1 slots of 512 positions need [\d.]+ GiB of cache but only [\d.]+ GiB is free; "
+        r"pass --slots 1 or fewer or a smaller --max-len",
+        refused.load_error,
+    )
+    app = create_app(serve_run, slots=1, max_len=64)
+    with running_server(app) as url:
+        assert app.state.lmforge.worker.engine.max_len == 64
+        body = {"prompt": "The wine", "max_tokens": 8, "temperature": 0}
+        status, _, raw = _raw(url, "POST", "/v1/completions", body)
+        assert status == 200 and json.loads(raw)["choices"][0]["text"] == expected
+        status, _, raw = _raw(url, "POST", "/v1/completions", body | {"max_tokens": 64})
+        assert status == 400 and "context of 64" in json.loads(raw)["error"]["message"]
