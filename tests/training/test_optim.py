@@ -5,6 +5,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
+from lmforge.training import optim
 from lmforge.training.optim import MultiOptimizer, Muon, make_optimizer, orthogonalize
 
 
@@ -92,8 +93,9 @@ def test_muon_steps_matrices_of_one_shape_together_as_alone():
     grads = [[torch.randn(s) for s in shapes] for _ in range(2)]
     together = [torch.nn.Parameter(x.clone()) for x in starts]
     alone = [torch.nn.Parameter(x.clone()) for x in starts]
-    opts = [Muon(together, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")]
-    opts += [Muon([p], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw") for p in alone]
+    options = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    opts = [Muon(together, ns_dtype=torch.float32, **options)]
+    opts += [Muon([p], ns_dtype=torch.float32, **options) for p in alone]
     for step in grads:
         for p, q, g in zip(together, alone, step):
             p.grad, q.grad = g.clone(), g.clone()
@@ -128,3 +130,20 @@ def test_zero_gradient_shrinks_decayed_weights_and_leaves_the_rest(kind):
             torch.testing.assert_close(p.detach(), before[name] * (1 - lr * wd), msg=name)
         else:  # norms, biases, embeddings (and the tied head): not decayed, zero step
             assert torch.equal(p.detach(), before[name]), name
+
+
+def test_muon_iterates_in_bf16_only_where_bf16_products_run_in_hardware(monkeypatch):
+    torch.manual_seed(0)
+    start, grad = torch.randn(48, 16), torch.randn(48, 16)
+    moved = {}
+    for native in (True, False):
+        monkeypatch.setattr(optim, "_cpu_bf16", lambda native=native: native)
+        p = torch.nn.Parameter(start.clone())
+        opt = Muon([p], lr=0.02, adjust_lr_fn="match_rms_adamw")
+        assert opt._iteration_dtype(p) == (torch.bfloat16 if native else torch.float32)
+        p.grad = grad.clone()
+        opt.step()
+        assert p.dtype == torch.float32
+        moved[native] = p.detach() - start
+    # the same step up to bf16 rounding (about 1% of the step)
+    assert (moved[True] - moved[False]).norm() < 0.03 * moved[False].norm()
