@@ -287,9 +287,9 @@ def _contender(name: str, args) -> dict:
 
         @torch.inference_mode()
         def run(n=N):  # the same N tokens as ours, each by a full forward over the sequence so far
-            ids = torch.tensor(prompt)
-            for _ in range(n):
-                nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+            ids, context = torch.tensor(prompt), cfg["max_seq_len"]
+            for _ in range(n):  # past the context, its last max_seq_len tokens (as nanoGPT's)
+                nxt = model(ids[:, -context:])[:, -1].argmax(-1, keepdim=True)
                 ids = torch.cat([ids, nxt], dim=1)
 
     elif name in ("hf", "hf_bf16", "hf_beams", "hf_mixed"):
