@@ -128,8 +128,9 @@ class ServerState:
             loaded = load_run(self.run, self.device, self.unknown_token, self.quantize)
             loaded.require("causal-lm", "`lmforge serve`")
             context = getattr(loaded.model.config, "max_seq_len", None)
-            if context is not None and self.max_len is not None:
-                context = min(context, self.max_len)  # what a slot holds: requests fit in it
+            capped = context is not None and self.max_len is not None and self.max_len < context
+            if capped:
+                context = self.max_len  # what a slot holds: requests fit in it
             self._check_memory(loaded.model, context)
             engine = Engine(
                 loaded.model, slots=self.slots, max_len=context, tokenizer=loaded.tokenizer
@@ -141,7 +142,10 @@ class ServerState:
             return
         self.loaded = loaded
         self.template = load_chat_template(loaded.tokenizer, loaded.folder)
-        self.limits = protocol.Limits(self.max_tokens_limit, context, self.slots + self.max_queue)
+        name = "the server's --max-len" if capped else "the model's context"
+        self.limits = protocol.Limits(
+            self.max_tokens_limit, context, self.slots + self.max_queue, name
+        )
         self.worker = EngineWorker(engine)
         self.worker.start()
         log.info("serving %s: %d slots, queue of %d", self.name, self.slots, self.max_queue)

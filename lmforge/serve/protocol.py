@@ -113,11 +113,13 @@ def _max_tokens(body, limit: int) -> int | None:
 
 @dataclass
 class Limits:
-    """What the server allows: `context` is the model's max_seq_len (None: an RNN, no limit)."""
+    """What the server allows: `context` is the model's max_seq_len or the server's smaller
+    --max-len (None: an RNN, no limit)."""
 
     max_tokens: int
     context: int | None
     max_sequences: int  # prompts x n one request may start (slots + queue)
+    context_name: str = "the model's context"  # what `context` is, in error messages
 
 
 @dataclass
@@ -265,7 +267,7 @@ def _room(prompt, requested, limits: Limits, chat: bool, prompt_param: str, para
     if context is not None and len(prompt) >= context:
         raise _bad(
             prompt_param,
-            f"the prompt has {len(prompt)} tokens but the model's context is {context} tokens; "
+            f"the prompt has {len(prompt)} tokens but {limits.context_name} is {context} tokens; "
             "shorten the prompt",
         )
     room = limits.max_tokens if context is None else min(limits.max_tokens, context - len(prompt))
@@ -275,7 +277,7 @@ def _room(prompt, requested, limits: Limits, chat: bool, prompt_param: str, para
         raise _bad(
             param,
             f"the prompt has {len(prompt)} tokens and {param} is {requested}: "
-            f"{len(prompt) + requested} tokens is over the model's context of {context}; "
+            f"{len(prompt) + requested} tokens is over {limits.context_name} of {context}; "
             f"ask for at most {context - len(prompt)} tokens or shorten the prompt",
         )
     return requested
