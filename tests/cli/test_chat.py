@@ -137,7 +137,16 @@ class Terminal:
         self.master, slave = pty.openpty()
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "TERM": "dumb"}
         argv = [sys.executable, "-m", "lmforge", "chat", str(run), *flags]
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env)
+        # Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`)
+        # ignores SIGINT, and a child would inherit that
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         os.close(slave)
         self.seen = ""
 
