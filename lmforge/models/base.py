@@ -89,7 +89,10 @@ class Task(nn.Module):
 class CausalLM(Task):
     """A task that predicts the next token and can decode one step at a time.
 
-    Subclasses implement `init_state` and `step`; `generate` works from those two alone.
+    Subclasses implement `init_state` and `step`; `generate` works from those two alone. A
+    family that also has the slot methods (`slot_bytes`, `init_slots`, `step_slots`,
+    `copy_slots`; TransformerLM and the char RNN) decodes on the Engine instead, beam search
+    included.
     """
 
     def init_state(self, batch_size: int, device: torch.device | None = None):
