@@ -206,8 +206,7 @@ class TransformerLM(CausalLM):
         (every position when None), in place: beam search's reorder. No slot may be both."""
         for cache in caches:
             for t in (cache.k, cache.v):  # (slots, KV, max_len, D)
-                for src, dst in zip(src_rows, dst_rows):
-                    t[dst, :, :length].copy_(t[src, :, :length])
+                t[dst_rows, :, :length] = t[src_rows, :, :length]
 
     def step_slot_groups(self, groups: list[tuple[Tensor, list[int], list[int]]], caches: list):
         """One forward of several step_slots calls' rows, given as (token_ids (n, T), rows,
