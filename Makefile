@@ -5,40 +5,49 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test test-portable venv browser lint clean
+.PHONY: demo test test-portable venv browser compiler lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@# A bare `torch` requirement would pull GBs of CUDA wheels: install the pinned CPU build first.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[dev]'
-	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory browser compiler
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
-# The playground's browser tests drive Debian's chromium through Playwright (no browser download):
-# installed with apt-get when missing and we are root or have passwordless sudo, else one line
-# saying how. A failed install does not stop `make test`: those tests then fail with that line.
-# `test` checks again (a kept .venv skips the $(STAMP) rule; the check costs nothing).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# What the tests need from the system, installed with apt-get when missing and we are root or have
+# passwordless sudo, else one line saying how: Debian's chromium (the playground's browser tests
+# drive it through Playwright, no browser download) and g++ (the decode engine builds its
+# small-rows kernel with it). A failed install does not stop `make test`: those tests then fail
+# with that line. `test` checks again (a kept .venv skips the $(STAMP) rule; the check is free).
+# $(call apt-need,COMMAND,PACKAGE,WHAT FOR)
+define apt-need
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else sudo=no; fi; \
 	  if [ "$$sudo" = no ] || ! command -v apt-get >/dev/null 2>&1; then \
-	    echo "lmforge: the playground tests need Chromium: sudo apt-get install chromium"; \
+	    echo "lmforge: $(3) need $(2): sudo apt-get install $(2)"; \
 	  else \
-	    $$sudo apt-get install -y -q chromium || \
-	    { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; } || \
-	    echo "lmforge: could not install Chromium: sudo apt-get install chromium"; \
+	    $$sudo apt-get install -y -q $(2) || \
+	    { $$sudo apt-get update -q && $$sudo apt-get install -y -q $(2); } || \
+	    echo "lmforge: could not install $(2): sudo apt-get install $(2)"; \
 	  fi; }
+endef
+
+browser:
+	$(call apt-need,chromium,chromium,the playground tests)
+
+compiler:
+	$(call apt-need,c++,g++,the decode kernel tests)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # The first line names the machine (CPU, features, torch's kernels, threads), so a red CI run can
 # be attributed to a CPU.
-test: $(STAMP) browser
+test: $(STAMP) browser compiler
 	@$(BIN)/python -m lmforge.device
 	LMFORGE_DATA_DIR=$${LMFORGE_DATA_DIR:-$(CURDIR)/../shared/data} $(BIN)/python -m pytest tests
 

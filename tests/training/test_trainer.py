@@ -84,7 +84,8 @@ def test_samples_during_training_keep_resume_exact(tiny_text, tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
-def test_a_sample_leaves_the_weights_row_major(tiny_text):
+def test_a_sample_leaves_the_weights_row_major_and_the_modules_plain(tiny_text):
+    from lmforge.layers.heads import LMHead
     from lmforge.layers.layout import decode_layout_
     from lmforge.models.gpt import GPTCausalLM, GPTConfig
     from lmforge.tokenizers.char import CharTokenizer
@@ -94,9 +95,12 @@ def test_a_sample_leaves_the_weights_row_major(tiny_text):
                                  num_heads=2, ffn_dim=64, max_seq_len=16))  # fmt: skip
     weights = [m.weight for m in task.modules() if isinstance(m, torch.nn.Linear)]
     before = [w.detach().clone() for w in weights]
-    assert decode_layout_(task) > 0 and not weights[0].is_contiguous()  # what the engine does
+    assert decode_layout_(task) > 0  # what the engine does: small-rows modules or column-major
+    assert type(task.head) is not LMHead or not weights[0].is_contiguous()
     loop._print_sample(task, tok)
     assert all(w.is_contiguous() for w in weights)
+    linears = [m for m in task.modules() if isinstance(m, (torch.nn.Linear, LMHead))]
+    assert all(type(m) in (torch.nn.Linear, LMHead) for m in linears)  # not the small-rows ones
     assert all(torch.equal(w, b) for w, b in zip(weights, before))
 
 
