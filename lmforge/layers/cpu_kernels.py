@@ -7,8 +7,10 @@ kernel reads each weight row once for all the rows, prefetching a few rows ahead
 AMX Xeon, 2 threads, 377 MB of 768 x 3072 weights (so, from memory): 1 row 33 GB/s (MKL 30-35),
 4 rows 30 (MKL 15, column-major 16), 8 rows 25 (MKL 11, column-major 14-15).
 
-`small_linear()` returns the op, `(x (M, K), w (N, K), b (N,) or None) -> (M, N)` for 1 to
-MAX_ROWS rows, or None where it cannot be had; callers then keep torch's matmul. It is built the
+`small_linear()` returns the op, `(x (M, K), w (N, K), scale (N,) or None, b (N,) or None) ->
+(M, N)` = x @ (w * scale[:, None]).T + b for 1 to MAX_ROWS float32 rows, w float32 (no scale)
+or int8 (a float32 scale per row, layers/quant.py's Int8Linear), or None where it cannot be had;
+callers then keep torch's kernels. It is built the
 first time a process asks (about 10 s) with the C++ compiler ($CXX, else c++), torch's headers
 and the flags of the instruction set torch itself runs (torch.backends.cpu.get_cpu_capability():
 AVX512, AVX2 or neither, so ATEN_CPU_CAPABILITY=avx2 gets AVX2 code), into the kernel cache

@@ -38,7 +38,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         and x.device.type == "cpu"
         and weight.is_contiguous()
     ):
-        return _op(x.reshape(rows, width), weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return _op(x.reshape(rows, width), weight, None, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 

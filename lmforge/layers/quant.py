@@ -2,10 +2,11 @@
 LM head of a model for one, in place.
 
 Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
-in [-127, 127]. On the CPU a few rows (decoding one stream) run in `torch._weight_int8pack_mm`,
-more rows (a batch of streams, a prompt) in `torch._int_mm` on activations quantized to int8 per
-row, each where the running torch has it and it passes a probe; elsewhere a plain fallback
-dequantizes the weight on the fly. Before editing: the packed kernel's bfloat16 path gives wrong
+in [-127, 127]. On the CPU up to 4 rows (decoding a few streams) run in lmforge's small-rows
+kernel (layers/cpu_kernels.py) where it builds, else in `torch._weight_int8pack_mm`; more rows (a
+batch of streams, a prompt) in `torch._int_mm` on activations quantized to int8 per row, each
+where the running torch has it and it passes a probe; elsewhere a plain fallback dequantizes the
+weight on the fly. Before editing: the packed kernel's bfloat16 path gives wrong
 sums or segfaults for widths not a multiple of 16 (torch 2.13): `pack_dtype` keeps them off it.
 """
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
+from lmforge.layers.cpu_kernels import small_linear
 from lmforge.layers.heads import LMHead
 from lmforge.layers.lora import merge_lora_
 
@@ -33,6 +35,11 @@ _int_mm_works: bool | None = None  # probed once
 # (decoding: 1.7-2x at 1-8 rows, GPT-2 small's 768 x 3072) and loses from 16 rows on (2x slower
 # at 64), where dequantizing once and one float32 matmul win (prefill, eval).
 PACK_MAX_ROWS = 8
+# lmforge's small-rows kernel (layers/cpu_kernels.py: float32 activations, each int8 weight
+# widened once for all rows) beats both up to 4 rows: GPT-2 small's weights on an AMX Xeon, 2
+# threads: 1 row 3.6 ms (packed kernel 4.5), 2 rows 4.2 (5.9, _int_mm 7.2), 4 rows 6.7 (8.6, 7.9),
+# 8 rows 11.8 (_int_mm 8.2).
+SMALL_MAX_ROWS = 4
 # torch._int_mm (int8 x int8 -> int32, VNNI/AMX) reads the weight once for all rows: measured on
 # an AMX Xeon, GPT-2 small's layers, 2 threads: 0.8x the packed kernel at 2 rows, 1.8x at 8, 4x
 # at 32, and 20x the fallback. Its activations are rounded to int8 per row (per token).
@@ -158,7 +165,11 @@ class Int8Linear(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        path = self.path(x.numel() // max(1, x.shape[-1])) if x.is_cpu else None
+        path = self.path(x.numel() // max(1, x.shape[-1]), x.dtype) if x.is_cpu else None
+        if path == "small_linear":
+            flat = x.reshape(-1, self.in_features)
+            out = small_linear()(flat, self.weight, self.scale, self.bias)
+            return out.view(*x.shape[:-1], self.out_features)
         if path is None:
             out = F.linear(x, self.weight.to(x.dtype))
         else:  # the kernels take (M, K) only
@@ -173,11 +184,13 @@ class Int8Linear(nn.Module):
         out = out * self.scale if self.bias is None else torch.addcmul(self.bias, out, self.scale)
         return out.to(x.dtype)
 
-    def path(self, rows: int) -> str | torch.dtype | None:
-        """What runs `rows` CPU rows: "int_mm", the packed kernel's activation dtype, or None
-        (the fallback)."""
+    def path(self, rows: int, dtype: torch.dtype = torch.float32) -> str | torch.dtype | None:
+        """What runs `rows` CPU rows of `dtype`: "small_linear" (lmforge's kernel, float32 only),
+        "int_mm", the packed kernel's activation dtype, or None (the fallback)."""
         if self.kernel != PACK:
             return None
+        if rows <= SMALL_MAX_ROWS and dtype == torch.float32 and small_linear() is not None:
+            return "small_linear"
         if rows >= INT_MM_MIN_ROWS and int_mm_works():
             return "int_mm"
         return pack_dtype(self.in_features) if rows <= PACK_MAX_ROWS else None
@@ -236,9 +249,10 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
             elif isinstance(child, Int8Linear):
                 child.kernel = kernel
     if count:
+        small = f"lmforge's small-rows kernel to {SMALL_MAX_ROWS} rows" if small_linear() else ""
         packed = f"torch._weight_int8pack_mm ({str(pack_dtypes()[0])[6:]})" if pack_dtypes() else ""
         batched = f"torch._int_mm from {INT_MM_MIN_ROWS} rows" if int_mm_works() else ""
-        what = ", ".join(filter(None, (packed, batched)))
+        what = ", ".join(filter(None, (small, packed, batched)))
         what = what if kernel == PACK else "dequantize-on-the-fly matmul"
         log.info("int8 weights: %d linear layers, kernel %s (%s)", count, kernel, what)
     model.quantized = kind

@@ -23,29 +23,44 @@ def test_matches_torch_linear(op, k, n):
     w, b = torch.randn(n, k), torch.randn(n)
     for rows in range(1, cpu_kernels.MAX_ROWS + 1):
         x = torch.randn(rows, k)
-        torch.testing.assert_close(op(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(op(x, w, None), F.linear(x, w), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(op(x, w, None, b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(op(x, w, None, None), F.linear(x, w), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k, n", [(64, 48), (100, 37), (768, 3072), (3, 130)])
+def test_int8_weights_with_a_scale_per_row(op, k, n):
+    torch.manual_seed(k * n)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scale, b = torch.rand(n) / 100, torch.randn(n)
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, k)
+        want = x.double() @ (q.double() * scale.double()[:, None]).T
+        got = op(x, q, scale, None)
+        torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(op(x, q, scale, b), got + b, atol=1e-5, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="scale"):
+        op(x, q, None, None)
 
 
 def test_a_row_gets_the_same_bits_alone_or_beside_others(op):
     torch.manual_seed(0)
     w, b = torch.randn(301, 200), torch.randn(301)
     x = torch.randn(8, 200)
-    together = op(x, w, b)
+    together = op(x, w, None, b)
     for i in range(8):
-        assert torch.equal(op(x[i : i + 1], w, b), together[i : i + 1])
-    assert torch.equal(op(x[2:7], w, b), together[2:7])
+        assert torch.equal(op(x[i : i + 1], w, None, b), together[i : i + 1])
+    assert torch.equal(op(x[2:7], w, None, b), together[2:7])
 
 
 def test_takes_strided_rows_and_refuses_what_it_cannot_do(op):
     torch.manual_seed(1)
     w = torch.randn(40, 32)
     x = torch.randn(32, 6).t()  # not contiguous
-    torch.testing.assert_close(op(x, w, None), F.linear(x, w), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(op(x, w, None, None), F.linear(x, w), atol=1e-4, rtol=1e-5)
     with pytest.raises(RuntimeError, match="1 to 8 rows"):
-        op(torch.randn(9, 32), w, None)
+        op(torch.randn(9, 32), w, None, None)
     with pytest.raises(RuntimeError, match="float32"):
-        op(torch.randn(2, 32, dtype=torch.float64), w.double(), None)
+        op(torch.randn(2, 32, dtype=torch.float64), w.double(), None, None)
 
 
 def test_turned_off_by_the_environment(monkeypatch):

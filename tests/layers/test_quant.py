@@ -16,17 +16,23 @@ from lmforge.models.gpt import GPTCausalLM, GPTConfig
 needs_pack = pytest.mark.skipif(
     not quant.pack_dtypes(), reason="this torch has no working torch._weight_int8pack_mm"
 )
-# (kernel, activation dtype of torch._weight_int8pack_mm): every path this machine can run
-PATHS = [(DEQUANT, None)] + [
+# (kernel, activation dtype of torch._weight_int8pack_mm or "small": lmforge's small-rows kernel
+# for a few rows): every path this machine can run
+PATHS = [(DEQUANT, None), (PACK, "small")] + [
     (PACK, dt) for dt in (torch.bfloat16, torch.float32) if quant._pack_works(dt)
 ]
 
 
-@pytest.fixture(params=PATHS, ids=lambda p: p[0] + (f"-{p[1]}"[7:] if p[1] else ""))
+@pytest.fixture(params=PATHS, ids=lambda p: p[0] + (f"-{p[1]}".replace("torch.", "")))
 def path(request, monkeypatch):
-    """Each kernel, the packed one in each activation dtype it computes right here."""
+    """Each kernel, the packed one in each activation dtype it computes right here, lmforge's
+    small-rows kernel only where asked (it would run a few rows otherwise)."""
     kernel, dtype = request.param
-    if dtype is not None:
+    if dtype == "small":
+        assert quant.small_linear() is not None, "the small-rows kernel did not build here"
+    else:
+        monkeypatch.setattr(quant, "small_linear", lambda: None)
+    if isinstance(dtype, torch.dtype):
         monkeypatch.setattr(quant, "_pack_dtypes", (dtype,))
     return kernel, dtype
 
@@ -54,7 +60,9 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape,
     used = used.path(rows)
     if width == 24 and rows < quant.INT_MM_MIN_ROWS:
         assert used != torch.bfloat16
-    if kernel == PACK and rows >= quant.INT_MM_MIN_ROWS and quant.int_mm_works():
+    if path[1] == "small" and rows <= quant.SMALL_MAX_ROWS:
+        assert used == "small_linear"
+    elif kernel == PACK and rows >= quant.INT_MM_MIN_ROWS and quant.int_mm_works():
         assert used == "int_mm"
     linear = nn.Linear(width, 10)
     layer = Int8Linear.from_float(linear.weight, linear.bias, kernel)
@@ -63,7 +71,7 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape,
         q, row_scale = quant.quantize_rows(x.reshape(-1, width))
         rounded = (q.float() * row_scale).view(shape)
     else:
-        rounded = x if used is None else x.to(used).float()
+        rounded = x if used in (None, "small_linear") else x.to(used).float()
     want = rounded @ (layer.weight.float() * layer.scale[:, None]).T + linear.bias
     calls = []
 
@@ -74,7 +82,7 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape,
         if hasattr(torch, name):
             monkeypatch.setattr(torch, name, spy(name, getattr(torch, name)))
     got = layer(x)
-    ran = {None: [], "int_mm": ["_int_mm"]}.get(used, ["_weight_int8pack_mm"])
+    ran = {None: [], "small_linear": [], "int_mm": ["_int_mm"]}.get(used, ["_weight_int8pack_mm"])
     assert calls == ran  # the kernel ran exactly when it should
     assert got.shape == (*shape[:-1], 10) and got.dtype == torch.float32
     tol = 1e-2 if used == torch.bfloat16 else 1e-5  # bfloat16 also rounds the products
