@@ -15,7 +15,8 @@ first time a process asks (about 10 s) with the C++ compiler ($CXX, else c++), t
 and the flags of the instruction set torch itself runs (torch.backends.cpu.get_cpu_capability():
 AVX512, AVX2 or neither, so ATEN_CPU_CAPABILITY=avx2 gets AVX2 code), into the kernel cache
 ($LMFORGE_KERNEL_DIR, else ~/.cache/lmforge/kernels) under a name hashing the source, the flags and
-torch's version; the file is written atomically, so processes building at once all finish.
+torch's version (a new build removes the older ones); the file is written atomically, so
+processes building at once all finish.
 LMFORGE_KERNELS=0 turns the kernel off.
 """
 
@@ -78,6 +79,9 @@ def _load(isa: str) -> Callable:
     path = kernel_dir() / f"small_linear-{namespace}-{key}.so"
     if not path.exists():
         _build(path, flags, namespace)
+        for old in path.parent.glob(f"small_linear-{namespace}-*.so"):  # other versions' builds
+            if old != path:
+                old.unlink(missing_ok=True)  # a process that loaded it keeps its copy
     torch.ops.load_library(str(path))
     return getattr(torch.ops, namespace).small_linear
 
