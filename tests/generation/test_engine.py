@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.generation.engine import Engine, SamplingParams
+from lmforge.generation.engine import PREFILL_FIRST_TOKENS, Engine, SamplingParams
 from lmforge.generation.generate import generate
 from lmforge.models.char_rnn import CharRNNCausalLM, CharRNNConfig
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
@@ -436,7 +436,7 @@ class CountForwards:
 @pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary"])
 def test_several_joiners_are_prefilled_in_one_forward_beside_the_decoding_rows(name, monkeypatch):
     model = MODELS[name]()
-    engine = Engine(model, slots=4, prefill_chunk=64)
+    engine = Engine(model, slots=4, prefill_chunk=64, prefill_first=False)  # as on a GPU
     spy = CountForwards(model, monkeypatch)
     params = SamplingParams(6, temperature=0, logprobs=0)  # 9 + 6 < 16: nothing slides
     first = engine.submit(PROMPTS[0], params)
@@ -453,6 +453,34 @@ def test_several_joiners_are_prefilled_in_one_forward_beside_the_decoding_rows(n
         assert_as_alone(model, prompt, handle, 6)
 
 
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary"])
+def test_on_the_cpu_prompts_are_read_alone_and_decoding_waits_one_step_at_most(name, monkeypatch):
+    """prefill_first (the CPU's default): a step of more than PREFILL_FIRST_TOKENS prompt
+    tokens reads them without the decoding rows, but never two steps in a row; fewer prompt
+    tokens join the decoding rows; every token is the one decoding alone gives."""
+    model = MODELS[name]()
+    engine = Engine(model, slots=4, prefill_chunk=10)
+    assert engine.prefill_first and PREFILL_FIRST_TOKENS < 10
+    spy = CountForwards(model, monkeypatch)
+    running = engine.submit(PROMPTS[2], GREEDY)
+    engine.step()
+    long = [7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4]
+    params = SamplingParams(2, temperature=0, logprobs=0)  # 14 + 2 = 16: nothing slides
+    handles = [engine.submit(p, params) for p in (long, PROMPTS[1])]
+    decoded = []
+    for _ in range(3):
+        engine.step()
+        decoded.append(len(running.tokens))
+    assert spy.forwards[1] == [(1, 10)]  # 10 prompt tokens alone: the running row waits
+    assert spy.forwards[2] == [(1, 1), (1, 4), (1, 6)]  # 10 again, but it waited: beside it
+    assert spy.forwards[3] == [(2, 1), (1, 3)]  # 3 prompt tokens: beside the decoding rows
+    assert decoded == [1, 2, 3]
+    engine.run()
+    assert_as_alone(model, PROMPTS[2], running, GREEDY.max_new_tokens)
+    for prompt, handle in zip((long, PROMPTS[1]), handles):
+        assert_as_alone(model, prompt, handle, 2)
+
+
 @pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary", "lstm"])
 def test_a_prompt_longer_than_the_step_budget_reads_on_beside_short_ones(name):
     """prefill_chunk bounds a step's prompt tokens, all joiners together, first come first
@@ -461,7 +489,7 @@ def test_a_prompt_longer_than_the_step_budget_reads_on_beside_short_ones(name):
     model = MODELS[name]()
     long = [7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4]
     params = SamplingParams(2, temperature=0, logprobs=0)  # 14 + 2 = 16: nothing slides
-    engine = Engine(model, slots=4, prefill_chunk=5)
+    engine = Engine(model, slots=4, prefill_chunk=5, prefill_first=False)
     running = engine.submit(PROMPTS[2], GREEDY)
     engine.step()
     handles = [engine.submit(p, params) for p in (long, PROMPTS[0], PROMPTS[3])]
