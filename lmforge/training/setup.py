@@ -407,6 +407,10 @@ def _train(options: dict, held: ExitStack) -> dict:
         )
         if lora is not None and rank == 0:  # fit leaves the run's kept model in task
             save_run_adapter(task, run_dir, cfg.init_from or "", lora["trained"])
+        # Every rank ends together: a rank that tore its gloo group down while rank 0 still
+        # wrote the run sometimes aborted at exit ("terminate called without an active
+        # exception", a busy 2-core machine, the FSDP -> DDP resume test).
+        distributed.barrier()
         return {**result, "auto_choice": choice}
     finally:
         distributed.teardown()

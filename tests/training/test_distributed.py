@@ -54,7 +54,8 @@ def _env(**extra) -> dict:
 
 def _why(proc: subprocess.CompletedProcess) -> str:
     """The lmforge error lines of a failed run (torchrun's own report buries them)."""
-    lines = [line for line in proc.stderr.splitlines() if "lmforge: error" in line]
+    said = ("lmforge: error", "terminate called", "Error:")  # ours, and a rank's C++ abort
+    lines = [line for line in proc.stderr.splitlines() if any(s in line for s in said)]
     return "\n".join(lines) or proc.stderr[-2000:]
 
 
