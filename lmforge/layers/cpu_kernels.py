@@ -20,6 +20,7 @@ processes building at once all finish.
 LMFORGE_KERNELS=0 turns the kernel off.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -43,6 +44,7 @@ FLAGS = {  # by torch's CPU capability
 _ops: dict[str, Callable | None] = {}  # capability -> op (None: cannot be built here)
 
 
+@functools.cache  # fixed when torch loads; asked at every int8 layer's forward
 def capability() -> str:
     """The instruction set torch's own kernels use here: AVX512, AVX2 or DEFAULT."""
     return torch.backends.cpu.get_cpu_capability()
