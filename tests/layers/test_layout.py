@@ -28,7 +28,7 @@ def mode(request, monkeypatch):
     return request.param
 
 
-def test_weights_keep_their_values_and_outputs(mode, tmp_path):
+def test_weights_keep_their_values_and_outputs(mode, tmp_path, monkeypatch):
     model, reference = tiny(), tiny()
     changed = decode_layout_(model)
     assert changed == 2 * 4 + 1  # qkv, out, up, down per block, and the (tied) head
@@ -42,10 +42,16 @@ def test_weights_keep_their_values_and_outputs(mode, tmp_path):
         assert type(qkv) is nn.Linear and qkv.weight.t().is_contiguous()
         assert not qkv.weight.is_contiguous()
     assert model.head.weight is model.backbone.embed.token.weight  # still tied
+    calls = []
+    if mode == "kernel":  # count what reaches the kernel
+        op = layout._op
+        monkeypatch.setattr(layout, "_op", lambda x, *a: calls.append(x.shape[0]) or op(x, *a))
     with torch.no_grad():
         for shape in ((3, 9), (1, 1), (8, 1), (2, 4)):  # a prompt, and 1 to 8 rows
             ids = torch.randint(0, 50, shape)
             torch.testing.assert_close(model(ids), reference(ids), atol=1e-5, rtol=1e-5)
+    if mode == "kernel":  # 4 layers per block and the head, for the three few-row shapes only
+        assert calls == [1] * 9 + [8] * 9 + [8] * 9
     assert decode_layout_(model) == 0  # already so
     save_weights(model, tmp_path / "a.safetensors")
     save_weights(reference, tmp_path / "b.safetensors")

@@ -135,14 +135,17 @@ def test_zero_gradient_shrinks_decayed_weights_and_leaves_the_rest(kind):
 def test_muon_iterates_in_bf16_only_where_bf16_products_run_in_hardware(monkeypatch):
     torch.manual_seed(0)
     start, grad = torch.randn(48, 16), torch.randn(48, 16)
-    moved = {}
+    moved, seen = {}, []
+    iterate = optim.orthogonalize
+    spy = lambda g, *a: seen.append(g.dtype) or iterate(g, *a)  # noqa: E731
+    monkeypatch.setattr(optim, "orthogonalize", spy)
     for native in (True, False):
         monkeypatch.setattr(optim, "_cpu_bf16", lambda native=native: native)
         p = torch.nn.Parameter(start.clone())
         opt = Muon([p], lr=0.02, adjust_lr_fn="match_rms_adamw")
-        assert opt._iteration_dtype(p) == (torch.bfloat16 if native else torch.float32)
         p.grad = grad.clone()
         opt.step()
+        assert seen.pop() == (torch.bfloat16 if native else torch.float32)  # what the step ran
         assert p.dtype == torch.float32
         moved[native] = p.detach() - start
     # the same step up to bf16 rounding (about 1% of the step)
