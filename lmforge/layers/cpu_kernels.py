@@ -1,4 +1,5 @@
-"""A float32 linear layer for decoding a few rows on the CPU, built from small_linear.cpp once.
+"""lmforge's decode kernels for the CPU, built from cpu_kernels.cpp once: a float32 linear layer for
+a few rows, and a whole transformer block for rows of one new token each.
 
 Decoding reads every weight once a step; a step of 8 streams multiplies 8 rows by each weight.
 torch's float32 matmul (MKL's sgemm) reads weights at memory speed for one row but is built for
@@ -34,14 +35,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("small_linear.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 MAX_ROWS = 8  # the kernel's reach; more rows: MKL reads the weight once and computes fast enough
 FLAGS = {  # by torch's CPU capability
     "AVX512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
 }
 
-_ops: dict[str, Callable | None] = {}  # capability -> op (None: cannot be built here)
+_ops: dict[str, object] = {}  # capability -> the ops of its build (None: cannot be built here)
 
 
 @functools.cache  # fixed when torch loads; asked at every int8 layer's forward
@@ -59,6 +60,18 @@ def small_linear(isa: str | None = None) -> Callable | None:
     """The small-rows linear op for instruction set `isa` (default: torch's own), built and
     loaded on the first call of a process; None where it is turned off or cannot be built (the
     reason is logged once)."""
+    ops = _library(isa)
+    return None if ops is None else ops.small_linear
+
+
+def decode_block(isa: str | None = None) -> Callable | None:
+    """The fused decode block op (see cpu_kernels.cpp and layers/layout.py's `decode_block`), or
+    None where the kernels are off or cannot be built."""
+    ops = _library(isa)
+    return None if ops is None else ops.decode_block
+
+
+def _library(isa: str | None):
     if os.environ.get("LMFORGE_KERNELS", "1") == "0":
         return None
     isa = isa or capability()
@@ -66,26 +79,27 @@ def small_linear(isa: str | None = None) -> Callable | None:
         try:
             _ops[isa] = _load(isa)
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            log.info("decoding with torch's matmul: the small-rows kernel did not build (%s)", e)
+            log.info("decoding with torch's matmul: lmforge's kernels did not build (%s)", e)
             _ops[isa] = None
     return _ops[isa]
 
 
-def _load(isa: str) -> Callable:
+def _load(isa: str):
     namespace = "lmforge_" + "".join(c for c in isa.lower() if c.isalnum())
     flags = FLAGS.get(isa, [])
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
         source + " ".join(flags).encode() + torch.__version__.encode() + namespace.encode()
     ).hexdigest()[:16]
-    path = kernel_dir() / f"small_linear-{namespace}-{key}.so"
+    path = kernel_dir() / f"cpu_kernels-{namespace}-{key}.so"
     if not path.exists():
         _build(path, flags, namespace)
-        for old in path.parent.glob(f"small_linear-{namespace}-*.so"):  # other versions' builds
-            if old != path:
-                old.unlink(missing_ok=True)  # a process that loaded it keeps its copy
+        for pattern in (f"cpu_kernels-{namespace}-*.so", f"small_linear-{namespace}-*.so"):
+            for old in path.parent.glob(pattern):  # other versions' builds
+                if old != path:
+                    old.unlink(missing_ok=True)  # a process that loaded it keeps its copy
     torch.ops.load_library(str(path))
-    return getattr(torch.ops, namespace).small_linear
+    return getattr(torch.ops, namespace)
 
 
 def _build(path: Path, flags: list[str], namespace: str) -> None:
@@ -94,7 +108,7 @@ def _build(path: Path, flags: list[str], namespace: str) -> None:
         raise OSError("no C++ compiler found: install g++ or set CXX")
     root = Path(torch.__file__).parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building lmforge's small-rows decode kernel once (about 10 s) into %s", path.parent)
+    log.info("building lmforge's decode kernels once (about 10 s) into %s", path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     abi = int(torch.compiled_with_cxx11_abi())

@@ -7,9 +7,16 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from lmforge.layers import layout
+from lmforge.layers import cpu_kernels, layout
+from lmforge.layers.attention import SlotBatch, SlotView
 from lmforge.layers.heads import LMHead
-from lmforge.layers.layout import SmallRowsLinear, SmallRowsLMHead, decode_layout_, train_layout_
+from lmforge.layers.layout import (
+    SmallRowsLinear,
+    SmallRowsLMHead,
+    block_step,
+    decode_layout_,
+    train_layout_,
+)
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
 from lmforge.run_folder import save_weights
 
@@ -89,3 +96,123 @@ def test_training_and_int8_still_work_on_the_new_layout(mode):
     quantize_(reference, "int8")
     with torch.no_grad():
         torch.testing.assert_close(model(ids), reference(ids), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- block_step (the fused block)
+
+requires_kernels = pytest.mark.skipif(
+    cpu_kernels.decode_block() is None, reason="lmforge's kernels do not build here (no c++)"
+)
+
+
+def block_model(activation="gelu_tanh", use_bias=True, position="learned", quantize=False):
+    torch.manual_seed(3)
+    config = GPTConfig(
+        vocab_size=50,
+        max_seq_len=24,
+        embed_dim=32,
+        num_heads=4,
+        num_layers=2,
+        activation=activation,
+        use_bias=use_bias,
+        position=position,
+    )
+    model = GPTCausalLM(config).eval()
+    if quantize:
+        from lmforge.layers.quant import quantize_
+
+        quantize_(model, "int8")
+    decode_layout_(model)
+    return model
+
+
+def with_history(model, slots=8):
+    """Slot caches where slots 1, 4 and 6 hold prompts of 5, 9 and 2 tokens (the Python block)."""
+    caches = model.init_slots(slots, 24)
+    torch.manual_seed(1)  # the same prompts at every call
+    with torch.inference_mode():
+        for slot, length in ((1, 5), (4, 9), (6, 2)):
+            model.step_slots(torch.randint(0, 50, (1, length)), caches, [slot], [0])
+    return caches
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "activation,use_bias,position,quantize",
+    [
+        ("gelu_tanh", True, "learned", False),  # GPT-2
+        ("gelu", False, "rotary", False),  # gpt-shakespeare
+        ("relu", True, "rotary", False),
+        ("gelu_tanh", True, "learned", True),  # int8 weights
+    ],
+)
+def test_block_step_equals_the_block(activation, use_bias, position, quantize):
+    model = block_model(activation, use_bias, position, quantize)
+    mine, theirs = with_history(model), with_history(model)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for rows, starts in (([1, 4, 6], [5, 9, 2]), ([4], [10]), ([0, 1, 2, 3], [0, 6, 0, 0])):
+            batch = SlotBatch(mine, [(rows, starts, 1)], "cpu")
+            x = torch.randn(len(rows), 32)
+            for i, block in enumerate(model.backbone.blocks):
+                fused = block_step(block, x, mine[i], batch.groups[0])
+                assert fused is not None
+                plain = block(x[None], None, SlotView(theirs[i], batch))[0]
+                torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+                x = plain
+    for a, b in zip(mine, theirs):  # the same keys and values written at the same places
+        torch.testing.assert_close(a.k, b.k, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.v, b.v, atol=1e-6, rtol=1e-5)
+
+
+@requires_kernels
+def test_block_step_declines_what_it_cannot_run():
+    model = block_model()
+    caches = with_history(model, slots=10)
+    batch = SlotBatch(caches, [([1], [5], 1)], "cpu")
+    block, x = model.backbone.blocks[0], torch.randn(1, 32)
+    with torch.inference_mode():
+        assert block_step(block, x, caches[0], batch.groups[0]) is not None
+        nine = SlotBatch(caches, [(list(range(9)), [0] * 9, 1)], "cpu")  # past the kernel's rows
+        assert block_step(block, torch.randn(9, 32), caches[0], nine.groups[0]) is None
+        block.attn.capture_probs = True  # inspect reads the probabilities
+        assert block_step(block, x, caches[0], batch.groups[0]) is None
+        block.attn.capture_probs = False
+        handle = block.register_forward_hook(lambda *a: None)
+        assert block_step(block, x, caches[0], batch.groups[0]) is None
+        handle.remove()
+        block.norm_first = False  # a post-norm block
+        assert block_step(block, x, caches[0], batch.groups[0]) is None
+        block.norm_first = True
+        train_layout_(model)  # plain nn.Linear modules again
+        assert block_step(block, x, caches[0], batch.groups[0]) is None
+    assert block_step(block, x, caches[0], batch.groups[0]) is None  # grad on
+
+
+@requires_kernels
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_engine_decodes_through_block_step_with_the_same_tokens(position, monkeypatch):
+    import lmforge.models.gpt as gpt
+    from lmforge.generation.engine import Engine, SamplingParams
+
+    model = block_model(position=position)
+    calls = []
+
+    def counted(*args):
+        out = layout.block_step(*args)
+        calls.append(out is not None)
+        return out
+
+    def decode(step):
+        monkeypatch.setattr(gpt, "block_step", step)
+        engine = Engine(model, slots=4, max_len=24, threads=1)
+        params = SamplingParams(max_new_tokens=12, temperature=0, logprobs=2)
+        handles = [engine.submit([i + 1] * (3 + 2 * i), params) for i in range(3)]
+        engine.run()
+        return [h.tokens for h in handles], [[t.logprob for t in h.logprobs] for h in handles]
+
+    fused_tokens, fused_logprobs = decode(counted)
+    plain_tokens, plain_logprobs = decode(lambda *a: None)
+    assert any(calls) and fused_tokens == plain_tokens
+    for a, b in zip(fused_logprobs, plain_logprobs):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)

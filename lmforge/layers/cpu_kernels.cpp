@@ -1,0 +1,300 @@
+// lmforge's decode kernels for the CPU (lmforge/layers/cpu_kernels.py builds and loads this file;
+// see its docstring):
+// - small_linear: y = x @ w.T + b for 1 to 8 rows of float32 x, w float32 or int8 with a float32
+//   scale per row: every weight row is read from memory once for all the rows. Each output is
+//   one dot product summed in the same order whatever the number of rows, so a row gets the
+//   same bits alone or beside others.
+// - decode_block: one pre-norm transformer block (GPT: LayerNorm, multi-head attention over a
+//   slot KV cache, MLP) for rows that each read one new token, in one call: the same ATen ops
+//   and small_linear products as the Python block, with the attention of one query over its
+//   slot's keys written out here (SDPA costs more in setting up than in computing for one query).
+// Plain C++ with GCC vector types: the build's -m flags pick AVX-512, AVX2 or SSE code.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+// V floats a vector; each weight block of R rows meets the rows of x G at a time (G x R
+// accumulators: 16 of the 32 AVX-512 registers, 8 of the 16 AVX2 or SSE ones); a block read for
+// the first G rows is still in L1 for the next G.
+constexpr int R = 2;
+#if defined(__AVX512F__)
+constexpr int V = 16, G = 8;
+#elif defined(__AVX2__)
+constexpr int V = 8, G = 4;
+#else
+constexpr int V = 4, G = 4;
+#endif
+// How many blocks of R weight rows ahead to prefetch: with 8 rows to multiply, the hardware
+// prefetcher alone falls behind and reading overlaps computing badly (14 GB/s against 25).
+constexpr int PREFETCH_BLOCKS = 4;
+
+typedef float vec __attribute__((vector_size(V * sizeof(float))));
+typedef int8_t bytes __attribute__((vector_size(V)));
+
+// V weights as floats: float32 as they are, int8 widened (their row's scale comes at the end).
+static inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof(vec));
+  return v;
+}
+static inline vec load(const int8_t* p) {
+#if defined(__AVX512F__)  // GCC 12 widens a vector of bytes one byte at a time: say how
+  return (vec)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+#elif defined(__AVX2__)
+  return (vec)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+#else
+  bytes v;
+  __builtin_memcpy(&v, p, sizeof(bytes));
+  return __builtin_convertvector(v, vec);
+#endif
+}
+
+// Rows n .. n+RR-1 of w against the M rows of x: y = (x . w) * scale + b.
+template <int M, int RR, typename W>
+static void block(const float* x, const W* w, const float* scale, const float* b, float* y,
+                  int64_t K, int64_t N, int64_t n) {
+  const int64_t kv = K - K % V;
+  const W* ahead = w + (n + RR * PREFETCH_BLOCKS) * K;
+  const W* end = w + N * K;
+  vec acc[RR][M];
+  for (int r = 0; r < RR; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = vec{};
+  for (int64_t k = 0; k < kv; k += V) {
+    if (ahead + k * RR < end)
+      for (int r = 0; r < RR; ++r) __builtin_prefetch(ahead + k * RR + r * V, 0, 1);
+    vec wr[RR];
+    for (int r = 0; r < RR; ++r) wr[r] = load(w + (n + r) * K + k);
+    for (int m = 0; m < M; ++m) {
+      const vec xm = load(x + m * K + k);
+      for (int r = 0; r < RR; ++r) acc[r][m] += wr[r] * xm;
+    }
+  }
+  for (int r = 0; r < RR; ++r)
+    for (int m = 0; m < M; ++m) {
+      float s = 0.f;
+      for (int i = 0; i < V; ++i) s += acc[r][m][i];
+      for (int64_t k = kv; k < K; ++k) s += float(w[(n + r) * K + k]) * x[m * K + k];
+      if (scale) s *= scale[n + r];
+      y[m * N + n + r] = b ? s + b[n + r] : s;
+    }
+}
+
+// Weight rows n .. n+RR-1 against all M rows of x, G rows at a time.
+template <int M, int RR, typename W>
+static void groups(const float* x, const W* w, const float* scale, const float* b, float* y,
+                   int64_t K, int64_t N, int64_t n) {
+  if constexpr (M <= G) {
+    block<M, RR>(x, w, scale, b, y, K, N, n);
+  } else {
+    block<G, RR>(x, w, scale, b, y, K, N, n);
+    groups<M - G, RR>(x + G * K, w, scale, b, y + G * N, K, N, n);
+  }
+}
+
+template <int M, typename W>
+static void rows(const float* x, const W* w, const float* scale, const float* b, float* y,
+                 int64_t K, int64_t N) {
+  at::parallel_for(0, (N + R - 1) / R, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i * R;
+      if (n + R <= N)
+        groups<M, R>(x, w, scale, b, y, K, N, n);
+      else
+        for (int64_t j = n; j < N; ++j) groups<M, 1>(x, w, scale, b, y, K, N, j);
+    }
+  });
+}
+
+template <typename W>
+static void dispatch(int64_t M, const float* x, const W* w, const float* scale, const float* b,
+                     float* y, int64_t K, int64_t N) {
+  switch (M) {
+    case 1: rows<1>(x, w, scale, b, y, K, N); break;
+    case 2: rows<2>(x, w, scale, b, y, K, N); break;
+    case 3: rows<3>(x, w, scale, b, y, K, N); break;
+    case 4: rows<4>(x, w, scale, b, y, K, N); break;
+    case 5: rows<5>(x, w, scale, b, y, K, N); break;
+    case 6: rows<6>(x, w, scale, b, y, K, N); break;
+    case 7: rows<7>(x, w, scale, b, y, K, N); break;
+    default: rows<8>(x, w, scale, b, y, K, N); break;
+  }
+}
+
+static const float* vector_of(const c10::optional<at::Tensor>& t, int64_t n, at::Tensor& keep,
+                              const char* what) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  keep = t->contiguous();
+  TORCH_CHECK(keep.scalar_type() == at::kFloat && keep.numel() == n, "small_linear: ", what,
+              " must be float32 (N,)");
+  return keep.data_ptr<float>();
+}
+
+// x (M, K) float32 with 1 <= M <= 8, w (N, K) float32 or int8 row-major, scale (N,) float32 for
+// int8 weights, b (N,) or None -> (M, N) float32.
+static at::Tensor small_linear(const at::Tensor& x, const at::Tensor& w,
+                               const c10::optional<at::Tensor>& scale,
+                               const c10::optional<at::Tensor>& b) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "small_linear: x (M, K) and w (N, K)");
+  const bool int8 = w.scalar_type() == at::kChar;
+  TORCH_CHECK(x.scalar_type() == at::kFloat && (int8 || w.scalar_type() == at::kFloat),
+              "small_linear: float32 x, float32 or int8 w");
+  TORCH_CHECK(int8 == (scale.has_value() && scale->defined()),
+              "small_linear: a scale with int8 weights (only)");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, "small_linear: 1 to 8 rows");
+  TORCH_CHECK(w.is_contiguous() && x.device().is_cpu() && w.device().is_cpu(),
+              "small_linear: a contiguous weight on the CPU");
+  const at::Tensor xc = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  at::Tensor keep_scale, keep_bias;
+  const float* sp = vector_of(scale, N, keep_scale, "scale");
+  const float* bp = vector_of(b, N, keep_bias, "bias");
+  if (int8)
+    dispatch(M, xc.data_ptr<float>(), w.data_ptr<int8_t>(), sp, bp, y.data_ptr<float>(), K, N);
+  else
+    dispatch(M, xc.data_ptr<float>(), w.data_ptr<float>(), sp, bp, y.data_ptr<float>(), K, N);
+  return y;
+}
+
+// ------------------------------------------------------------------- decode_block
+
+static inline float dot(const float* a, const float* b, int64_t D) {
+  const int64_t dv = D - D % V;
+  vec acc = vec{};
+  for (int64_t d = 0; d < dv; d += V) acc += load(a + d) * load(b + d);
+  float s = 0.f;
+  for (int i = 0; i < V; ++i) s += acc[i];
+  for (int64_t d = dv; d < D; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// y[0:D] = x rotated by the rotary tables' row (rotate-half layout: pairs d, d + D/2), or copied.
+static inline void rotate(const float* x, const float* cos, const float* sin, float* y, int64_t D) {
+  if (!cos) {
+    std::copy(x, x + D, y);
+    return;
+  }
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < half; ++d) y[d] = x[d] * cos[d] - x[d + half] * sin[d];
+  for (int64_t d = half; d < D; ++d) y[d] = x[d] * cos[d] + x[d - half] * sin[d];
+}
+
+// Causal attention of n rows, one new token each: row i is slot slots[i] at position pos[i]. Its
+// key and value (rotated key) go into the (slots, H, L, D) caches at that position, then its query
+// attends over the slot's keys 0 .. pos[i]. qkv (n, 3 H D) [q | k | v] -> (n, H D).
+static at::Tensor attend(const at::Tensor& qkv, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slots,
+                         const int64_t* pos, int64_t H, const float* cos, const float* sin) {
+  const int64_t n = qkv.size(0), inner = qkv.size(1) / 3, D = inner / H, L = kc.size(2);
+  at::Tensor y = at::empty({n, inner}, qkv.options());
+  at::Tensor q = at::empty({n, inner}, qkv.options());
+  const float* in = qkv.data_ptr<float>();
+  float *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>(), *qp = q.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(float(D));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* c = cos ? cos + pos[i] * D : nullptr;
+    const float* s = sin ? sin + pos[i] * D : nullptr;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t at_ = ((slots[i] * H + h) * L + pos[i]) * D;
+      rotate(in + i * 3 * inner + h * D, c, s, qp + i * inner + h * D, D);
+      rotate(in + i * 3 * inner + inner + h * D, c, s, kp + at_, D);
+      std::copy(in + i * 3 * inner + 2 * inner + h * D, in + i * 3 * inner + 2 * inner + (h + 1) * D,
+                vp + at_);
+    }
+  }
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, n * H, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> w;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / H, h = t % H, len = pos[i] + 1;
+      const float* keys = kp + (slots[i] * H + h) * L * D;
+      const float* values = vp + (slots[i] * H + h) * L * D;
+      const float* qi = qp + i * inner + h * D;
+      w.resize(len);
+      float top = -INFINITY;
+      for (int64_t j = 0; j < len; ++j) top = std::max(top, w[j] = dot(qi, keys + j * D, D) * scale);
+      float sum = 0.f;
+      for (int64_t j = 0; j < len; ++j) sum += w[j] = std::exp(w[j] - top);
+      float* o = out + i * inner + h * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < len; ++j)
+        for (int64_t d = 0; d < D; ++d) o[d] += w[j] * values[j * D + d];
+      for (int64_t d = 0; d < D; ++d) o[d] /= sum;
+    }
+  });
+  return y;
+}
+
+using opt = c10::optional<at::Tensor>;
+
+static const float* table(const opt& t, int64_t last, int64_t D) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 &&
+                  t->size(1) == D && last < t->size(0),
+              "decode_block: rotary tables (positions, D) float32 covering every position");
+  return t->data_ptr<float>();
+}
+
+// x (n, C) float32, one new token per row; the block's weights (int8 ones with their scales);
+// k_cache, v_cache (slots, H, L, D) float32; slots, positions (n,) int64; cos, sin (P, D) rotary
+// tables or None; act 0 relu, 1 gelu, 2 gelu (tanh) -> the block's output (n, C):
+// x + attn(ln1(x)), then that + mlp(ln2(that)), as TransformerBlock (norm_first) computes it.
+static at::Tensor decode_block(const at::Tensor& x, const at::Tensor& ln1_w, const opt& ln1_b,
+                               const at::Tensor& qkv_w, const opt& qkv_s, const opt& qkv_b,
+                               const at::Tensor& out_w, const opt& out_s, const opt& out_b,
+                               const at::Tensor& ln2_w, const opt& ln2_b, const at::Tensor& up_w,
+                               const opt& up_s, const opt& up_b, const at::Tensor& down_w,
+                               const opt& down_s, const opt& down_b, const at::Tensor& k_cache,
+                               const at::Tensor& v_cache, const at::Tensor& slots,
+                               const at::Tensor& positions, const opt& cos, const opt& sin,
+                               int64_t heads, double eps, int64_t act) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "decode_block: x (n, C) float32");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == heads && k_cache.is_contiguous() &&
+                  v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
+              "decode_block: contiguous float32 caches (slots, heads, L, D)");
+  const at::Tensor sl = slots.to(at::kLong).contiguous(), ps = positions.to(at::kLong).contiguous();
+  const int64_t n = x.size(0), C = x.size(1), D = k_cache.size(3);
+  TORCH_CHECK(sl.numel() == n && ps.numel() == n, "decode_block: a slot and a position per row");
+  const int64_t *slot = sl.data_ptr<int64_t>(), *pos = ps.data_ptr<int64_t>();
+  int64_t last = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(slot[i] >= 0 && slot[i] < k_cache.size(0) && pos[i] >= 0 && pos[i] < k_cache.size(2),
+                "decode_block: slots and positions inside the caches");
+    last = std::max(last, pos[i]);
+  }
+  const float* c = table(cos, last, D);
+  const float* s = table(sin, last, D);
+  TORCH_CHECK((c == nullptr) == (s == nullptr), "decode_block: both rotary tables or neither");
+  at::Tensor h = at::layer_norm(x, {C}, ln1_w, ln1_b, eps);
+  at::Tensor qkv = small_linear(h, qkv_w, qkv_s, qkv_b);
+  TORCH_CHECK(qkv.size(1) == 3 * heads * D, "decode_block: qkv rows [q | k | v] of heads x D");
+  at::Tensor a = attend(qkv, k_cache, v_cache, slot, pos, heads, c, s);
+  at::Tensor y = x + small_linear(a, out_w, out_s, out_b);
+  at::Tensor u = small_linear(at::layer_norm(y, {C}, ln2_w, ln2_b, eps), up_w, up_s, up_b);
+  u = act == 0 ? at::relu(u) : at::gelu(u, act == 2 ? "tanh" : "none");
+  return y + small_linear(u, down_w, down_s, down_b);
+}
+
+// One namespace per build (LMFORGE_NS: the instruction set), so two builds load side by side.
+#define LMFORGE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define LMFORGE_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+LMFORGE_LIBRARY(LMFORGE_NS, m) {
+  m.def("small_linear(Tensor x, Tensor w, Tensor? scale, Tensor? b) -> Tensor");
+  m.def(
+      "decode_block(Tensor x, Tensor ln1_w, Tensor? ln1_b, Tensor qkv_w, Tensor? qkv_s, "
+      "Tensor? qkv_b, Tensor out_w, Tensor? out_s, Tensor? out_b, Tensor ln2_w, Tensor? ln2_b, "
+      "Tensor up_w, Tensor? up_s, Tensor? up_b, Tensor down_w, Tensor? down_s, Tensor? down_b, "
+      "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor? cos, "
+      "Tensor? sin, int heads, float eps, int act) -> Tensor");
+}
+LMFORGE_LIBRARY_IMPL(LMFORGE_NS, CPU, m) {
+  m.impl("small_linear", &small_linear);
+  m.impl("decode_block", &decode_block);
+}
