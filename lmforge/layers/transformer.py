@@ -56,6 +56,7 @@ class TransformerBlock(nn.Module):
             residual sum (post-norm, the original Transformer and the Keras GPT tutorial).
         is_causal: True for decoders (a position never sees the future), False for encoders.
         dropout: used on the attention probabilities, after attention and after the FFN.
+        attention_dropout: replaces dropout on the attention probabilities when not None.
         rotary: rotary positions inside attention (then the embedding adds none).
     """
 
@@ -73,11 +74,13 @@ class TransformerBlock(nn.Module):
         layer_norm_eps: float = 1e-5,
         rotary: bool = False,
         max_seq_len: int = 2048,
+        attention_dropout: float | None = None,
     ):
         super().__init__()
         self.norm_first = norm_first
+        p = dropout if attention_dropout is None else attention_dropout
         self.attn = MultiHeadAttention(
-            embed_dim, num_heads, head_dim, dropout, use_bias, is_causal, rotary, max_seq_len
+            embed_dim, num_heads, head_dim, p, use_bias, is_causal, rotary, max_seq_len
         )
         self.attn_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=use_bias)
         self.attn_dropout = nn.Dropout(dropout)

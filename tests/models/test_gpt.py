@@ -168,6 +168,19 @@ def test_head_dim_lifts_the_divisibility_rule():
     assert model(torch.randint(0, 50, (1, 5))).shape == (1, 5, 50)
 
 
+def test_attention_dropout_replaces_dropout_on_the_probabilities_only():
+    torch.manual_seed(0)
+    model = tiny_gpt(dropout=0.1, attention_dropout=0.0).train()
+    block = model.backbone.blocks[0]
+    assert block.attn.dropout == 0.0  # SDPA's fused kernel while training
+    assert block.attn_dropout.p == block.ffn.dropout.p == model.backbone.embed.dropout.p == 0.1
+    assert tiny_gpt(dropout=0.1).backbone.blocks[0].attn.dropout == 0.1  # unset: as dropout
+    ids = torch.randint(0, 50, (2, 12))
+    assert not torch.equal(model(ids), model(ids))  # the residual dropout still draws
+    model.eval()
+    assert torch.equal(model(ids), model(ids))
+
+
 def test_config_round_trips_through_a_dict():
     config = GPTConfig(**PRESETS["gpt-baby"]["config"])
     assert GPTConfig(**dataclasses.asdict(config)) == config
