@@ -121,7 +121,7 @@ def _weights(module: nn.Module, rows: int) -> tuple | None:
     kind = type(module)
     if kind is SmallRowsLinear and module.weight.is_contiguous():
         return module.weight, None, module.bias
-    if kind is Int8Linear and module.path(rows) == "small_linear":
+    if kind is Int8Linear and module.path(rows) in ("vnni", "small_linear"):
         return module.weight, module.scale, module.bias
     return None
 

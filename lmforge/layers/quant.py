@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.cpu_kernels import small_linear
+from lmforge.layers.cpu_kernels import MAX_ROWS, int8_linear, small_linear
 from lmforge.layers.heads import LMHead
 from lmforge.layers.lora import merge_lora_
 
@@ -44,6 +44,8 @@ SMALL_MAX_ROWS = 4
 # an AMX Xeon, GPT-2 small's layers, 2 threads: 0.8x the packed kernel at 2 rows, 1.8x at 8, 4x
 # at 32, and 20x the fallback. Its activations are rounded to int8 per row (per token).
 INT_MM_MIN_ROWS = 4
+# Where the CPU has AVX-512 VNNI, lmforge's int8 op (layers/cpu_kernels.py: activations rounded to
+# int8 per row, as for _int_mm, and summed in int32, 64 products an instruction) runs 1 to 8 rows.
 
 
 def pack_dtypes() -> tuple:
@@ -166,9 +168,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         path = self.path(x.numel() // max(1, x.shape[-1]), x.dtype) if x.is_cpu else None
-        if path == "small_linear":
+        if path in ("vnni", "small_linear"):
             flat = x.reshape(-1, self.in_features)
-            out = small_linear()(flat, self.weight, self.scale, self.bias)
+            op = int8_linear() if path == "vnni" else small_linear()
+            out = op(flat, self.weight, self.scale, self.bias)
             return out.view(*x.shape[:-1], self.out_features)
         if path is None:
             out = F.linear(x, self.weight.to(x.dtype))
@@ -185,10 +188,12 @@ class Int8Linear(nn.Module):
         return out.to(x.dtype)
 
     def path(self, rows: int, dtype: torch.dtype = torch.float32) -> str | torch.dtype | None:
-        """What runs `rows` CPU rows of `dtype`: "small_linear" (lmforge's kernel, float32 only),
-        "int_mm", the packed kernel's activation dtype, or None (the fallback)."""
+        """What runs `rows` CPU rows of `dtype`: "vnni" or "small_linear" (lmforge's kernels,
+        float32 only), "int_mm", the packed kernel's activation dtype, or None (the fallback)."""
         if self.kernel != PACK:
             return None
+        if rows <= MAX_ROWS and dtype == torch.float32 and int8_linear() is not None:
+            return "vnni"
         if rows <= SMALL_MAX_ROWS and dtype == torch.float32 and small_linear() is not None:
             return "small_linear"
         if rows >= INT_MM_MIN_ROWS and int_mm_works():
@@ -250,6 +255,8 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
                 child.kernel = kernel
     if count:
         small = f"lmforge's small-rows kernel to {SMALL_MAX_ROWS} rows" if small_linear() else ""
+        if int8_linear():
+            small = f"lmforge's VNNI kernel to {MAX_ROWS} rows"
         packed = f"torch._weight_int8pack_mm ({str(pack_dtypes()[0])[6:]})" if pack_dtypes() else ""
         batched = f"torch._int_mm from {INT_MM_MIN_ROWS} rows" if int_mm_works() else ""
         what = ", ".join(filter(None, (small, packed, batched)))

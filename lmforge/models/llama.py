@@ -36,6 +36,8 @@ class LlamaConfig:
     (Qwen3). sliding_window: each token sees itself and the sliding_window - 1 tokens before it
     (Mistral); None sees all. rope_base is the rotary base ("rope_theta"); rope_scaling "none",
     "linear" or "llama3" with the rope_* values it reads (layers.embeddings.rotary_inv_freq).
+    dropout is used on the residual branches and the attention probabilities; attention_dropout,
+    when set, replaces it on the probabilities alone (as GPTConfig's).
     """
 
     vocab_size: int = 256
@@ -47,6 +49,7 @@ class LlamaConfig:
     num_layers: int = 2
     ffn_dim: int = 172
     dropout: float = 0.0
+    attention_dropout: float | None = None
     tie_embeddings: bool = True
     qkv_bias: bool = False
     qk_norm: bool = False
@@ -154,7 +157,7 @@ class LlamaBlock(nn.Module):
             c.embed_dim,
             c.num_heads,
             c.head_dim,
-            c.dropout,
+            c.dropout if c.attention_dropout is None else c.attention_dropout,
             use_bias=False,
             is_causal=True,
             rotary=rotary,

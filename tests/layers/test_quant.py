@@ -17,10 +17,12 @@ needs_pack = pytest.mark.skipif(
     not quant.pack_dtypes(), reason="this torch has no working torch._weight_int8pack_mm"
 )
 # (kernel, activation dtype of torch._weight_int8pack_mm or "small": lmforge's small-rows kernel
-# for a few rows): every path this machine can run
-PATHS = [(DEQUANT, None), (PACK, "small")] + [
-    (PACK, dt) for dt in (torch.bfloat16, torch.float32) if quant._pack_works(dt)
-]
+# for a few rows, or "vnni": its int8 op where the CPU has VNNI): every path this machine can run
+PATHS = (
+    [(DEQUANT, None), (PACK, "small")]
+    + [(PACK, "vnni")] * (quant.int8_linear() is not None)
+    + [(PACK, dt) for dt in (torch.bfloat16, torch.float32) if quant._pack_works(dt)]
+)
 
 
 @pytest.fixture(params=PATHS, ids=lambda p: p[0] + (f"-{p[1]}".replace("torch.", "")))
@@ -28,9 +30,11 @@ def path(request, monkeypatch):
     """Each kernel, the packed one in each activation dtype it computes right here, lmforge's
     small-rows kernel only where asked (it would run a few rows otherwise)."""
     kernel, dtype = request.param
+    if dtype != "vnni":
+        monkeypatch.setattr(quant, "int8_linear", lambda: None)
     if dtype == "small":
         assert quant.small_linear() is not None, "the small-rows kernel did not build here"
-    else:
+    elif dtype != "vnni":
         monkeypatch.setattr(quant, "small_linear", lambda: None)
     if isinstance(dtype, torch.dtype):
         monkeypatch.setattr(quant, "_pack_dtypes", (dtype,))
@@ -60,14 +64,16 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape,
     used = used.path(rows)
     if width == 24 and rows < quant.INT_MM_MIN_ROWS:
         assert used != torch.bfloat16
-    if path[1] == "small" and rows <= quant.SMALL_MAX_ROWS:
+    if path[1] == "vnni" and rows <= quant.MAX_ROWS:
+        assert used == "vnni"
+    elif path[1] == "small" and rows <= quant.SMALL_MAX_ROWS:
         assert used == "small_linear"
     elif kernel == PACK and rows >= quant.INT_MM_MIN_ROWS and quant.int_mm_works():
         assert used == "int_mm"
     linear = nn.Linear(width, 10)
     layer = Int8Linear.from_float(linear.weight, linear.bias, kernel)
     x = torch.randn(*shape)
-    if used == "int_mm":  # what the kernel reads: activations rounded to int8 per row
+    if used in ("int_mm", "vnni"):  # what the kernel reads: activations rounded to int8 per row
         q, row_scale = quant.quantize_rows(x.reshape(-1, width))
         rounded = (q.float() * row_scale).view(shape)
     else:
@@ -82,7 +88,8 @@ def test_int8_linear_matches_the_dequantized_weight_on_every_kernel(path, shape,
         if hasattr(torch, name):
             monkeypatch.setattr(torch, name, spy(name, getattr(torch, name)))
     got = layer(x)
-    ran = {None: [], "small_linear": [], "int_mm": ["_int_mm"]}.get(used, ["_weight_int8pack_mm"])
+    ran = {None: [], "small_linear": [], "vnni": [], "int_mm": ["_int_mm"]}
+    ran = ran.get(used, ["_weight_int8pack_mm"])
     assert calls == ran  # the kernel ran exactly when it should
     assert got.shape == (*shape[:-1], 10) and got.dtype == torch.float32
     tol = 1e-2 if used == torch.bfloat16 else 1e-5  # bfloat16 also rounds the products

@@ -49,6 +49,12 @@ def test_future_tokens_do_not_change_earlier_logits(ids, variant):
     torch.testing.assert_close(model(ids)[:, :-1], model(other)[:, :-1])
 
 
+def test_attention_dropout_replaces_dropout_on_the_probabilities_only():
+    block = tiny_llama(dropout=0.1, attention_dropout=0.0).backbone.blocks[0]
+    assert block.attn.dropout == 0.0 and block.dropout.p == 0.1
+    assert tiny_llama(dropout=0.1).backbone.blocks[0].attn.dropout == 0.1
+
+
 def test_sliding_window_hides_tokens_further_back():
     model = tiny_llama(sliding_window=4, num_layers=1)
     ids = torch.randint(0, 50, (1, 10))
