@@ -473,8 +473,9 @@ class Engine:
             if not handle.pending:
                 handles.append(handle)
                 picked.append(read + i)
-        if handles:
-            self._emit(handles, logits[picked])
+        if handles:  # (the rows of logits in order: no gather)
+            whole = picked == list(range(logits.shape[0]))
+            self._emit(handles, logits if whole else logits[picked])
 
     # ------------------------------------------------------------ slots driven by the caller
 

@@ -4,10 +4,12 @@
 //   scale per row: every weight row is read from memory once for all the rows. Each output is
 //   one dot product summed in the same order whatever the number of rows, so a row gets the
 //   same bits alone or beside others.
+// - int8_linear: the same for int8 weights on a CPU with AVX-512 VNNI, the rows rounded to int8.
 // - decode_block: one pre-norm transformer block (GPT: LayerNorm, multi-head attention over a
-//   slot KV cache, MLP) for rows that each read one new token, in one call: the same ATen ops
-//   and small_linear products as the Python block, with the attention of one query over its
-//   slot's keys written out here (SDPA costs more in setting up than in computing for one query).
+//   slot KV cache, MLP) for rows that each read one new token, in one call: the same products as
+//   the Python block, with the norms, the residual sums and the attention of one query over its
+//   slot's keys written out here (SDPA and a dispatched op cost more in setting up than in
+//   computing for a few rows).
 // Plain C++ with GCC vector types: the build's -m flags pick AVX-512, AVX2 or SSE code.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -353,6 +355,37 @@ static const float* table(const opt& t, int64_t last, int64_t D) {
   return t->data_ptr<float>();
 }
 
+// LayerNorm of a few float32 rows (n, C) -> a new (n, C), and y += x in place: written out here,
+// as a dispatched ATen call costs more than the few thousand values these rows hold.
+static at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const opt& b, double eps) {
+  const at::Tensor xc = x.contiguous(), wc = w.contiguous();
+  const at::Tensor bc = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
+  const int64_t n = xc.size(0), C = xc.size(1);
+  at::Tensor y = at::empty_like(xc);
+  const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = xp + i * C;
+    float mean = 0.f, var = 0.f;
+    for (int64_t k = 0; k < C; ++k) mean += r[k];
+    mean /= C;
+    for (int64_t k = 0; k < C; ++k) var += (r[k] - mean) * (r[k] - mean);
+    const float rstd = 1.f / std::sqrt(var / C + float(eps));
+    for (int64_t k = 0; k < C; ++k)
+      yp[i * C + k] = (r[k] - mean) * rstd * wp[k] + (bp ? bp[k] : 0.f);
+  }
+  return y;
+}
+
+static at::Tensor add_(at::Tensor y, const at::Tensor& x) {
+  const at::Tensor xc = x.contiguous();
+  float* yp = y.data_ptr<float>();
+  const float* xp = xc.data_ptr<float>();
+  for (int64_t i = 0, e = y.numel(); i < e; ++i) yp[i] += xp[i];
+  return y;
+}
+
 // x (n, C) float32, one new token per row; the block's weights (int8 ones with their scales);
 // k_cache, v_cache (slots, H, L, D) float32; slots, positions (n,) int64; cos, sin (P, D) rotary
 // tables or None; act 0 relu, 1 gelu, 2 gelu (tanh) -> the block's output (n, C):
@@ -384,14 +417,16 @@ static at::Tensor decode_block(const at::Tensor& x, const at::Tensor& ln1_w, con
   const float* c = table(cos, last, D);
   const float* s = table(sin, last, D);
   TORCH_CHECK((c == nullptr) == (s == nullptr), "decode_block: both rotary tables or neither");
-  at::Tensor h = at::layer_norm(x, {C}, ln1_w, ln1_b, eps);
-  at::Tensor qkv = product(h, qkv_w, qkv_s, qkv_b);
+  at::Tensor qkv = product(layer_norm(x, ln1_w, ln1_b, eps), qkv_w, qkv_s, qkv_b);
   TORCH_CHECK(qkv.size(1) == 3 * heads * D, "decode_block: qkv rows [q | k | v] of heads x D");
   at::Tensor a = attend(qkv, k_cache, v_cache, slot, pos, heads, c, s);
-  at::Tensor y = x + product(a, out_w, out_s, out_b);
-  at::Tensor u = product(at::layer_norm(y, {C}, ln2_w, ln2_b, eps), up_w, up_s, up_b);
-  u = act == 0 ? at::relu(u) : at::gelu(u, act == 2 ? "tanh" : "none");
-  return y + product(u, down_w, down_s, down_b);
+  at::Tensor y = add_(product(a, out_w, out_s, out_b), x);
+  at::Tensor u = product(layer_norm(y, ln2_w, ln2_b, eps), up_w, up_s, up_b);
+  if (act == 0)
+    at::relu_(u);
+  else
+    at::gelu_(u, act == 2 ? "tanh" : "none");
+  return add_(product(u, down_w, down_s, down_b), y);
 }
 
 // One namespace per build (LMFORGE_NS: the instruction set), so two builds load side by side.
