@@ -273,7 +273,8 @@ static at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at
 // it (as layers/quant.py's Int8Linear then does), else the small-rows kernel.
 static at::Tensor product(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& s,
                           const c10::optional<at::Tensor>& b) {
-  if (w.scalar_type() == at::kChar && has_vnni()) return int8_linear(x, w, *s, b);
+  if (w.scalar_type() == at::kChar && s.has_value() && s->defined() && has_vnni())
+    return int8_linear(x, w, *s, b);
   return small_linear(x, w, s, b);
 }
 
