@@ -362,6 +362,9 @@ static at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const opt
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
   const at::Tensor bc = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
   const int64_t n = xc.size(0), C = xc.size(1);
+  TORCH_CHECK(wc.scalar_type() == at::kFloat && wc.numel() == C &&
+                  (!bc.defined() || (bc.scalar_type() == at::kFloat && bc.numel() == C)),
+              "decode_block: LayerNorm weight and bias float32 (C,)");
   at::Tensor y = at::empty_like(xc);
   const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;

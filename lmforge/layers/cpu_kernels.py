@@ -69,7 +69,7 @@ def small_linear(isa: str | None = None) -> Callable | None:
 
 
 def decode_block(isa: str | None = None) -> Callable | None:
-    """The fused decode block op (see cpu_kernels.cpp and layers/layout.py's `decode_block`), or
+    """The fused decode block op (see cpu_kernels.cpp and layers/layout.py's `block_step`), or
     None where the kernels are off or cannot be built."""
     ops = _library(isa)
     return None if ops is None else ops.decode_block

@@ -15,8 +15,8 @@ weights) computes as it always did.
 
 `block_step(block, x, cache, rows)` runs a pre-norm TransformerBlock for rows that each read one
 new token (a decode step) in one call of the kernels' fused block: the Python block's ~25 small
-ops a layer cost GPT-2 small ~4 ms of a ~20 ms one-row step (their interpreter and dispatch time
-and the caches the weights' stream keeps evicting), the products themselves ~15.5.
+ops a layer cost GPT-2 small ~2 ms of a ~22 ms one-row step (A/B in one process, AMX Xeon: 21.9
+-> 20.0 ms; 8 rows 29.6 -> 27.2; int8 one row 8.7 -> 6.3).
 """
 
 import torch

@@ -2,7 +2,8 @@
 LM head of a model for one, in place.
 
 Each output channel (row of the weight) gets one float32 scale, amax(|row|) / 127, and int8 values
-in [-127, 127]. On the CPU up to 4 rows (decoding a few streams) run in lmforge's small-rows
+in [-127, 127]. On the CPU up to 8 rows (decoding a few streams) run in lmforge's VNNI op where
+the CPU has AVX-512 VNNI (activations rounded to int8 per row), else up to 4 in its small-rows
 kernel (layers/cpu_kernels.py) where it builds, else in `torch._weight_int8pack_mm`; more rows (a
 batch of streams, a prompt) in `torch._int_mm` on activations quantized to int8 per row, each
 where the running torch has it and it passes a probe; elsewhere a plain fallback dequantizes the
@@ -254,9 +255,13 @@ def quantize_(model: nn.Module, kind: str = "int8", kernel: str | None = None) -
             elif isinstance(child, Int8Linear):
                 child.kernel = kernel
     if count:
-        small = f"lmforge's small-rows kernel to {SMALL_MAX_ROWS} rows" if small_linear() else ""
-        if int8_linear():
-            small = f"lmforge's VNNI kernel to {MAX_ROWS} rows"
+        small = (
+            f"lmforge's VNNI kernel to {MAX_ROWS} rows"
+            if int8_linear()
+            else f"lmforge's small-rows kernel to {SMALL_MAX_ROWS} rows"
+            if small_linear()
+            else ""
+        )
         packed = f"torch._weight_int8pack_mm ({str(pack_dtypes()[0])[6:]})" if pack_dtypes() else ""
         batched = f"torch._int_mm from {INT_MM_MIN_ROWS} rows" if int_mm_works() else ""
         what = ", ".join(filter(None, (small, packed, batched)))
