@@ -5,6 +5,8 @@ on the side, to keep the (B, H, T, S) probabilities for inspection; outputs are 
 Change the masking or scaling of one, change both, and keep the tests that compare them passing.
 """
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,17 +113,27 @@ class SlotRows:
         # Slots side by side are read as a view; others are gathered (after a cancel, say).
         contiguous = rows == list(range(first, first + n))
         self.index = slice(first, first + n) if contiguous else self.rows
-        arange = torch.arange(max(starts) + T, device=device)
-        self.positions = torch.tensor(starts, device=device)[:, None] + arange[:T]  # (n, T)
-        self.length = len(arange)  # keys read per row: 0 .. length - 1
-        self.mask = (arange <= self.positions[:, :, None])[:, None]  # (n, 1, T, S)
-        if n == 1 and T == 1:  # one row, one query: it sees every key read
-            self.mask = None
-        # where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)
-        _, H, max_len, _ = cache.k.shape
-        heads = torch.arange(H, device=device)[None, :, None]
-        slot_heads = self.rows[:, None, None] * H + heads  # (n, H, 1)
-        self.flat = (slot_heads * max_len + self.positions[:, None, :]).flatten()  # n * H * T
+        self._arange = torch.arange(max(starts) + T, device=device)
+        self.positions = torch.tensor(starts, device=device)[:, None] + self._arange[:T]  # (n, T)
+        self.length = len(self._arange)  # keys read per row: 0 .. length - 1
+        self._heads, self._max_len = cache.k.shape[1], cache.k.shape[2]
+
+    # The mask and the write places are made when the Python attention first asks (the fused
+    # decode kernels read rows and positions only).
+    @functools.cached_property
+    def mask(self) -> Tensor | None:
+        """(n, 1, T, S) True where a query may see a key; None for one row of one query (it sees
+        every key read)."""
+        if self.shape == (1, 1):
+            return None
+        return (self._arange <= self.positions[:, :, None])[:, None]
+
+    @functools.cached_property
+    def flat(self) -> Tensor:
+        """Where each new (row, head, position) goes in a cache seen as (slots * H * max_len, D)."""
+        heads = torch.arange(self._heads, device=self.rows.device)[None, :, None]
+        slot_heads = self.rows[:, None, None] * self._heads + heads  # (n, H, 1)
+        return (slot_heads * self._max_len + self.positions[:, None, :]).flatten()  # n * H * T
 
     def write(self, cache: SlotKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write (n, H, T, D) keys and values at each row's positions; return the rows'

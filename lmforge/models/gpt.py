@@ -19,7 +19,7 @@ from lmforge.layers.attention import (
 )
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
-from lmforge.layers.layout import block_step
+from lmforge.layers.layout import block_step, stack_step
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
 from lmforge.models.base import Backbone, TransformerLM, check_config, init_normal
 
@@ -176,13 +176,18 @@ class GPTBackbone(Backbone):
         """Packed ids (1, N) of an engine's rows -> hidden (1, N, C); each token sits at its
         batch.positions of its own slot (the engine keeps them below max_seq_len)."""
         x = self.embed(token_ids, 0, batch.positions)  # rotary: positions go to attention
-        # A decode step (one group of rows, one new token each) runs each block in one kernel
-        # call where it can (layers/layout.py: block_step).
+        # A decode step (one group of rows, one new token each) runs every block in one kernel
+        # call where it can (layers/layout.py: stack_step), else each block in one call where
+        # that block can (block_step).
         group = batch.groups[0] if len(batch.groups) == 1 else None
         rows = group if group is not None and group.shape[1] == 1 else None
-        for i, block in enumerate(self.blocks):
-            y = None if rows is None else block_step(block, x[0], batch.caches[i], rows)
-            x = block(x, None, batch.layer(i)) if y is None else y[None]
+        y = None if rows is None else stack_step(self.blocks, x[0], batch.caches, rows)
+        if y is not None:
+            x = y[None]
+        else:
+            for i, block in enumerate(self.blocks):
+                y = None if rows is None else block_step(block, x[0], batch.caches[i], rows)
+                x = block(x, None, batch.layer(i)) if y is None else y[None]
         return self.final_norm(x) if self.final_norm is not None else x
 
 

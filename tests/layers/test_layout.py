@@ -15,6 +15,7 @@ from lmforge.layers.layout import (
     SmallRowsLMHead,
     block_step,
     decode_layout_,
+    stack_step,
     train_layout_,
 )
 from lmforge.models.gpt import GPTCausalLM, GPTConfig
@@ -189,9 +190,68 @@ def test_block_step_declines_what_it_cannot_run():
     assert block_step(block, x, caches[0], batch.groups[0]) is None  # grad on
 
 
+def blocks_one_by_one(model, x, caches, rows):
+    for i, block in enumerate(model.backbone.blocks):
+        x = block_step(block, x, caches[i], rows)
+    return x
+
+
+@requires_kernels
+@pytest.mark.parametrize("quantize", [False, True])
+def test_stack_step_equals_the_blocks_one_by_one(quantize):
+    model = block_model(position="rotary", quantize=quantize)
+    mine, theirs = with_history(model), with_history(model)
+    batch = SlotBatch(mine, [([1, 4, 6], [5, 9, 2], 1)], "cpu")
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        fused = stack_step(model.backbone.blocks, x, mine, batch.groups[0])
+        assert fused is not None
+        assert torch.equal(fused, blocks_one_by_one(model, x, theirs, batch.groups[0]))
+    for a, b in zip(mine, theirs):
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+
+
+@requires_kernels
+def test_stack_step_notices_what_changed_since_its_plan():
+    """The plan kept on the blocks is rebuilt (or refused) when a parameter is replaced, a module
+    swapped (int8, training layout) or a hook added; never a step with stale weights."""
+    model = block_model(position="rotary")
+    blocks = model.backbone.blocks
+    caches = with_history(model)
+    rows = SlotBatch(caches, [([1], [5], 1)], "cpu").groups[0]
+    x = torch.randn(1, 32)
+
+    def agree():
+        with torch.inference_mode():
+            fused = stack_step(blocks, x, caches, rows)
+            assert fused is not None
+            assert torch.equal(fused, blocks_one_by_one(model, x, caches, rows))
+
+    agree()
+    norm = blocks[1].ffn_norm
+    norm.weight = nn.Parameter(torch.full_like(norm.weight, 2.0))  # replaced, not changed in place
+    agree()
+    with torch.no_grad():
+        blocks[0].attn.qkv.weight.mul_(0.5)  # in place: the plan holds the same tensor
+    agree()
+    from lmforge.layers.quant import quantize_
+
+    quantize_(model, "int8")
+    agree()
+    handle = blocks[1].register_forward_hook(lambda *a: None)
+    with torch.inference_mode():
+        assert stack_step(blocks, x, caches, rows) is None
+    handle.remove()
+    agree()
+    model2 = block_model(position="rotary")
+    train_layout_(model2)
+    with torch.inference_mode():
+        assert stack_step(model2.backbone.blocks, x, caches, rows) is None
+
+
 @requires_kernels
 @pytest.mark.parametrize("position", ["learned", "rotary"])
-def test_engine_decodes_through_block_step_with_the_same_tokens(position, monkeypatch):
+def test_engine_decodes_through_the_fused_blocks_with_the_same_tokens(position, monkeypatch):
     import lmforge.models.gpt as gpt
     from lmforge.generation.engine import Engine, SamplingParams
 
@@ -199,20 +259,26 @@ def test_engine_decodes_through_block_step_with_the_same_tokens(position, monkey
     calls = []
 
     def counted(*args):
-        out = layout.block_step(*args)
+        out = layout.stack_step(*args)
         calls.append(out is not None)
         return out
 
-    def decode(step):
-        monkeypatch.setattr(gpt, "block_step", step)
+    def decode(stack, block):
+        monkeypatch.setattr(gpt, "stack_step", stack)
+        monkeypatch.setattr(gpt, "block_step", block)
         engine = Engine(model, slots=4, max_len=24, threads=1)
         params = SamplingParams(max_new_tokens=12, temperature=0, logprobs=2)
         handles = [engine.submit([i + 1] * (3 + 2 * i), params) for i in range(3)]
         engine.run()
         return [h.tokens for h in handles], [[t.logprob for t in h.logprobs] for h in handles]
 
-    fused_tokens, fused_logprobs = decode(counted)
-    plain_tokens, plain_logprobs = decode(lambda *a: None)
-    assert any(calls) and fused_tokens == plain_tokens
+    def off(*args):
+        return None
+
+    fused_tokens, fused_logprobs = decode(counted, off)
+    by_block_tokens, by_block_logprobs = decode(off, layout.block_step)
+    plain_tokens, plain_logprobs = decode(off, off)
+    assert any(calls) and fused_tokens == plain_tokens == by_block_tokens
+    assert fused_logprobs == by_block_logprobs  # the same kernels, the same bits
     for a, b in zip(fused_logprobs, plain_logprobs):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
