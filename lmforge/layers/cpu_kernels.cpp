@@ -5,11 +5,12 @@
 //   one dot product summed in the same order whatever the number of rows, so a row gets the
 //   same bits alone or beside others.
 // - int8_linear: the same for int8 weights on a CPU with AVX-512 VNNI, the rows rounded to int8.
-// - decode_block: one pre-norm transformer block (GPT: LayerNorm, multi-head attention over a
-//   slot KV cache, MLP) for rows that each read one new token, in one call: the same products as
-//   the Python block, with the norms, the residual sums and the attention of one query over its
-//   slot's keys written out here (SDPA and a dispatched op cost more in setting up than in
-//   computing for a few rows); decode_stack: every block of a model so, in one call.
+// - decode_stack: the pre-norm transformer blocks of a model (GPT: LayerNorm, attention, GELU or
+//   ReLU MLP; Llama: RMSNorm, grouped-query attention with optional q/k norms and a sliding
+//   window, SwiGLU) over slot KV caches, for rows that each read one new token, in one call: the
+//   same products as the Python blocks, with the norms, the residual sums and the attention of one
+//   query over its slot's keys written out here (SDPA and a dispatched op cost more in setting up
+//   than in computing for a few rows).
 // Plain C++ with GCC vector types: the build's -m flags pick AVX-512, AVX2 or SSE code.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -285,7 +286,7 @@ static at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at
   return y;
 }
 
-// The product decode_block runs for one linear layer: int8 weights through VNNI where the CPU has
+// The product decode_stack runs for one linear layer: int8 weights through VNNI where the CPU has
 // it (as layers/quant.py's Int8Linear then does), else the small-rows kernel.
 static at::Tensor product(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& s,
                           const c10::optional<at::Tensor>& b) {
@@ -294,7 +295,7 @@ static at::Tensor product(const at::Tensor& x, const at::Tensor& w, const c10::o
   return small_linear(x, w, s, b);
 }
 
-// ------------------------------------------------------------------- decode_block
+// ------------------------------------------------------------------- decode_stack
 
 // The sum of a vector's lanes (a shuffle tree where the instruction set has one).
 static inline float hsum(vec v) {
@@ -350,42 +351,74 @@ static inline void rotate(const float* x, const float* cos, const float* sin, fl
   for (int64_t d = half; d < D; ++d) y[d] = x[d] * cos[d] + x[d - half] * sin[d];
 }
 
+// y[0:D] = x[0:D] RMS-normed with weight w (a Qwen3 head's q/k norm), as nn.RMSNorm computes it.
+static inline void rms_head(const float* x, const float* w, float eps, float* y, int64_t D) {
+  float ss = 0.f;
+  for (int64_t d = 0; d < D; ++d) ss += x[d] * x[d];
+  const float r = 1.f / std::sqrt(ss / D + eps);
+  for (int64_t d = 0; d < D; ++d) y[d] = x[d] * r * w[d];
+}
+
+// What the attention of a block needs besides its rows: H query heads over KV key/value heads
+// (H a multiple of KV: grouped-query attention), optional per-head q/k RMSNorm weights (D,), the
+// rotary tables' rows (or none) and a sliding window (0: none; else a query sees itself and the
+// window - 1 positions before it).
+struct Heads {
+  int64_t H, KV;
+  const float *qn, *kn;
+  float qk_eps;
+  const float *cos, *sin;
+  int64_t window;
+};
+
 // Causal attention of n rows, one new token each: row i is slot slots[i] at position pos[i]. Its
-// key and value (rotated key) go into the (slots, H, L, D) caches at that position, then its query
-// attends over the slot's keys 0 .. pos[i]. qkv (n, 3 H D) [q | k | v] -> (n, H D).
-static at::Tensor attend(const at::Tensor& qkv, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slots,
-                         const int64_t* pos, int64_t H, const float* cos, const float* sin) {
-  const int64_t n = qkv.size(0), inner = qkv.size(1) / 3, D = inner / H, L = kc.size(2);
+// key and value (normed and rotated key) go into the (slots, KV, L, D) caches at that position,
+// then its query attends over the slot's keys up to pos[i]. qkv (n, (H + 2 KV) D) [q | k | v] ->
+// (n, H D).
+static at::Tensor attend(const at::Tensor& qkv, const at::Tensor& kc, const at::Tensor& vc,
+                         const int64_t* slots, const int64_t* pos, const Heads& a) {
+  const int64_t n = qkv.size(0), H = a.H, KV = a.KV, D = kc.size(3), L = kc.size(2);
+  const int64_t inner = H * D, width_in = qkv.size(1), group = H / KV;
+  TORCH_CHECK(width_in == (H + 2 * KV) * D, "decode_stack: qkv rows [q | k | v] of (H + 2 KV) x D");
   at::Tensor y = at::empty({n, inner}, qkv.options());
   at::Tensor q = at::empty({n, inner}, qkv.options());
   const float* in = qkv.data_ptr<float>();
   float *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>(), *qp = q.data_ptr<float>();
   const float scale = 1.f / std::sqrt(float(D));
+  std::vector<float> normed(D);
   for (int64_t i = 0; i < n; ++i) {
-    const float* c = cos ? cos + pos[i] * D : nullptr;
-    const float* s = sin ? sin + pos[i] * D : nullptr;
+    const float* c = a.cos ? a.cos + pos[i] * D : nullptr;
+    const float* s = a.sin ? a.sin + pos[i] * D : nullptr;
+    const float* row = in + i * width_in;
     for (int64_t h = 0; h < H; ++h) {
-      const int64_t at_ = ((slots[i] * H + h) * L + pos[i]) * D;
-      rotate(in + i * 3 * inner + h * D, c, s, qp + i * inner + h * D, D);
-      rotate(in + i * 3 * inner + inner + h * D, c, s, kp + at_, D);
-      std::copy(in + i * 3 * inner + 2 * inner + h * D, in + i * 3 * inner + 2 * inner + (h + 1) * D,
-                vp + at_);
+      const float* src = row + h * D;
+      if (a.qn) src = (rms_head(src, a.qn, a.qk_eps, normed.data(), D), normed.data());
+      rotate(src, c, s, qp + i * inner + h * D, D);
+    }
+    for (int64_t g = 0; g < KV; ++g) {
+      const int64_t at_ = ((slots[i] * KV + g) * L + pos[i]) * D;
+      const float* src = row + inner + g * D;
+      if (a.kn) src = (rms_head(src, a.kn, a.qk_eps, normed.data(), D), normed.data());
+      rotate(src, c, s, kp + at_, D);
+      const float* v = row + inner + KV * D + g * D;
+      std::copy(v, v + D, vp + at_);
     }
   }
-  // Scores of every (row, head) (a row's past its positions: -inf), softmax in one ATen call
+  // Scores of every (row, head) (a row's past its keys: -inf), softmax in one ATen call
   // (vectorized exp), then the weighted sums of the values.
+  auto first = [&](int64_t i) { return a.window > 0 ? std::max<int64_t>(0, pos[i] - a.window + 1) : 0; };
   int64_t width = 0;
-  for (int64_t i = 0; i < n; ++i) width = std::max(width, pos[i] + 1);
+  for (int64_t i = 0; i < n; ++i) width = std::max(width, pos[i] + 1 - first(i));
   at::Tensor scores = at::empty({n * H, width}, qkv.options());
   float* sc = scores.data_ptr<float>();
   at::parallel_for(0, n * H, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / H, h = t % H, len = pos[i] + 1;
-      const float* keys = kp + (slots[i] * H + h) * L * D;
+      const int64_t i = t / H, h = t % H, from = first(i), len = pos[i] + 1 - from;
+      const float* keys = kp + ((slots[i] * KV + h / group) * L + from) * D;
       const float* qi = qp + i * inner + h * D;
-      float* row = sc + t * width;
-      for (int64_t j = 0; j < len; ++j) row[j] = dot(qi, keys + j * D, D) * scale;
-      std::fill(row + len, row + width, -INFINITY);
+      float* out = sc + t * width;
+      for (int64_t j = 0; j < len; ++j) out[j] = dot(qi, keys + j * D, D) * scale;
+      std::fill(out + len, out + width, -INFINITY);
     }
   });
   const at::Tensor probs = at::_softmax(scores, 1, false);
@@ -393,9 +426,9 @@ static at::Tensor attend(const at::Tensor& qkv, const at::Tensor& kc, const at::
   float* out = y.data_ptr<float>();
   at::parallel_for(0, n * H, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / H, h = t % H;
-      weighted_sum(pr + t * width, vp + (slots[i] * H + h) * L * D, pos[i] + 1, D,
-                   out + i * inner + h * D);
+      const int64_t i = t / H, h = t % H, from = first(i);
+      weighted_sum(pr + t * width, vp + ((slots[i] * KV + h / group) * L + from) * D,
+                   pos[i] + 1 - from, D, out + i * inner + h * D);
     }
   });
   return y;
@@ -407,19 +440,20 @@ static const float* table(const opt& t, int64_t last, int64_t D) {
   if (!t.has_value() || !t->defined()) return nullptr;
   TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 &&
                   t->size(1) == D && last < t->size(0),
-              "decode_block: rotary tables (positions, D) float32 covering every position");
+              "decode_stack: rotary tables (positions, D) float32 covering every position");
   return t->data_ptr<float>();
 }
 
-// LayerNorm of a few float32 rows (n, C) -> a new (n, C), and y += x in place: written out here,
-// as a dispatched ATen call costs more than the few thousand values these rows hold.
-static at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const opt& b, double eps) {
+// LayerNorm (or, rms, RMSNorm: no centering, no bias) of a few float32 rows (n, C) -> a new
+// (n, C), and y += x in place: written out here, as a dispatched ATen call costs more than the few
+// thousand values these rows hold.
+static at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const opt& b, double eps, bool rms) {
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
   const at::Tensor bc = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
   const int64_t n = xc.size(0), C = xc.size(1);
   TORCH_CHECK(wc.scalar_type() == at::kFloat && wc.numel() == C &&
                   (!bc.defined() || (bc.scalar_type() == at::kFloat && bc.numel() == C)),
-              "decode_block: LayerNorm weight and bias float32 (C,)");
+              "decode_stack: norm weight and bias float32 (C,)");
   at::Tensor y = at::empty_like(xc);
   const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
@@ -427,8 +461,10 @@ static at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const opt
   for (int64_t i = 0; i < n; ++i) {
     const float* r = xp + i * C;
     float mean = 0.f, var = 0.f;
-    for (int64_t k = 0; k < C; ++k) mean += r[k];
-    mean /= C;
+    if (!rms) {
+      for (int64_t k = 0; k < C; ++k) mean += r[k];
+      mean /= C;
+    }
     for (int64_t k = 0; k < C; ++k) var += (r[k] - mean) * (r[k] - mean);
     const float rstd = 1.f / std::sqrt(var / C + float(eps));
     for (int64_t k = 0; k < C; ++k)
@@ -445,14 +481,32 @@ static at::Tensor add_(at::Tensor y, const at::Tensor& x) {
   return y;
 }
 
-// A block's parameters, in the order decode_block takes them and decode_stack reads them from its
-// list: ln1 w, b; qkv w, scale, b; out w, scale, b; ln2 w, b; up w, scale, b; down w, scale, b;
-// the rotary tables cos, sin (or None).
-constexpr int BLOCK_PARAMS = 18;
+// A block's parameters, in the order decode_stack reads them from its list: norm 1 w, b; qkv w,
+// scale, b; q norm w, k norm w (per head, or None); out w, scale, b; norm 2 w, b; up w, scale, b
+// (SwiGLU: rows [gate | up]); down w, scale, b; the rotary tables cos, sin (or None).
+constexpr int BLOCK_PARAMS = 20;
+
+// A block's switches: its attention heads, norm eps (LayerNorm, or RMSNorm when rms), the
+// activation (0 relu, 1 gelu, 2 gelu tanh, 3 SwiGLU), the sliding window (0: none), q/k norm eps.
+struct Switches {
+  int64_t heads, kv_heads;
+  double eps;
+  int64_t act;
+  bool rms;
+  int64_t window;
+  double qk_eps;
+};
 
 static const at::Tensor& need(const opt& t, const char* what) {
-  TORCH_CHECK(t.has_value() && t->defined(), "decode_block: no ", what);
+  TORCH_CHECK(t.has_value() && t->defined(), "decode_stack: no ", what);
   return *t;
+}
+
+static const float* head_weight(const opt& t, int64_t D) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == D,
+              "decode_stack: q/k norm weights float32 (D,)");
+  return t->data_ptr<float>();
 }
 
 // Slots and positions as int64 pointers (kept alive in sl, ps), checked against the caches; the
@@ -461,89 +515,76 @@ static void rows_of(const at::Tensor& slots, const at::Tensor& positions, const 
                     int64_t n, at::Tensor& sl, at::Tensor& ps, int64_t& last) {
   sl = slots.to(at::kLong).contiguous();
   ps = positions.to(at::kLong).contiguous();
-  TORCH_CHECK(sl.numel() == n && ps.numel() == n, "decode_block: a slot and a position per row");
+  TORCH_CHECK(sl.numel() == n && ps.numel() == n, "decode_stack: a slot and a position per row");
   const int64_t *slot = sl.data_ptr<int64_t>(), *pos = ps.data_ptr<int64_t>();
   last = 0;
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(slot[i] >= 0 && slot[i] < cache.size(0) && pos[i] >= 0 && pos[i] < cache.size(2),
-                "decode_block: slots and positions inside the caches");
+                "decode_stack: slots and positions inside the caches");
     last = std::max(last, pos[i]);
   }
 }
 
-// One block (parameters p[0 .. BLOCK_PARAMS)) for x (n, C): x + attn(ln1(x)), then that +
-// mlp(ln2(that)), as TransformerBlock (norm_first) computes it, writing each row's key and value
-// into the block's caches.
+// One pre-norm block (parameters p[0 .. BLOCK_PARAMS)) for x (n, C): x + attn(norm1(x)), then
+// that + mlp(norm2(that)), as TransformerBlock (norm_first) and LlamaBlock compute it, writing
+// each row's key and value into the block's caches.
 static at::Tensor block_forward(const at::Tensor& x, const opt* p, const at::Tensor& k_cache,
                                 const at::Tensor& v_cache, const int64_t* slot, const int64_t* pos,
-                                int64_t last, int64_t heads, double eps, int64_t act) {
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == heads && k_cache.is_contiguous() &&
+                                int64_t last, const Switches& w) {
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == w.kv_heads && k_cache.is_contiguous() &&
                   v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
-                  k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
-              "decode_block: contiguous float32 caches (slots, heads, L, D)");
+                  k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat &&
+                  w.kv_heads >= 1 && w.heads % w.kv_heads == 0,
+              "decode_stack: contiguous float32 caches (slots, kv_heads, L, D), kv_heads dividing heads");
   const int64_t D = k_cache.size(3);
-  const float* c = table(p[16], last, D);
-  const float* s = table(p[17], last, D);
-  TORCH_CHECK((c == nullptr) == (s == nullptr), "decode_block: both rotary tables or neither");
-  at::Tensor qkv = product(layer_norm(x, need(p[0], "ln1 weight"), p[1], eps),
+  Heads a{w.heads, w.kv_heads, head_weight(p[5], D), head_weight(p[6], D), float(w.qk_eps),
+          table(p[18], last, D), table(p[19], last, D), w.window};
+  TORCH_CHECK((a.cos == nullptr) == (a.sin == nullptr), "decode_stack: both rotary tables or neither");
+  TORCH_CHECK((a.qn == nullptr) == (a.kn == nullptr), "decode_stack: both q/k norms or neither");
+  at::Tensor qkv = product(norm(x, need(p[0], "norm 1 weight"), p[1], w.eps, w.rms),
                            need(p[2], "qkv weight"), p[3], p[4]);
-  TORCH_CHECK(qkv.size(1) == 3 * heads * D, "decode_block: qkv rows [q | k | v] of heads x D");
-  at::Tensor a = attend(qkv, k_cache, v_cache, slot, pos, heads, c, s);
-  at::Tensor y = add_(product(a, need(p[5], "out weight"), p[6], p[7]), x);
-  at::Tensor u =
-      product(layer_norm(y, need(p[8], "ln2 weight"), p[9], eps), need(p[10], "up weight"), p[11], p[12]);
-  if (act == 0)
+  at::Tensor att = attend(qkv, k_cache, v_cache, slot, pos, a);
+  at::Tensor y = add_(product(att, need(p[7], "out weight"), p[8], p[9]), x);
+  at::Tensor u = product(norm(y, need(p[10], "norm 2 weight"), p[11], w.eps, w.rms),
+                         need(p[12], "up weight"), p[13], p[14]);
+  if (w.act == 3) {  // SwiGLU: silu(gate) * up
+    const int64_t F = u.size(1) / 2;
+    u = at::silu(u.narrow(1, 0, F)).mul_(u.narrow(1, F, F)).contiguous();
+  } else if (w.act == 0) {
     at::relu_(u);
-  else
-    at::gelu_(u, act == 2 ? "tanh" : "none");
-  return add_(product(u, need(p[13], "down weight"), p[14], p[15]), y);
+  } else {
+    at::gelu_(u, w.act == 2 ? "tanh" : "none");
+  }
+  return add_(product(u, need(p[15], "down weight"), p[16], p[17]), y);
 }
 
-// x (n, C) float32, one new token per row; the block's weights (int8 ones with their scales);
-// k_cache, v_cache (slots, H, L, D) float32; slots, positions (n,) int64; cos, sin (P, D) rotary
-// tables or None; act 0 relu, 1 gelu, 2 gelu (tanh) -> the block's output (n, C).
-static at::Tensor decode_block(const at::Tensor& x, const at::Tensor& ln1_w, const opt& ln1_b,
-                               const at::Tensor& qkv_w, const opt& qkv_s, const opt& qkv_b,
-                               const at::Tensor& out_w, const opt& out_s, const opt& out_b,
-                               const at::Tensor& ln2_w, const opt& ln2_b, const at::Tensor& up_w,
-                               const opt& up_s, const opt& up_b, const at::Tensor& down_w,
-                               const opt& down_s, const opt& down_b, const at::Tensor& k_cache,
-                               const at::Tensor& v_cache, const at::Tensor& slots,
-                               const at::Tensor& positions, const opt& cos, const opt& sin,
-                               int64_t heads, double eps, int64_t act) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "decode_block: x (n, C) float32");
-  TORCH_CHECK(k_cache.dim() == 4, "decode_block: caches (slots, heads, L, D)");
-  at::Tensor sl, ps;
-  int64_t last;
-  rows_of(slots, positions, k_cache, x.size(0), sl, ps, last);
-  const opt p[BLOCK_PARAMS] = {ln1_w, ln1_b, qkv_w, qkv_s, qkv_b, out_w, out_s, out_b, ln2_w,
-                               ln2_b, up_w,  up_s,  up_b,  down_w, down_s, down_b, cos, sin};
-  return block_forward(x, p, k_cache, v_cache, sl.data_ptr<int64_t>(), ps.data_ptr<int64_t>(),
-                       last, heads, eps, act);
-}
-
-// Every block of a stack in one call (a decode step of a whole GPT backbone): params holds
-// BLOCK_PARAMS per block, in order; k_caches[i], v_caches[i] are block i's caches. Saves the
-// Python between blocks (~40 us a block for GPT-2 small: a tenth of an int8 step).
+// Every block of a stack in one call (a decode step of a whole model): x (n, C) float32, one new
+// token per row; params holds BLOCK_PARAMS per block, in order; k_caches[i], v_caches[i] are block
+// i's (slots, kv_heads, L, D) float32 caches; slots, positions (n,) -> the last block's output
+// (n, C). Saves the Python between blocks (~40 us a block for GPT-2 small: a tenth of an int8
+// step).
 static at::Tensor decode_stack(const at::Tensor& x, const c10::List<opt>& params,
                                at::TensorList k_caches, at::TensorList v_caches,
                                const at::Tensor& slots, const at::Tensor& positions, int64_t heads,
-                               double eps, int64_t act) {
+                               int64_t kv_heads, double eps, int64_t act, bool rms, int64_t window,
+                               double qk_eps) {
   const int64_t blocks = k_caches.size();
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "decode_stack: x (n, C) float32");
   TORCH_CHECK(blocks >= 1 && int64_t(v_caches.size()) == blocks &&
                   int64_t(params.size()) == blocks * BLOCK_PARAMS,
               "decode_stack: ", BLOCK_PARAMS, " parameters and two caches per block");
-  TORCH_CHECK(k_caches[0].dim() == 4, "decode_stack: caches (slots, heads, L, D)");
+  TORCH_CHECK(k_caches[0].dim() == 4, "decode_stack: caches (slots, kv_heads, L, D)");
+  TORCH_CHECK(act >= 0 && act <= 3 && window >= 0, "decode_stack: act 0-3, window >= 0");
   at::Tensor sl, ps;
   int64_t last;
   rows_of(slots, positions, k_caches[0], x.size(0), sl, ps, last);
+  const Switches w{heads, kv_heads, eps, act, rms, window, qk_eps};
   std::vector<opt> p(params.begin(), params.end());
   at::Tensor y = x.contiguous();
   for (int64_t i = 0; i < blocks; ++i) {
     TORCH_CHECK(k_caches[i].sizes() == k_caches[0].sizes(), "decode_stack: caches of one size");
     y = block_forward(y, p.data() + i * BLOCK_PARAMS, k_caches[i], v_caches[i],
-                      sl.data_ptr<int64_t>(), ps.data_ptr<int64_t>(), last, heads, eps, act);
+                      sl.data_ptr<int64_t>(), ps.data_ptr<int64_t>(), last, w);
   }
   return y;
 }
@@ -556,18 +597,12 @@ LMFORGE_LIBRARY(LMFORGE_NS, m) {
   m.def("int8_linear(Tensor x, Tensor w, Tensor scale, Tensor? b) -> Tensor");
   m.def("has_vnni() -> bool", &has_vnni);
   m.def(
-      "decode_block(Tensor x, Tensor ln1_w, Tensor? ln1_b, Tensor qkv_w, Tensor? qkv_s, "
-      "Tensor? qkv_b, Tensor out_w, Tensor? out_s, Tensor? out_b, Tensor ln2_w, Tensor? ln2_b, "
-      "Tensor up_w, Tensor? up_s, Tensor? up_b, Tensor down_w, Tensor? down_s, Tensor? down_b, "
-      "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor? cos, "
-      "Tensor? sin, int heads, float eps, int act) -> Tensor");
-  m.def(
       "decode_stack(Tensor x, Tensor?[] params, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, "
-      "Tensor slots, Tensor positions, int heads, float eps, int act) -> Tensor");
+      "Tensor slots, Tensor positions, int heads, int kv_heads, float eps, int act, bool rms, "
+      "int window, float qk_eps) -> Tensor");
 }
 LMFORGE_LIBRARY_IMPL(LMFORGE_NS, CPU, m) {
   m.impl("small_linear", &small_linear);
   m.impl("int8_linear", &int8_linear);
-  m.impl("decode_block", &decode_block);
   m.impl("decode_stack", &decode_stack);
 }

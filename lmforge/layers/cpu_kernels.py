@@ -14,9 +14,9 @@ AMX Xeon, 2 threads, 377 MB of 768 x 3072 weights (so, from memory): 1 row 33 GB
 or int8 (a float32 scale per row, layers/quant.py's Int8Linear), or None where it cannot be had;
 callers then keep torch's kernels. `int8_linear()` (where the CPU has AVX-512 VNNI) rounds the
 rows to int8 per row first and sums in int32, 64 products an instruction: GPT-2 small in int8,
-one stream, then decodes at CTranslate2's int8 speed on an AMX Xeon. `decode_block()` runs a
-pre-norm block for a decode step in one call (layers/layout.py's block_step), `decode_stack()`
-every block of a model (layout.py's stack_step). They are built the
+one stream, then decodes at CTranslate2's int8 speed on an AMX Xeon. `decode_stack()` runs the
+pre-norm blocks of a GPT or Llama-style model for a decode step in one call (layers/layout.py's
+stack_step and block_step). They are built the
 first time a process asks (about 10 s) with the C++ compiler ($CXX, else c++), torch's headers
 and the flags of the instruction set torch itself runs (torch.backends.cpu.get_cpu_capability():
 AVX512, AVX2 or neither, so ATEN_CPU_CAPABILITY=avx2 gets AVX2 code), into the kernel cache
@@ -69,16 +69,9 @@ def small_linear(isa: str | None = None) -> Callable | None:
     return None if ops is None else ops.small_linear
 
 
-def decode_block(isa: str | None = None) -> Callable | None:
-    """The fused decode block op (see cpu_kernels.cpp and layers/layout.py's `block_step`), or
-    None where the kernels are off or cannot be built."""
-    ops = _library(isa)
-    return None if ops is None else ops.decode_block
-
-
 def decode_stack(isa: str | None = None) -> Callable | None:
-    """The fused decode op for a whole stack of blocks (layers/layout.py's `stack_step`), or None
-    where the kernels are off or cannot be built."""
+    """The fused decode op for a stack of blocks (see cpu_kernels.cpp and layers/layout.py's
+    `stack_step`), or None where the kernels are off or cannot be built."""
     ops = _library(isa)
     return None if ops is None else ops.decode_stack
 

@@ -22,13 +22,15 @@ kept while the blocks stay the same (the Python between blocks cost GPT-2 small'
 ~0.45 ms of ~4.9).
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.layers.attention import SlotKVCache, SlotRows
-from lmforge.layers.cpu_kernels import MAX_ROWS, decode_block, small_linear
+from lmforge.layers.cpu_kernels import MAX_ROWS, small_linear
 from lmforge.layers.cpu_kernels import decode_stack as stack_op
 from lmforge.layers.heads import LMHead
 from lmforge.layers.quant import PACK, Int8Linear
@@ -120,8 +122,8 @@ def train_layout_(model: nn.Module) -> int:
     return changed
 
 
-def _weights(module: nn.Module, int8_path: str | None) -> tuple | None:
-    """(weight, scale, bias) of a linear layer the kernel runs, else None; `int8_path`: what an
+def linear_params(module: nn.Module, int8_path: str | None) -> tuple | None:
+    """(weight, scale, bias) of a linear layer the kernels run, else None; `int8_path`: what an
     Int8Linear of the int8pack kernel runs for these rows (Int8Linear.path). (Parameters and
     buffers are read from their dicts: nn.Module's attribute lookup for them cost the decode
     step ~0.4 ms of GPT-2 small's 12 blocks.)"""
@@ -136,6 +138,11 @@ def _weights(module: nn.Module, int8_path: str | None) -> tuple | None:
     return None
 
 
+def int8_path(module: nn.Module, n: int) -> str | None:
+    """What `module` runs n float32 rows with when it is an int8pack Int8Linear, else None."""
+    return module.path(n) if type(module) is Int8Linear and module.kernel == PACK else None
+
+
 def _activation(module: nn.Module) -> int | None:
     if type(module) is nn.ReLU:
         return 0
@@ -144,13 +151,14 @@ def _activation(module: nn.Module) -> int | None:
     return None
 
 
-def _hooked(*modules: nn.Module) -> bool:
+def hooked(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def _block_params(block: nn.Module, n: int) -> tuple | None:
-    """(the fused block's 18 parameters of `block` in decode_block's order, (heads, eps, act))
-    for steps of n rows, or None where it cannot run the block (see block_step)."""
+    """For a pre-norm GPT TransformerBlock and steps of n rows: (its 20 parameters in the fused
+    kernel's order, its switches (heads, kv_heads, eps, act, rms, window, qk_eps)), or None where
+    the kernel cannot run it (see block_step). Llama's blocks have their own (models/llama.py)."""
     if (
         type(block) is not TransformerBlock
         or not block.norm_first
@@ -169,78 +177,49 @@ def _block_params(block: nn.Module, n: int) -> tuple | None:
         or type(norm1) is not nn.LayerNorm
         or type(norm2) is not nn.LayerNorm
         or norm1.eps != norm2.eps
-        or _hooked(block, attn)
+        or hooked(block, attn)
     ):
         return None
     inner, mlp = attn._modules, ffn._modules
-    qkv = inner["qkv"]
-    int8_path = qkv.path(n) if type(qkv) is Int8Linear and qkv.kernel == PACK else None
-    linears = [_weights(m, int8_path) for m in (qkv, inner["out"], mlp["up"], mlp["down"])]
+    path = int8_path(inner["qkv"], n)
+    linears = [linear_params(m, path) for m in (inner["qkv"], inner["out"], mlp["up"], mlp["down"])]
     act = _activation(mlp["act"])
     if act is None or None in linears:
         return None
     rotary = inner.get("rotary")
     tables = (None, None) if rotary is None else (rotary._buffers["cos"], rotary._buffers["sin"])
     ln1, ln2 = norm1._parameters, norm2._parameters
-    qkv_p, out_p, up_p, down_p = linears
-    params = (ln1["weight"], ln1["bias"], *qkv_p, *out_p, ln2["weight"], ln2["bias"], *up_p)
-    return (*params, *down_p, *tables), (attn.num_heads, norm1.eps, act)
-
-
-def block_step(block: nn.Module, x: Tensor, cache: SlotKVCache, rows: SlotRows) -> Tensor | None:
-    """`block`'s output for x (n, C), row i the one new token of slot rows.rows[i] at position
-    rows.positions[i] (writing its key and value into `cache`), in one call of the fused decode
-    block; None where that block cannot run so (then the caller runs it as usual): anything but
-    a pre-norm causal TransformerBlock in eval mode with LayerNorms, one key/value head per query
-    head, its linear layers in the small-rows kernel (decode_layout_, or int8), a float32
-    cache, no hooks and no captured attention."""
-    op = decode_block()
-    if (
-        op is None
-        or torch.is_grad_enabled()
-        or x.dtype != torch.float32
-        or cache.k.dtype != torch.float32
-    ):
-        return None
-    found = _block_params(block, x.shape[0])
-    if found is None:
-        return None
-    params, (heads, eps, act) = found
-    return op(x.contiguous(), *params[:16], cache.k, cache.v, rows.rows, rows.positions,
-              *params[16:], heads, eps, act)  # fmt: skip
+    (qkv_p, out_p, up_p, down_p), no_qk_norm = linears, (None, None)
+    params = (ln1["weight"], ln1["bias"], *qkv_p, *no_qk_norm, *out_p, ln2["weight"], ln2["bias"])
+    switches = (attn.num_heads, attn.num_heads, norm1.eps, act, False, 0, 0.0)
+    return (*params, *up_p, *down_p, *tables), switches
 
 
 def _fingerprint(block: nn.Module) -> tuple:
-    """What a stack plan of `block` rests on, cheap to read at every step: its mode, hooks and
-    flags, and which modules, classes, parameters and buffers it holds (a module swapped by
-    quantize_/train_layout_, a parameter replaced or a hook added changes it)."""
-    parts = block._modules
-    attn = parts["attn"]
-    act = parts["ffn"]._modules.get("act")
-    key = [block.training, block.norm_first, getattr(attn, "capture_probs", None)]
-    key.append(getattr(act, "approximate", None))
+    """What a stack plan of `block` rests on, cheap to read at every step: its class, mode and
+    hooks, and which modules (and their classes, flags, parameters and buffers) it holds two
+    levels down: a module swapped by quantize_/train_layout_, a parameter replaced or a hook
+    added changes it."""
+    key = [block.__class__, block.training, getattr(block, "norm_first", None)]
     key += (len(block._forward_hooks), len(block._forward_pre_hooks))
-    key += (len(attn._forward_hooks), len(attn._forward_pre_hooks))
-    for part in (attn, parts["ffn"]):
-        for module in part._modules.values():
-            key += (id(module), module.__class__)
+    for child in block._modules.values():
+        key += (id(child), child.__class__, getattr(child, "capture_probs", None))
+        key += (len(child._forward_hooks), len(child._forward_pre_hooks))
+        key += map(id, child._parameters.values())
+        for module in child._modules.values():
+            key += (id(module), module.__class__, getattr(module, "approximate", None))
             key += map(id, module._parameters.values())
             key += map(id, module._buffers.values())
-    for name in ("attn_norm", "ffn_norm"):
-        key += map(id, parts[name]._parameters.values())
     return tuple(key)
 
 
 _PLAN = "_lmforge_decode_plan"  # a ModuleList's cached plans (in its __dict__, not a submodule)
+Params = Callable[[nn.Module, int], "tuple | None"]
 
 
-def stack_step(blocks: nn.ModuleList, x: Tensor, caches: list[SlotKVCache], rows: SlotRows):
-    """Every block of `blocks` for a decode step (as block_step, block i with caches[i]) in one
-    call of the kernels' decode_stack: the blocks' parameters are gathered once into a plan kept
-    on the ModuleList and reused while every block's _fingerprint stays the same (the Python of
-    block_step cost GPT-2 small's int8 step ~0.45 ms of ~4.9). None where some block cannot run
-    so (then the caller runs them one by one)."""
-    op = stack_op()
+def _run(
+    op, blocks, params_of: Params, x: Tensor, caches: list, rows: SlotRows, plans: dict | None
+):
     n = x.shape[0]
     if (
         op is None
@@ -248,23 +227,58 @@ def stack_step(blocks: nn.ModuleList, x: Tensor, caches: list[SlotKVCache], rows
         or x.dtype != torch.float32
         or caches[0].k.dtype != torch.float32
         or not 1 <= n <= MAX_ROWS
-        or any(type(block) is not TransformerBlock for block in blocks)
     ):
         return None
-    key = tuple(_fingerprint(block) for block in blocks)
-    plans = blocks.__dict__.setdefault(_PLAN, {})
-    plan = plans.get(n)
-    if plan is None or plan[0] != key:
-        found = [_block_params(block, n) for block in blocks]
-        params = None
-        if None not in found and len({shape for _, shape in found}) == 1:
-            params = [p for block_params, _ in found for p in block_params]
-        # the plan holds every module the key names, so no id in the key can be reused
-        held = [m for block in blocks for m in block.modules()]
-        plan = plans[n] = (key, params, found[0][1] if params else None, held)
-    _, params, shape, _ = plan
+    if plans is None:  # one block, no plan kept
+        found = [params_of(block, n) for block in blocks]
+        plan = (None, *_gather(found), None)
+    else:
+        key = tuple(_fingerprint(block) for block in blocks)
+        plan = plans.get(n)
+        if plan is None or plan[0] != key:
+            found = [params_of(block, n) for block in blocks]
+            # the plan holds every module the key names, so no id in the key can be reused
+            held = [m for block in blocks for m in block.modules()]
+            plan = plans[n] = (key, *_gather(found), held)
+    _, params, switches, _ = plan
     if params is None:
         return None
     k = [cache.k for cache in caches]
     v = [cache.v for cache in caches]
-    return op(x.contiguous(), params, k, v, rows.rows, rows.positions, *shape)
+    return op(x.contiguous(), params, k, v, rows.rows, rows.positions, *switches)
+
+
+def _gather(found: list) -> tuple:
+    """(every block's parameters in one list, the switches) where every block runs in the
+    kernel with the same switches, else (None, None)."""
+    if None in found or len({switches for _, switches in found}) != 1:
+        return None, None
+    return [p for params, _ in found for p in params], found[0][1]
+
+
+def block_step(block: nn.Module, x: Tensor, cache: SlotKVCache, rows: SlotRows) -> Tensor | None:
+    """`block`'s output for x (n, C), row i the one new token of slot rows.rows[i] at position
+    rows.positions[i] (writing its key and value into `cache`), in one call of the fused decode
+    kernel; None where that block cannot run so (then the caller runs it as usual): anything but
+    a pre-norm causal TransformerBlock in eval mode with LayerNorms, one key/value head per query
+    head, its linear layers in the small-rows kernel (decode_layout_, or int8), a float32
+    cache, no hooks and no captured attention."""
+    return _run(stack_op(), [block], _block_params, x, [cache], rows, None)
+
+
+def stack_step(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    caches: list[SlotKVCache],
+    rows: SlotRows,
+    params_of: Params = _block_params,
+) -> Tensor | None:
+    """Every block of `blocks` for a decode step (as block_step, block i with caches[i]) in one
+    call of the kernels' decode_stack: the blocks' parameters (`params_of(block, n)`: GPT's
+    TransformerBlock by default) are gathered once into a plan kept on the ModuleList and reused
+    while every block's _fingerprint stays the same (the Python of block_step cost GPT-2 small's
+    int8 step ~0.45 ms of ~4.9). None where some block cannot run so (then the caller runs them
+    one by one)."""
+    return _run(
+        stack_op(), blocks, params_of, x, caches, rows, blocks.__dict__.setdefault(_PLAN, {})
+    )

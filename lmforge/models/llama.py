@@ -21,6 +21,7 @@ from lmforge.layers.attention import (
 )
 from lmforge.layers.embeddings import ROPE_SCALINGS, RotaryEmbedding
 from lmforge.layers.heads import LMHead
+from lmforge.layers.layout import MAX_ROWS, hooked, int8_path, linear_params, stack_step
 from lmforge.models.base import Backbone, TransformerLM, check_config, init_normal
 
 # ---------------------------------------------------------------- config
@@ -241,9 +242,59 @@ class LlamaBackbone(Backbone):
         """Packed ids (1, N) of an engine's rows -> hidden (1, N, C); each token sits at its
         batch.positions of its own slot (the engine keeps them below max_seq_len)."""
         x = self.embed(token_ids)
+        # A decode step (one group of rows, one new token each) runs every block in one kernel
+        # call where it can (layers/layout.py: stack_step).
+        group = batch.groups[0] if len(batch.groups) == 1 else None
+        if group is not None and group.shape[1] == 1:
+            y = stack_step(self.blocks, x[0], batch.caches, group, decode_params)
+            if y is not None:
+                return self.final_norm(y[None])
         for i, block in enumerate(self.blocks):
             x = block(x, None, batch.layer(i))
         return self.final_norm(x)
+
+
+def decode_params(block: nn.Module, n: int) -> tuple | None:
+    """For a LlamaBlock and decode steps of n rows: (its 20 parameters in the fused kernel's
+    order, its switches), as layers/layout.py's stack_step takes them; None where the kernel
+    cannot run it (training, hooks, captured attention, linear layers outside the kernels)."""
+    if type(block) is not LlamaBlock or block.training or not 1 <= n <= MAX_ROWS:
+        return None
+    parts = block._modules
+    attn, ffn, norm1, norm2 = parts["attn"], parts["ffn"], parts["attn_norm"], parts["ffn_norm"]
+    inner = attn._modules
+    q_norm, k_norm, rotary = inner.get("q_norm"), inner.get("k_norm"), inner.get("rotary")
+    if (
+        attn.capture_probs
+        or hooked(block, attn)
+        or rotary is None
+        or norm1.eps is None
+        or norm1.eps != norm2.eps
+        or (q_norm is not None and (q_norm.eps is None or q_norm.eps != k_norm.eps))
+    ):
+        return None
+    path = int8_path(inner["qkv"], n)
+    mlp = ffn._modules
+    linears = [
+        linear_params(m, path) for m in (inner["qkv"], inner["out"], mlp["gate_up"], mlp["down"])
+    ]
+    if None in linears:
+        return None
+    (qkv_p, out_p, up_p, down_p) = linears
+    norms = (None, None) if q_norm is None else (q_norm.weight, k_norm.weight)
+    tables = rotary._buffers["cos"], rotary._buffers["sin"]
+    params = (norm1.weight, None, *qkv_p, *norms, *out_p, norm2.weight, None, *up_p, *down_p)
+    window = attn.sliding_window or 0
+    qk_eps = 0.0 if q_norm is None else q_norm.eps
+    return (*params, *tables), (
+        attn.num_heads,
+        attn.num_kv_heads,
+        norm1.eps,
+        3,
+        True,
+        window,
+        qk_eps,
+    )
 
 
 # ---------------------------------------------------------------- tasks

@@ -102,7 +102,7 @@ def test_training_and_int8_still_work_on_the_new_layout(mode):
 # ---------------------------------------------------------------- block_step (the fused block)
 
 requires_kernels = pytest.mark.skipif(
-    cpu_kernels.decode_block() is None, reason="lmforge's kernels do not build here (no c++)"
+    cpu_kernels.decode_stack() is None, reason="lmforge's kernels do not build here (no c++)"
 )
 
 

@@ -9,6 +9,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.engine import Engine, SamplingParams
+from lmforge.layers import cpu_kernels
 from lmforge.layers.embeddings import rotary_inv_freq
 from lmforge.models.llama import PRESETS, LlamaBackbone, LlamaCausalLM, LlamaConfig
 
@@ -494,3 +495,76 @@ def test_export_keeps_the_tokenizer_metadata(tmp_path):
     assert again.special_tokens() == tok.special_tokens()
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == list(tok.eos_ids)
+
+
+# ---------------------------------------------------------------- the fused decode step
+
+requires_kernels = pytest.mark.skipif(
+    cpu_kernels.decode_stack() is None, reason="lmforge's kernels do not build here (no c++)"
+)
+
+
+@requires_kernels
+@pytest.mark.parametrize("variant", sorted(VARIANTS) + ["int8"])
+def test_fused_decode_step_equals_the_blocks(variant):
+    """stack_step with Llama's decode_params (RMSNorm, GQA, q/k norms, a window, SwiGLU) gives
+    the Python blocks' output and writes the same keys and values, rows at different places."""
+    from lmforge.layers.attention import SlotBatch, SlotView
+    from lmforge.layers.layout import decode_layout_, stack_step
+    from lmforge.layers.quant import quantize_
+    from lmforge.models.llama import decode_params
+
+    torch.manual_seed(0)
+    model = tiny_llama(**VARIANTS.get(variant, {}))
+    if variant == "int8":
+        quantize_(model, "int8")
+    decode_layout_(model)
+    mine, theirs = model.init_slots(8, 16), model.init_slots(8, 16)
+    with torch.inference_mode():
+        for caches in (mine, theirs):  # the same prompts in slots 1, 4, 6
+            torch.manual_seed(1)
+            for slot, length in ((1, 5), (4, 9), (6, 2)):
+                model.step_slots(torch.randint(0, 50, (1, length)), caches, [slot], [0])
+        blocks = model.backbone.blocks
+        for rows, starts in (([1, 4, 6], [5, 9, 2]), ([4], [10]), ([0, 1, 2, 3], [0, 6, 0, 0])):
+            batch = SlotBatch(mine, [(rows, starts, 1)], "cpu")
+            x = torch.randn(len(rows), 32)
+            fused = stack_step(blocks, x, mine, batch.groups[0], decode_params)
+            assert fused is not None
+            plain = x[None]
+            for i, block in enumerate(blocks):
+                plain = block(plain, None, SlotView(theirs[i], batch))
+            torch.testing.assert_close(fused, plain[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.k, b.k, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.v, b.v, atol=1e-6, rtol=1e-5)
+
+
+@requires_kernels
+def test_engine_decodes_through_the_fused_step_with_the_same_tokens(monkeypatch):
+    import lmforge.models.llama as llama
+
+    model = tiny_llama(qk_norm=True, head_dim=16, sliding_window=6)
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+    calls = []
+    real = llama.stack_step
+
+    def spy(*args):
+        out = real(*args)
+        calls.append(out is not None)
+        return out
+
+    def decode(stack):
+        monkeypatch.setattr(llama, "stack_step", stack)
+        engine = Engine(model, slots=3, threads=1)
+        params = SamplingParams(max_new_tokens=10, temperature=0, logprobs=2)
+        handles = [engine.submit([i + 1] * (2 + 3 * i), params) for i in range(3)]
+        engine.run()
+        return [h.tokens for h in handles], [[t.logprob for t in h.logprobs] for h in handles]
+
+    fused_tokens, fused_logprobs = decode(spy)
+    plain_tokens, plain_logprobs = decode(lambda *a: None)
+    assert any(calls) and fused_tokens == plain_tokens
+    for a, b in zip(fused_logprobs, plain_logprobs):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
