@@ -1,8 +1,9 @@
 """Budget-aware recipes (issue #20): a --max-time or --max-tokens run picks, among the sizes its
-preset lists as `candidates`, the one its budget can feed, and dropout when tokens per parameter
-run high. The rule's numbers (one set per family, RULES) come from the steps-matched table in
-docs/budget_table.json (README, "Budget-aware recipes"): change them with new measurements, not
-by feel.
+preset lists as `candidates`, the one its budget can feed, weight decay when the budget reads its
+data many times over, and dropout when tokens per parameter run high. The rule's numbers (one set
+per family, RULES) come from measured runs (the steps-matched table in docs/budget_table.json,
+README "Budget-aware recipes", and 10-minute runs): change them with new measurements, not by
+feel.
 """
 
 import logging
@@ -31,6 +32,16 @@ MIN_TOKENS_PER_PARAM = 1.0
 # steps useful.
 DROPOUT_TOKENS_PER_PARAM = 8.0
 DROPOUT = 0.1
+# Stronger weight decay once a budget reads the training data ~4 times or more (Muon and AdamW:
+# decoupled decay on the block and head matrices). Measured on the Xeon (1M-character Tiny
+# Shakespeare): 6 x 192 in 10 minutes, gpt-shakespeare 1.471-1.478 with the presets' 0.1 (4.2-4.8
+# passes, train 1.12), 1.449 with 0.5 (5.3 passes, train 1.19) and 1.449 with 1.0 (5.5, train
+# 1.24); llama-shakespeare 1.480 -> 1.451 with 0.5 (4.9 passes; 1.453 with 1.0); 4 x 128 at the
+# AVX2 EPYC's 10-minute 5.9M tokens, 1.480 -> 1.462. But gpt-baby in 90 s (2 passes, still
+# learning: train 1.42) went 1.582 -> 1.600 with 0.5: the decay pays only once the data repeats.
+# Tokens per parameter do not tell these apart (1.85 for gpt-baby's, 1.89 for 6 x 192's).
+DECAY_EPOCHS = 4.0
+WEIGHT_DECAY = 0.5
 
 # The char RNNs (char-rnn-lstm-shakespeare, char-rnn-gru-shakespeare: one layer of 256 or 512
 # units, the TensorFlow tutorial's constant-rate Adam recipe), measured steps-matched for the
@@ -51,14 +62,19 @@ RNN_DROPOUT = 0.1
 @dataclass(frozen=True)
 class Rule:
     """The largest candidate with at least `min_tokens_per_param` tokens per parameter; `dropout`
-    (at least) from `dropout_tokens_per_param` on."""
+    (at least) from `dropout_tokens_per_param` on; `weight_decay` (at least) once the budget
+    reads the training data `decay_epochs` times (None: the preset's always)."""
 
     min_tokens_per_param: float
     dropout_tokens_per_param: float
     dropout: float
+    decay_epochs: float | None = None
+    weight_decay: float = 0.0
 
 
-TRANSFORMER_RULE = Rule(MIN_TOKENS_PER_PARAM, DROPOUT_TOKENS_PER_PARAM, DROPOUT)
+TRANSFORMER_RULE = Rule(
+    MIN_TOKENS_PER_PARAM, DROPOUT_TOKENS_PER_PARAM, DROPOUT, DECAY_EPOCHS, WEIGHT_DECAY
+)
 RULES = {
     "char_rnn": Rule(RNN_MIN_TOKENS_PER_PARAM, RNN_DROPOUT_TOKENS_PER_PARAM, RNN_DROPOUT),
 }  # by family; any other (gpt, llama) takes TRANSFORMER_RULE
@@ -82,15 +98,18 @@ def choose_recipe(
     device: torch.device,
     block_size: int,
     rates: list[float] | None = None,
+    train_tokens: int | None = None,
 ) -> tuple[dict, dict]:
     """The run's model config with the choice applied, and the choice (config.json's
-    "auto_choice"; weight decay is reported, not changed: the table shows no gain from it).
+    "auto_choice"; its "weight_decay" is the run's: the caller applies it to the TrainConfig).
 
     Args:
         explicit: the option names the user gave (flags or --config): those always win.
         build: model config dict -> task, to count each candidate's parameters and time it.
         rates: tokens/s of each candidate (the probe's result); None runs the probe when the
             budget is a time.
+        train_tokens: the training split's tokens (the budget's passes over it set the decay;
+            None: the preset's decay).
     """
     shapes = [dict(c) for c in preset["candidates"]]
     fields = {k for shape in shapes for k in shape}  # num_layers, embed_dim, ... : the size
@@ -121,13 +140,23 @@ def choose_recipe(
             )
             tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
             per_param = tokens[pick] / params[pick]
+    weight_decay = cfg.weight_decay
+    epochs = tokens[pick] / train_tokens if train_tokens else None
+    if (
+        "weight_decay" not in explicit
+        and rule.decay_epochs is not None
+        and epochs is not None
+        and epochs >= rule.decay_epochs
+    ):
+        weight_decay = max(weight_decay, rule.weight_decay)
     choice = {
         **shapes[pick],
         "dropout": dropout,
-        "weight_decay": cfg.weight_decay,
+        "weight_decay": weight_decay,
         "params": params[pick],
         "tokens": int(tokens[pick]),
         "tokens_per_param": round(per_param, 2),
+        "epochs": None if epochs is None else round(epochs, 1),
         "tokens_per_s": None if rates is None else round(rates[pick]),
         "candidates": [
             {**s, "params": p, "tokens": int(t), **({"tokens_per_s": round(r)} if rates else {})}
@@ -180,7 +209,7 @@ def probe_throughput(tasks, cfg: TrainConfig, device, block_size: int, vocab: in
 
 def describe(choice: dict, seconds: float | None) -> str:
     """The one line a run prints about its choice, e.g. "10 min at ~21k tok/s = ~12.6M tokens:
-    6 x 192, dropout 0.1 (4.8 tokens/parameter)"."""
+    6 x 192, dropout 0.1, weight decay 0.5 (4.8 tokens/parameter, 12.6 passes)"."""
     size = size_name(choice)
     head = f"{_count(choice['tokens'])} tokens"
     if seconds is not None and choice["tokens_per_s"] is not None:
@@ -188,9 +217,11 @@ def describe(choice: dict, seconds: float | None) -> str:
         head = f"{when} at ~{_count(choice['tokens_per_s'])} tok/s = ~{head}"
     others = [size_name(c) for c in choice["candidates"]]
     among = f" (of {', '.join(others)})" if len(others) > 1 else ""
+    passes = f", {choice['epochs']:g} passes" if choice.get("epochs") is not None else ""
     return (
-        f"budget: {head}: {size}{among}, dropout {choice['dropout']:g} "
-        f"({choice['tokens_per_param']:g} tokens/parameter; --no-auto keeps the preset's)"
+        f"budget: {head}: {size}{among}, dropout {choice['dropout']:g}, weight decay "
+        f"{choice['weight_decay']:g} ({choice['tokens_per_param']:g} tokens/parameter{passes}; "
+        "--no-auto keeps the preset's)"
     )
 
 

@@ -299,8 +299,10 @@ def _train(options: dict, held: ExitStack) -> dict:
             lambda c: build_task(preset["family"], c, spec),
             dev,
             block_size,
+            train_tokens=data.num_tokens("train"),
         )
         log.info("%s", choice["reason"])
+        cfg = dataclasses.replace(cfg, weight_decay=choice["weight_decay"])
     ckpt_path = None
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one

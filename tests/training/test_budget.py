@@ -1,6 +1,7 @@
 """Budget-aware recipes: the size and dropout a --max-time / --max-tokens run picks, and how the
 choice is printed, saved, reported, overridden and kept on --resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -26,7 +27,7 @@ def tiny_candidates(monkeypatch):
     return [build_task("gpt", {**model_cfg, **shape}).num_params() for shape in (SMALL, LARGE)]
 
 
-def _choose(preset_name, explicit=(), rates=None, **train):
+def _choose(preset_name, explicit=(), rates=None, train_tokens=None, **train):
     preset = get_preset(preset_name)
     model_cfg = {**preset["config"], "dropout": 0.0}
     cfg = TrainConfig(preset=preset_name, **train)
@@ -39,6 +40,7 @@ def _choose(preset_name, explicit=(), rates=None, **train):
         torch.device("cpu"),
         128,
         rates=rates,
+        train_tokens=train_tokens,
     )
 
 
@@ -71,6 +73,24 @@ def test_the_choice_follows_the_tokens_the_measured_throughput_buys():
     assert model["dropout"] == budget.DROPOUT and choice["tokens_per_param"] >= 8
     assert choice["reason"].startswith("budget: 10 min at ~")
     assert "6 x 192" in choice["reason"] and "dropout 0.1" in choice["reason"]
+
+
+def test_weight_decay_rises_once_the_budget_reads_the_data_many_times():
+    preset_decay = get_preset("gpt-shakespeare")["train"]["weight_decay"]
+    assert preset_decay < budget.WEIGHT_DECAY
+    data = 1_000_000  # training tokens
+    for passes, decay in ((2.0, preset_decay), (budget.DECAY_EPOCHS, 0.5), (6.0, 0.5)):
+        tokens = int(passes * data)
+        model, choice = _choose("gpt-shakespeare", train_tokens=data, max_tokens=tokens)
+        assert choice["weight_decay"] == decay and choice["epochs"] == passes
+        assert (
+            f"weight decay {decay:g}" in choice["reason"]
+            and f"{passes:g} passes" in choice["reason"]
+        )
+    _, choice = _choose("gpt-shakespeare", max_tokens=6 * data)  # data size unknown: the preset's
+    assert choice["weight_decay"] == preset_decay and choice["epochs"] is None
+    _, choice = _choose("gpt-shakespeare", {"weight_decay"}, train_tokens=data, max_tokens=6 * data)
+    assert choice["weight_decay"] == preset_decay  # the user's --weight-decay wins
 
 
 def test_a_token_budget_needs_no_probe_and_the_smaller_of_both_budgets_counts(monkeypatch):
@@ -128,9 +148,15 @@ def test_resume_keeps_the_choice_without_probing_again(
     out = tmp_path / "run"
     argv = ["--data", str(tiny_text), *TINY, "--out", str(out)]
     budget_tokens = 2 * tiny_candidates[1]  # 2 tokens per parameter of the larger one
+    # decay from 1 pass over the ~20 KB text here (this budget reads it ~2 times), so the run's
+    # chosen weight decay differs from the preset's and must be what the resumed run uses
+    rule = dataclasses.replace(budget.TRANSFORMER_RULE, decay_epochs=1.0)
+    monkeypatch.setattr(budget, "TRANSFORMER_RULE", rule)
     first, _ = _train([*argv, "--max-tokens", str(budget_tokens)], capsys, caplog)
     assert {k: first["auto_choice"][k] for k in LARGE} == LARGE
     config = json.loads((out / "config.json").read_text())
+    assert first["auto_choice"]["epochs"] >= 1.0
+    assert config["train"]["weight_decay"] == first["auto_choice"]["weight_decay"] == 0.5
 
     def no_probe(*args, **kwargs):
         raise AssertionError("a resumed run must not probe")
@@ -142,6 +168,7 @@ def test_resume_keeps_the_choice_without_probing_again(
     assert again["auto_choice"] == first["auto_choice"] and not said
     after = json.loads((out / "config.json").read_text())
     assert after["model"] == config["model"] and after["auto_choice"] == config["auto_choice"]
+    assert after["train"]["weight_decay"] == 0.5  # the chosen decay goes on
     assert again["tokens"] > first["tokens"]
 
 
