@@ -268,6 +268,8 @@ def decode_params(block: nn.Module, n: int) -> tuple | None:
         attn.capture_probs
         or hooked(block, attn)
         or rotary is None
+        or type(norm1) is not nn.RMSNorm
+        or type(norm2) is not nn.RMSNorm
         or norm1.eps is None
         or norm1.eps != norm2.eps
         or (q_norm is not None and (q_norm.eps is None or q_norm.eps != k_norm.eps))
