@@ -42,6 +42,13 @@ DROPOUT = 0.1
 # Tokens per parameter do not tell these apart (1.85 for gpt-baby's, 1.89 for 6 x 192's).
 DECAY_EPOCHS = 4.0
 WEIGHT_DECAY = 0.5
+# torch.compile (inductor) for a time budget this long or longer on a CPU: the first step then
+# compiles for ~20 s on 2 cores, and every later one runs faster (its norms, rotary and SwiGLU
+# fused). Measured on the Xeon (6 x 192, batch 12 x 128, fp32): a step 165 -> 142 ms for
+# gpt-shakespeare, 192 -> 146 ms for llama-shakespeare; a 10-minute llama-shakespeare run made
+# 5.64M tokens (9.4k tok/s) against 4.9-5.3M eager. It pays for its 20 s from ~2.5 minutes on;
+# gpt-baby's 90 s would lose a fifth of its steps to it.
+COMPILE_MIN_SECONDS = 300.0
 
 # The char RNNs (char-rnn-lstm-shakespeare, char-rnn-gru-shakespeare: one layer of 256 or 512
 # units, the TensorFlow tutorial's constant-rate Adam recipe), measured steps-matched for the
@@ -63,17 +70,24 @@ RNN_DROPOUT = 0.1
 class Rule:
     """The largest candidate with at least `min_tokens_per_param` tokens per parameter; `dropout`
     (at least) from `dropout_tokens_per_param` on; `weight_decay` (at least) once the budget
-    reads the training data `decay_epochs` times (None: the preset's always)."""
+    reads the training data `decay_epochs` times (None: the preset's always); torch.compile for a
+    time budget of `compile_min_seconds` or more on a CPU (None: only when asked)."""
 
     min_tokens_per_param: float
     dropout_tokens_per_param: float
     dropout: float
     decay_epochs: float | None = None
     weight_decay: float = 0.0
+    compile_min_seconds: float | None = None
 
 
 TRANSFORMER_RULE = Rule(
-    MIN_TOKENS_PER_PARAM, DROPOUT_TOKENS_PER_PARAM, DROPOUT, DECAY_EPOCHS, WEIGHT_DECAY
+    MIN_TOKENS_PER_PARAM,
+    DROPOUT_TOKENS_PER_PARAM,
+    DROPOUT,
+    DECAY_EPOCHS,
+    WEIGHT_DECAY,
+    COMPILE_MIN_SECONDS,
 )
 RULES = {
     "char_rnn": Rule(RNN_MIN_TOKENS_PER_PARAM, RNN_DROPOUT_TOKENS_PER_PARAM, RNN_DROPOUT),
@@ -149,10 +163,20 @@ def choose_recipe(
         and epochs >= rule.decay_epochs
     ):
         weight_decay = max(weight_decay, rule.weight_decay)
+    compiled = cfg.compile
+    if (
+        "compile" not in explicit
+        and rule.compile_min_seconds is not None
+        and seconds is not None
+        and seconds >= rule.compile_min_seconds
+        and torch.device(device).type == "cpu"
+    ):
+        compiled = True
     choice = {
         **shapes[pick],
         "dropout": dropout,
         "weight_decay": weight_decay,
+        "compile": compiled,
         "params": params[pick],
         "tokens": int(tokens[pick]),
         "tokens_per_param": round(per_param, 2),
@@ -209,7 +233,7 @@ def probe_throughput(tasks, cfg: TrainConfig, device, block_size: int, vocab: in
 
 def describe(choice: dict, seconds: float | None) -> str:
     """The one line a run prints about its choice, e.g. "10 min at ~21k tok/s = ~12.6M tokens:
-    6 x 192, dropout 0.1, weight decay 0.5 (4.8 tokens/parameter, 12.6 passes)"."""
+    6 x 192, dropout 0.1, weight decay 0.5, torch.compile (4.8 tokens/parameter, 12.6 passes)"."""
     size = size_name(choice)
     head = f"{_count(choice['tokens'])} tokens"
     if seconds is not None and choice["tokens_per_s"] is not None:
@@ -218,10 +242,11 @@ def describe(choice: dict, seconds: float | None) -> str:
     others = [size_name(c) for c in choice["candidates"]]
     among = f" (of {', '.join(others)})" if len(others) > 1 else ""
     passes = f", {choice['epochs']:g} passes" if choice.get("epochs") is not None else ""
+    compiled = ", torch.compile" if choice.get("compile") else ""
     return (
         f"budget: {head}: {size}{among}, dropout {choice['dropout']:g}, weight decay "
-        f"{choice['weight_decay']:g} ({choice['tokens_per_param']:g} tokens/parameter{passes}; "
-        "--no-auto keeps the preset's)"
+        f"{choice['weight_decay']:g}{compiled} ({choice['tokens_per_param']:g} tokens/parameter"
+        f"{passes}; --no-auto keeps the preset's)"
     )
 
 

@@ -302,7 +302,9 @@ def _train(options: dict, held: ExitStack) -> dict:
             train_tokens=data.num_tokens("train"),
         )
         log.info("%s", choice["reason"])
-        cfg = dataclasses.replace(cfg, weight_decay=choice["weight_decay"])
+        cfg = dataclasses.replace(
+            cfg, weight_decay=choice["weight_decay"], compile=choice.get("compile", cfg.compile)
+        )
     ckpt_path = None
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one

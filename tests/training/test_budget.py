@@ -111,6 +111,44 @@ def test_explicit_flags_win_over_the_choice():
     assert model["embed_dim"] == 192 and model["dropout"] == 0.0
 
 
+def test_a_long_time_budget_on_a_cpu_compiles_the_model():
+    rates = [1e4, 1e4]
+    for name in ("gpt-shakespeare", "llama-shakespeare"):
+        _, choice = _choose(name, rates=rates, max_time="10m")
+        assert choice["compile"] is True and ", torch.compile (" in choice["reason"]
+        _, short = _choose(name, rates=rates, max_time="90s")  # 20 s of compiling would not pay
+        assert short["compile"] is False and "torch.compile" not in short["reason"]
+    _, tokens = _choose("gpt-shakespeare", max_tokens=10**7)  # no time budget: as asked
+    assert tokens["compile"] is False
+    _, asked = _choose("gpt-shakespeare", {"compile"}, rates, max_time="10m", compile=False)
+    assert asked["compile"] is False  # --no-compile wins
+    _, rnn = _choose(RNN, rates=rates, max_time="10m")  # no compile rule for the char RNNs
+    assert rnn["compile"] is False
+
+
+def test_the_chosen_compile_reaches_the_loop_and_config(
+    tiny_text, tmp_path, capsys, caplog, tiny_candidates, monkeypatch
+):
+    from lmforge.training import loop
+
+    compiled = []
+
+    def record(loss_fn):  # stands in for torch.compile (minutes of inductor in a unit test)
+        compiled.append(loss_fn)
+        return loss_fn
+
+    monkeypatch.setattr(loop, "_compiled", record)
+    rule = dataclasses.replace(budget.TRANSFORMER_RULE, compile_min_seconds=1.0)
+    monkeypatch.setattr(budget, "TRANSFORMER_RULE", rule)
+    argv = ["--data", str(tiny_text), *TINY, "--max-time", "2s"]
+    result, said = _train([*argv, "--out", str(tmp_path / "a")], capsys, caplog)
+    assert result["auto_choice"]["compile"] is True and "torch.compile" in said[0]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["compile"] is True
+    assert len(compiled) == 1
+    result, said = _train([*argv, "--no-compile", "--out", str(tmp_path / "b")], capsys, caplog)
+    assert result["auto_choice"]["compile"] is False and len(compiled) == 1
+
+
 def test_every_candidate_builds_in_its_preset():
     for name in (
         "gpt-baby",
