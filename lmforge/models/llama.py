@@ -336,12 +336,13 @@ _FINE_TUNE = dict(
 
 PRESETS = {
     "llama-shakespeare": dict(
-        # gpt-shakespeare's shape and recipe (4 x 128, context 128, Muon at 5e-3 on a cosine
+        # gpt-shakespeare's shape and recipe (4 x 128, context 256, Muon at 5e-3 on a cosine
         # that ends at the 10-minute budget) with Llama's blocks: RMSNorm, SwiGLU at 2/3 of GPT's
         # 4x width (the same parameters per block, LLaMA paper section 2), rotary positions.
+        # 6 x 192 in 10 minutes on an AMX Xeon (compiled): context 128 1.452, 256 1.433.
         config=dict(
             vocab_size=65,
-            max_seq_len=128,
+            max_seq_len=256,
             embed_dim=128,
             num_heads=4,
             num_kv_heads=4,
@@ -358,8 +359,8 @@ PRESETS = {
         ],
         train=dict(
             optimizer="muon",
-            batch_size=12,
-            block_size=128,
+            batch_size=6,
+            block_size=256,
             lr=5e-3,
             min_lr=1e-4,
             warmup_steps=100,
