@@ -26,7 +26,7 @@ import _timing
 import lmforge
 from lmforge.files import write_atomic
 from lmforge.presets import build_task, get_preset
-from lmforge.training.budget import size_name
+from lmforge.training.budget import candidate_model, size_name
 
 
 def run_one(preset: str, shape: dict, tokens: int, dropout: float, data: str, threads: int):
@@ -163,7 +163,7 @@ def main() -> int:
             todo = [t for t in args.tokens if t not in done]
             if not todo:
                 continue
-            params = build_task(preset["family"], {**config, **shape}).num_params()
+            params = build_task(preset["family"], candidate_model(config, shape)).num_params()
             if is_curve:  # one run gives every budget's row
                 rows = run_curve(args.preset, shape, todo, dropout, args.data, args.threads)
             else:  # one run per budget, each row kept as soon as it is made

@@ -228,6 +228,14 @@ class GPTCausalLM(TransformerLM):
 # README "Budget-aware recipes" has what each reaches at several token budgets.
 _SHAPE_4X128 = dict(num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512)
 _SHAPE_6X192 = dict(num_layers=6, embed_dim=192, num_heads=6, ffn_dim=768)
+# 6 x 192 reading context 256 at batch 6 (the same tokens per step as 12 x 128): once the budget
+# recipe's weight decay holds off overfitting, the longer context pays for this size. 10 minutes
+# on an AMX Xeon (compiled, decay 0.5): gpt-shakespeare 1.449 at context 128 -> 1.426 and 1.439
+# at 256; llama-shakespeare 1.4515 -> 1.433 and 1.437 (with the old 0.1 decay it had bought
+# nothing: 1.480 -> 1.476). Not 4 x 128: steps-matched at 5.9M tokens it reached 1.464 at 256
+# against 1.462 at 128, on steps ~1.35x slower (eager).
+_LONG = dict(max_seq_len=256, batch_size=6)
+_SHAPE_6X192_LONG = {**_SHAPE_6X192, **_LONG}
 
 PRESETS = {
     "gpt-tiny-wine": dict(
@@ -301,13 +309,11 @@ PRESETS = {
         # that machine: 4 x 192 at batch 32 -> 1.607 val; 4 x 128 at batch 16 -> 1.559; this
         # (batch 12, lr 2.5e-3) -> 1.543. Muon for the block matrices then gave 1.491 at lr
         # 2.5e-3 and 1.480 at 5e-3 (this); dropout 0.1 cost a third of the steps (1.579).
-        # torch.compile bought nothing at this size there. Context 256 (batch 6: the same tokens
-        # per step) once the budget recipe's weight decay held off overfitting: 6 x 192 in 10
-        # minutes on an AMX Xeon, 1.449 at context 128 -> 1.426 at 256 (compiled, 5.0M tokens);
-        # with the presets' 0.1 decay it had bought nothing (llama-shakespeare 1.480 -> 1.476).
+        # torch.compile bought nothing at this size there. The 6 x 192 candidate reads context
+        # 256 (_SHAPE_6X192_LONG).
         config=dict(
             vocab_size=65,
-            max_seq_len=256,
+            max_seq_len=128,
             embed_dim=128,
             num_heads=4,
             num_layers=4,
@@ -319,12 +325,12 @@ PRESETS = {
             use_bias=False,
         ),
         tokenizer="char",
-        about="4 x 128 pre-norm GPT, rotary positions, context 256: Shakespeare in 10 CPU minutes",
-        candidates=[_SHAPE_4X128, _SHAPE_6X192],
+        about="4 x 128 pre-norm GPT, rotary positions, context 128: Shakespeare in 10 CPU minutes",
+        candidates=[_SHAPE_4X128, _SHAPE_6X192_LONG],
         train=dict(
             optimizer="muon",
-            batch_size=6,
-            block_size=256,
+            batch_size=12,
+            block_size=128,
             lr=5e-3,
             min_lr=1e-4,
             warmup_steps=100,

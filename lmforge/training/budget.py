@@ -6,6 +6,7 @@ README "Budget-aware recipes", and 10-minute runs): change them with new measure
 feel.
 """
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -32,15 +33,19 @@ MIN_TOKENS_PER_PARAM = 1.0
 # steps useful.
 DROPOUT_TOKENS_PER_PARAM = 8.0
 DROPOUT = 0.1
-# Stronger weight decay once a budget reads the training data ~4 times or more (Muon and AdamW:
+# Stronger weight decay once a budget reads the training data 3 times or more (Muon and AdamW:
 # decoupled decay on the block and head matrices). Measured on the Xeon (1M-character Tiny
 # Shakespeare): 6 x 192 in 10 minutes, gpt-shakespeare 1.471-1.478 with the presets' 0.1 (4.2-4.8
 # passes, train 1.12), 1.449 with 0.5 (5.3 passes, train 1.19) and 1.449 with 1.0 (5.5, train
 # 1.24); llama-shakespeare 1.480 -> 1.451 with 0.5 (4.9 passes; 1.453 with 1.0); 4 x 128 at the
 # AVX2 EPYC's 10-minute 5.9M tokens, 1.480 -> 1.462. But gpt-baby in 90 s (2 passes, still
 # learning: train 1.42) went 1.582 -> 1.600 with 0.5: the decay pays only once the data repeats.
-# Tokens per parameter do not tell these apart (1.85 for gpt-baby's, 1.89 for 6 x 192's).
-DECAY_EPOCHS = 4.0
+# Tokens per parameter do not tell these apart (1.85 for gpt-baby's, 1.89 for 6 x 192's). The
+# line sits at 3 passes, between the 2 that lost and the 4.2 that gained (3 itself unmeasured):
+# the probe times eager steps, and a compiled 10-minute run reads 1.1-1.3x the tokens it
+# foresees (probes of 6.0-7.7k tok/s, i.e. 3.6-4.6 passes foreseen, for runs that then read
+# 4.9-5.5M tokens), so a line at 4 would drop the decay on a slow-probing minute.
+DECAY_EPOCHS = 3.0
 WEIGHT_DECAY = 0.5
 # torch.compile (inductor) for a time budget this long or longer on a CPU: the first step then
 # compiles for ~20 s on 2 cores, and every later one runs faster (its norms, rotary and SwiGLU
@@ -64,6 +69,12 @@ RNN_MIN_TOKENS_PER_PARAM = 3.0
 # measured on an RNN yet) only past what was seen still improving.
 RNN_DROPOUT_TOKENS_PER_PARAM = 23.0
 RNN_DROPOUT = 0.1
+
+
+# What a candidate may set besides its size: its context (the model's max_seq_len, which is then
+# the run's block size) and the batch that keeps its tokens per step. A user's --block-size,
+# --max-seq-len or --batch-size sets them for every candidate.
+CONTEXT_FIELDS = ("max_seq_len", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -126,16 +137,35 @@ def choose_recipe(
             None: the preset's decay).
     """
     shapes = [dict(c) for c in preset["candidates"]]
-    fields = {k for shape in shapes for k in shape}  # num_layers, embed_dim, ... : the size
+    if explicit & {*CONTEXT_FIELDS, "block_size", "global_batch_size", "grad_accum"}:
+        # the user's context and batch hold for every candidate
+        shapes = [{k: v for k, v in s.items() if k not in CONTEXT_FIELDS} for s in shapes]
+    fields = {k for shape in shapes for k in shape} - set(CONTEXT_FIELDS)  # the size
     if explicit & fields:  # the user sized the model: time that shape alone
         shapes = [{k: model_cfg[k] for k in sorted(fields)}]
-    tasks = [build({**model_cfg, **shape}) for shape in shapes]
+    # (batch, block) of each candidate: its own context where it names one, else the run's
+    contexts = [
+        (s.get("batch_size", cfg.batch_size), s.get("max_seq_len", block_size)) for s in shapes
+    ]
+    tasks = [build(candidate_model(model_cfg, shape)) for shape in shapes]
     params = [task.num_params() for task in tasks]
     seconds = parse_duration(cfg.max_time)
     vocab = model_cfg["vocab_size"]
     probing = rates is None and seconds is not None
-    if probing:
-        rates = probe_throughput(tasks, cfg, device, block_size, vocab, seconds)
+    if probing:  # one probe per context, all of that context's candidates in it
+        rates = [0.0] * len(tasks)
+        for batch, block in dict.fromkeys(contexts):
+            group = [i for i, c in enumerate(contexts) if c == (batch, block)]
+            timed = probe_throughput(
+                [tasks[i] for i in group],
+                dataclasses.replace(cfg, batch_size=batch),
+                device,
+                block,
+                vocab,
+                seconds,
+            )
+            for i, rate in zip(group, timed):
+                rates[i] = rate
     rates_or_none = list(rates or [None] * len(tasks))
     rates = rates and rates_or_none  # a copy, which the dropout probe below may update
     tokens = [_budget_tokens(cfg.max_tokens, seconds, rate) for rate in rates_or_none]
@@ -148,9 +178,15 @@ def choose_recipe(
     if "dropout" not in explicit and per_param >= rule.dropout_tokens_per_param:
         dropout = max(dropout, rule.dropout)
         if probing:  # dropout slows a CPU step (by a third for 4 x 128): time it again
-            with_dropout = build({**model_cfg, **shapes[pick], "dropout": dropout})
+            with_dropout = build({**candidate_model(model_cfg, shapes[pick]), "dropout": dropout})
+            batch, block = contexts[pick]
             (rates[pick],) = probe_throughput(
-                [with_dropout], cfg, device, block_size, vocab, seconds
+                [with_dropout],
+                dataclasses.replace(cfg, batch_size=batch),
+                device,
+                block,
+                vocab,
+                seconds,
             )
             tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
             per_param = tokens[pick] / params[pick]
@@ -187,11 +223,18 @@ def choose_recipe(
             for s, p, t, r in zip(shapes, params, tokens, rates_or_none)
         ],
     }
+    if any(k in shapes[pick] for k in CONTEXT_FIELDS):  # the setup applies these two
+        choice["batch_size"], choice["block_size"] = contexts[pick]
     choice["reason"] = describe(choice, seconds)
-    new_model = {**model_cfg, **shapes[pick]}
+    new_model = candidate_model(model_cfg, shapes[pick])
     if "dropout" in model_cfg or dropout:
         new_model["dropout"] = dropout
     return new_model, choice
+
+
+def candidate_model(model_cfg: dict, shape: dict) -> dict:
+    """The model config of a candidate: its size and context (max_seq_len), not its batch."""
+    return {**model_cfg, **{k: v for k, v in shape.items() if k != "batch_size"}}
 
 
 def _budget_tokens(max_tokens: int | None, seconds: float | None, rate: float | None) -> float:
@@ -241,6 +284,8 @@ def describe(choice: dict, seconds: float | None) -> str:
         head = f"{when} at ~{_count(choice['tokens_per_s'])} tok/s = ~{head}"
     others = [size_name(c) for c in choice["candidates"]]
     among = f" (of {', '.join(others)})" if len(others) > 1 else ""
+    if choice.get("block_size") is not None:
+        among += f", context {choice['block_size']} at batch {choice['batch_size']}"
     passes = f", {choice['epochs']:g} passes" if choice.get("epochs") is not None else ""
     compiled = ", torch.compile" if choice.get("compile") else ""
     return (

@@ -305,6 +305,9 @@ def _train(options: dict, held: ExitStack) -> dict:
         cfg = dataclasses.replace(
             cfg, weight_decay=choice["weight_decay"], compile=choice.get("compile", cfg.compile)
         )
+        if choice.get("block_size") is not None:  # a candidate with a context of its own
+            block_size = choice["block_size"]
+            cfg = dataclasses.replace(cfg, batch_size=choice["batch_size"], block_size=block_size)
     ckpt_path = None
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one

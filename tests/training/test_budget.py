@@ -55,7 +55,9 @@ def _train(argv, capsys, caplog) -> tuple[dict, list[str]]:
 
 def test_the_choice_follows_the_tokens_the_measured_throughput_buys():
     params = [
-        build_task("gpt", {**get_preset("gpt-shakespeare")["config"], **shape}).num_params()
+        build_task(
+            "gpt", budget.candidate_model(get_preset("gpt-shakespeare")["config"], shape)
+        ).num_params()
         for shape in get_preset("gpt-shakespeare")["candidates"]
     ]
     small, large = params
@@ -149,6 +151,47 @@ def test_the_chosen_compile_reaches_the_loop_and_config(
     assert result["auto_choice"]["compile"] is False and len(compiled) == 1
 
 
+def test_a_candidate_with_a_context_of_its_own_is_timed_and_trained_at_it(monkeypatch):
+    calls = []
+
+    def probe(tasks, cfg, device, block_size, vocab, seconds):
+        calls.append((cfg.batch_size, block_size, [t.config.max_seq_len for t in tasks]))
+        return [1e4] * len(tasks)
+
+    monkeypatch.setattr(budget, "probe_throughput", probe)
+    for name in ("gpt-shakespeare", "llama-shakespeare"):
+        calls.clear()
+        model, choice = _choose(name, max_time="10m")  # 6M tokens: 6 x 192 is fed
+        assert calls == [(12, 128, [128]), (6, 256, [256])]  # each at its own batch and block
+        assert model["embed_dim"] == 192 and model["max_seq_len"] == 256
+        assert (choice["batch_size"], choice["block_size"]) == (6, 256)
+        assert "6 x 192 (of 4 x 128, 6 x 192), context 256 at batch 6," in choice["reason"]
+        model, choice = _choose(name, rates=[1e3, 1e3], max_time="10m")  # 4 x 128: the run's
+        assert model["embed_dim"] == 128 and model["max_seq_len"] == 128
+        assert "block_size" not in choice and "context" not in choice["reason"]
+    for given in ("block_size", "max_seq_len", "batch_size", "global_batch_size"):
+        model, choice = _choose("gpt-shakespeare", {given}, [1e4, 1e4], max_time="10m")
+        assert model["embed_dim"] == 192 and model["max_seq_len"] == 128  # the user's context
+        assert "block_size" not in choice
+
+
+def test_the_chosen_context_reaches_the_run(tiny_text, tmp_path, capsys, caplog, monkeypatch):
+    long_ = {**LARGE, "max_seq_len": 32, "batch_size": 2}
+    monkeypatch.setitem(gpt.PRESETS["gpt-baby"], "candidates", [SMALL, long_])
+    model_cfg = {**gpt.PRESETS["gpt-baby"]["config"], "vocab_size": 40, **long_}
+    model_cfg.pop("batch_size")
+    tokens = 2 * build_task("gpt", model_cfg).num_params()  # 2 per parameter: the large one
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_text), "--preset", "gpt-baby", "--tokenizer", "char"]
+    argv += ["--threads", "1", "--eval-every", "1000", "--eval-tokens", "256"]
+    result, said = _train([*argv, "--max-tokens", str(tokens), "--out", str(out)], capsys, caplog)
+    assert (result["auto_choice"]["block_size"], result["auto_choice"]["batch_size"]) == (32, 2)
+    assert "context 32 at batch 2" in said[0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["max_seq_len"] == 32 and config["data"]["block_size"] == 32
+    assert config["train"]["batch_size"] == 2 and config["train"]["block_size"] == 32
+
+
 def test_every_candidate_builds_in_its_preset():
     for name in (
         "gpt-baby",
@@ -159,7 +202,7 @@ def test_every_candidate_builds_in_its_preset():
     ):
         preset = get_preset(name)
         for shape in preset["candidates"]:
-            task = build_task(preset["family"], {**preset["config"], **shape})
+            task = build_task(preset["family"], budget.candidate_model(preset["config"], shape))
             assert task.num_params() > 0
 
 
@@ -227,11 +270,11 @@ def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
 
     def probe(tasks, cfg, device, block_size, vocab, seconds):
         calls.append([t.config.dropout for t in tasks])
-        return [1e6] * len(tasks) if len(calls) == 1 else [2e4]  # dropout: a slower step
+        return [1e6 if t.config.dropout == 0 else 2e4 for t in tasks]  # dropout: a slower step
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
     model, choice = _choose("gpt-shakespeare", max_time="10m")
-    assert calls == [[0.0, 0.0], [budget.DROPOUT]]
+    assert calls == [[0.0], [0.0], [budget.DROPOUT]]  # a probe per context, then with dropout
     assert model["embed_dim"] == 192 and model["dropout"] == budget.DROPOUT
     assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
 
