@@ -73,7 +73,7 @@ RNN_DROPOUT = 0.1
 
 # What a candidate may set besides its size: its context (the model's max_seq_len, which is then
 # the run's block size) and the batch that keeps its tokens per step. A user's --block-size,
-# --max-seq-len or --batch-size sets them for every candidate.
+# --max-seq-len, --batch-size, --global-batch-size or --grad-accum sets them for every candidate.
 CONTEXT_FIELDS = ("max_seq_len", "batch_size")
 
 
@@ -152,19 +152,18 @@ def choose_recipe(
     seconds = parse_duration(cfg.max_time)
     vocab = model_cfg["vocab_size"]
     probing = rates is None and seconds is not None
+
+    def probe(timed: list, context: tuple[int, int]) -> list[float]:
+        batch, block = context
+        return probe_throughput(
+            timed, dataclasses.replace(cfg, batch_size=batch), device, block, vocab, seconds
+        )
+
     if probing:  # one probe per context, all of that context's candidates in it
         rates = [0.0] * len(tasks)
-        for batch, block in dict.fromkeys(contexts):
-            group = [i for i, c in enumerate(contexts) if c == (batch, block)]
-            timed = probe_throughput(
-                [tasks[i] for i in group],
-                dataclasses.replace(cfg, batch_size=batch),
-                device,
-                block,
-                vocab,
-                seconds,
-            )
-            for i, rate in zip(group, timed):
+        for context in dict.fromkeys(contexts):
+            group = [i for i, c in enumerate(contexts) if c == context]
+            for i, rate in zip(group, probe([tasks[i] for i in group], context)):
                 rates[i] = rate
     rates_or_none = list(rates or [None] * len(tasks))
     rates = rates and rates_or_none  # a copy, which the dropout probe below may update
@@ -179,15 +178,7 @@ def choose_recipe(
         dropout = max(dropout, rule.dropout)
         if probing:  # dropout slows a CPU step (by a third for 4 x 128): time it again
             with_dropout = build({**candidate_model(model_cfg, shapes[pick]), "dropout": dropout})
-            batch, block = contexts[pick]
-            (rates[pick],) = probe_throughput(
-                [with_dropout],
-                dataclasses.replace(cfg, batch_size=batch),
-                device,
-                block,
-                vocab,
-                seconds,
-            )
+            (rates[pick],) = probe([with_dropout], contexts[pick])
             tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
             per_param = tokens[pick] / params[pick]
     weight_decay = cfg.weight_decay
