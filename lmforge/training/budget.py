@@ -1,9 +1,9 @@
 """Budget-aware recipes (issue #20): a --max-time or --max-tokens run picks, among the sizes its
 preset lists as `candidates`, the one its budget can feed, weight decay when the budget reads its
-data many times over, and dropout when tokens per parameter run high. The rule's numbers (one set
-per family, RULES) come from measured runs (the steps-matched table in docs/budget_table.json,
-README "Budget-aware recipes", and 10-minute runs): change them with new measurements, not by
-feel.
+data many times over, and dropout when tokens per parameter or passes run high. The rule's
+numbers (one set per family, RULES) come from measured runs (the steps-matched table in
+docs/budget_table.json, README "Budget-aware recipes", and 10- and 30-minute runs): change them
+with new measurements, not by feel.
 """
 
 import dataclasses
@@ -33,6 +33,17 @@ MIN_TOKENS_PER_PARAM = 1.0
 # steps useful.
 DROPOUT_TOKENS_PER_PARAM = 8.0
 DROPOUT = 0.1
+# ... and past this many passes over the training data, whatever the size: 6 x 192 in 30 minutes
+# on an AMX Xeon (context 256, decay 0.5, compiled; 15.6M tokens, 15 passes, 5.9 tokens per
+# parameter) kept 1.453 at its best (step 9,000 of 10,187; the last 1.490, train 0.93), worse
+# than its 1.42 in 10 minutes (5 passes, where no dropout was needed); with dropout 0.1 (12.4M
+# tokens, 12 passes) 1.429, best at the end. 8 sits between the two (unmeasured there).
+DROPOUT_EPOCHS = 8.0
+# The recipe's dropout leaves the attention probabilities alone (the models' attention_dropout
+# 0): on a CPU dropout inside attention takes SDPA off its fused kernel. A 6 x 192 step at
+# context 256, batch 6 (Xeon, eager): 196 ms without dropout, 374 ms with 0.1 everywhere, 227 ms
+# with 0.1 on the embeddings and residual branches only.
+ATTENTION_DROPOUT = 0.0
 # Stronger weight decay once a budget reads the training data 3 times or more (Muon and AdamW:
 # decoupled decay on the block and head matrices). Measured on the Xeon (1M-character Tiny
 # Shakespeare): 6 x 192 in 10 minutes, gpt-shakespeare 1.471-1.478 with the presets' 0.1 (4.2-4.8
@@ -80,7 +91,9 @@ CONTEXT_FIELDS = ("max_seq_len", "batch_size")
 @dataclass(frozen=True)
 class Rule:
     """The largest candidate with at least `min_tokens_per_param` tokens per parameter; `dropout`
-    (at least) from `dropout_tokens_per_param` on; `weight_decay` (at least) once the budget
+    (at least) from `dropout_tokens_per_param` on or once the budget reads the training data
+    `dropout_epochs` times (None: tokens per parameter alone), with `attention_dropout` on the
+    attention probabilities (None: the model's own); `weight_decay` (at least) once the budget
     reads the training data `decay_epochs` times (None: the preset's always); torch.compile for a
     time budget of `compile_min_seconds` or more on a CPU (None: only when asked)."""
 
@@ -90,6 +103,8 @@ class Rule:
     decay_epochs: float | None = None
     weight_decay: float = 0.0
     compile_min_seconds: float | None = None
+    dropout_epochs: float | None = None
+    attention_dropout: float | None = None
 
 
 TRANSFORMER_RULE = Rule(
@@ -99,6 +114,8 @@ TRANSFORMER_RULE = Rule(
     DECAY_EPOCHS,
     WEIGHT_DECAY,
     COMPILE_MIN_SECONDS,
+    DROPOUT_EPOCHS,
+    ATTENTION_DROPOUT,
 )
 RULES = {
     "char_rnn": Rule(RNN_MIN_TOKENS_PER_PARAM, RNN_DROPOUT_TOKENS_PER_PARAM, RNN_DROPOUT),
@@ -173,16 +190,23 @@ def choose_recipe(
     fed = [i for i in order if tokens[i] >= rule.min_tokens_per_param * params[i]]
     pick = fed[-1] if fed else order[0]
     per_param = tokens[pick] / params[pick]
-    dropout = model_cfg.get("dropout", 0.0)
-    if "dropout" not in explicit and per_param >= rule.dropout_tokens_per_param:
+    epochs = tokens[pick] / train_tokens if train_tokens else None
+    dropout, dropped = model_cfg.get("dropout", 0.0), {}
+    repeats = rule.dropout_epochs is not None and epochs is not None
+    if "dropout" not in explicit and (
+        per_param >= rule.dropout_tokens_per_param or (repeats and epochs >= rule.dropout_epochs)
+    ):
         dropout = max(dropout, rule.dropout)
-        if probing:  # dropout slows a CPU step (by a third for 4 x 128): time it again
-            with_dropout = build({**candidate_model(model_cfg, shapes[pick]), "dropout": dropout})
+        dropped = {"dropout": dropout}
+        if rule.attention_dropout is not None and "attention_dropout" not in explicit:
+            dropped["attention_dropout"] = rule.attention_dropout
+        if probing:  # dropout slows a CPU step (by 15% for 6 x 192): time it again
+            with_dropout = build({**candidate_model(model_cfg, shapes[pick]), **dropped})
             (rates[pick],) = probe([with_dropout], contexts[pick])
             tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
             per_param = tokens[pick] / params[pick]
+            epochs = tokens[pick] / train_tokens if train_tokens else None
     weight_decay = cfg.weight_decay
-    epochs = tokens[pick] / train_tokens if train_tokens else None
     if (
         "weight_decay" not in explicit
         and rule.decay_epochs is not None
@@ -202,6 +226,11 @@ def choose_recipe(
     choice = {
         **shapes[pick],
         "dropout": dropout,
+        **(
+            {"attention_dropout": dropped["attention_dropout"]}
+            if "attention_dropout" in dropped
+            else {}
+        ),
         "weight_decay": weight_decay,
         "compile": compiled,
         "params": params[pick],
@@ -220,6 +249,7 @@ def choose_recipe(
     new_model = candidate_model(model_cfg, shapes[pick])
     if "dropout" in model_cfg or dropout:
         new_model["dropout"] = dropout
+    new_model.update(dropped)
     return new_model, choice
 
 
@@ -267,7 +297,8 @@ def probe_throughput(tasks, cfg: TrainConfig, device, block_size: int, vocab: in
 
 def describe(choice: dict, seconds: float | None) -> str:
     """The one line a run prints about its choice, e.g. "10 min at ~21k tok/s = ~12.6M tokens:
-    6 x 192, dropout 0.1, weight decay 0.5, torch.compile (4.8 tokens/parameter, 12.6 passes)"."""
+    6 x 192, dropout 0.1 (attention 0), weight decay 0.5, torch.compile (4.8 tokens/parameter,
+    12.6 passes)"."""
     size = size_name(choice)
     head = f"{_count(choice['tokens'])} tokens"
     if seconds is not None and choice["tokens_per_s"] is not None:
@@ -279,8 +310,11 @@ def describe(choice: dict, seconds: float | None) -> str:
         among += f", context {choice['block_size']} at batch {choice['batch_size']}"
     passes = f", {choice['epochs']:g} passes" if choice.get("epochs") is not None else ""
     compiled = ", torch.compile" if choice.get("compile") else ""
+    dropout = f"dropout {choice['dropout']:g}"
+    if choice["dropout"] and choice.get("attention_dropout") is not None:
+        dropout += f" (attention {choice['attention_dropout']:g})"
     return (
-        f"budget: {head}: {size}{among}, dropout {choice['dropout']:g}, weight decay "
+        f"budget: {head}: {size}{among}, {dropout}, weight decay "
         f"{choice['weight_decay']:g}{compiled} ({choice['tokens_per_param']:g} tokens/parameter"
         f"{passes}; --no-auto keeps the preset's)"
     )

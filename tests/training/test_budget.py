@@ -95,6 +95,32 @@ def test_weight_decay_rises_once_the_budget_reads_the_data_many_times():
     assert choice["weight_decay"] == preset_decay  # the user's --weight-decay wins
 
 
+def test_dropout_comes_with_many_passes_and_spares_the_attention():
+    """Past DROPOUT_EPOCHS passes a fed candidate gets dropout even under 8 tokens/parameter, on
+    the embeddings and residual branches only (attention_dropout 0 keeps SDPA's fused kernel)."""
+    data = 1_000_000  # training tokens
+    for passes, dropout in ((budget.DROPOUT_EPOCHS - 1, 0.0), (budget.DROPOUT_EPOCHS, 0.1)):
+        model, choice = _choose("gpt-shakespeare", train_tokens=data, max_tokens=int(passes * data))
+        assert model["embed_dim"] == 192 and choice["epochs"] == passes
+        assert choice["tokens_per_param"] < budget.DROPOUT_TOKENS_PER_PARAM
+        assert model["dropout"] == choice["dropout"] == dropout
+    assert model["attention_dropout"] == choice["attention_dropout"] == 0.0
+    assert "dropout 0.1 (attention 0), weight decay 0.5" in choice["reason"]
+    task = build_task("gpt", model)
+    block = task.backbone.blocks[0]
+    assert (block.attn.dropout, block.attn_dropout.p, block.ffn.dropout.p) == (0.0, 0.1, 0.1)
+    assert task.backbone.embed.dropout.p == 0.1
+    # the user's --attention-dropout wins; the data size unknown: tokens per parameter alone
+    args = dict(train_tokens=data, max_tokens=8 * data)
+    model, choice = _choose("gpt-shakespeare", {"attention_dropout"}, **args)
+    assert model["dropout"] == 0.1 and "attention_dropout" not in model
+    assert "attention_dropout" not in choice and "dropout 0.1, weight" in choice["reason"]
+    model, _ = _choose("llama-shakespeare", **args)
+    assert model["dropout"] == 0.1 and model["attention_dropout"] == 0.0
+    model, choice = _choose("gpt-shakespeare", max_tokens=8 * data)
+    assert model["dropout"] == 0.0 and choice["epochs"] is None
+
+
 def test_a_token_budget_needs_no_probe_and_the_smaller_of_both_budgets_counts(monkeypatch):
     monkeypatch.setattr(budget, "probe_throughput", None)  # calling it would fail
     model, choice = _choose("gpt-shakespeare", max_tokens=500_000)
