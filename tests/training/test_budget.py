@@ -60,21 +60,28 @@ def test_the_choice_follows_the_tokens_the_measured_throughput_buys():
         ).num_params()
         for shape in get_preset("gpt-shakespeare")["candidates"]
     ]
-    small, large = params
-    # slow machine: the large model gets too few tokens per parameter, the small one is picked
-    per_s = 0.5 * budget.MIN_TOKENS_PER_PARAM * large / 600  # half what the large one needs
-    slow = [3 * per_s, per_s]
+    small, mid, large = params
+    # slow machine: 6 x 192 gets half the tokens it needs, the small model is picked
+    per_s = 0.5 * budget.MIN_TOKENS_PER_PARAM * mid / 600
+    slow = [3 * per_s, per_s, per_s / 2]
     model, choice = _choose("gpt-shakespeare", rates=slow, max_time="10m")
     assert (model["num_layers"], model["embed_dim"]) == (4, 128) and model["dropout"] == 0.0
     assert choice == _choose("gpt-shakespeare", rates=slow, max_time="10m")[1]  # deterministic
     assert choice["tokens"] == int(slow[0] * 600) and choice["params"] == small
-    # fast machine: enough tokens for the large one, and past the dropout band
-    per_s = budget.DROPOUT_TOKENS_PER_PARAM * large / 600 * 1.01
-    model, choice = _choose("gpt-shakespeare", rates=[3 * per_s, per_s], max_time="10m")
+    # faster: 6 x 192 fed, 8 x 256 not (half a token per parameter)
+    per_s = 2 * budget.MIN_TOKENS_PER_PARAM * mid / 600
+    model, choice = _choose("gpt-shakespeare", rates=[3 * per_s, per_s, per_s / 2], max_time="10m")
     assert (model["num_layers"], model["embed_dim"], model["ffn_dim"]) == (6, 192, 768)
+    assert model["dropout"] == 0.0 and choice["params"] == mid and choice["block_size"] == 256
+    # fast machine: enough tokens for the largest, and past the dropout band
+    per_s = budget.DROPOUT_TOKENS_PER_PARAM * large / 600 * 1.01
+    rates = [3 * per_s, 2 * per_s, per_s]
+    model, choice = _choose("gpt-shakespeare", rates=rates, max_time="10m")
+    assert (model["num_layers"], model["embed_dim"], model["ffn_dim"]) == (8, 256, 1024)
     assert model["dropout"] == budget.DROPOUT and choice["tokens_per_param"] >= 8
     assert choice["reason"].startswith("budget: 10 min at ~")
-    assert "6 x 192" in choice["reason"] and "dropout 0.1" in choice["reason"]
+    assert "8 x 256 (of 4 x 128, 6 x 192, 8 x 256)" in choice["reason"]
+    assert "dropout 0.1" in choice["reason"]
 
 
 def test_weight_decay_rises_once_the_budget_reads_the_data_many_times():
@@ -98,7 +105,7 @@ def test_weight_decay_rises_once_the_budget_reads_the_data_many_times():
 def test_dropout_comes_with_many_passes_and_spares_the_attention():
     """Past DROPOUT_EPOCHS passes a fed candidate gets dropout even under 8 tokens/parameter, on
     the embeddings and residual branches only (attention_dropout 0 keeps SDPA's fused kernel)."""
-    data = 1_000_000  # training tokens
+    data = 500_000  # training tokens: 8 passes feed 6 x 192, not 8 x 256
     for passes, dropout in ((budget.DROPOUT_EPOCHS - 1, 0.0), (budget.DROPOUT_EPOCHS, 0.1)):
         model, choice = _choose("gpt-shakespeare", train_tokens=data, max_tokens=int(passes * data))
         assert model["embed_dim"] == 192 and choice["epochs"] == passes
@@ -126,21 +133,21 @@ def test_a_token_budget_needs_no_probe_and_the_smaller_of_both_budgets_counts(mo
     model, choice = _choose("gpt-shakespeare", max_tokens=500_000)
     assert model["embed_dim"] == 128 and choice["tokens"] == 500_000
     assert choice["tokens_per_s"] is None and choice["reason"].startswith("budget: 500k tokens:")
-    _, both = _choose("gpt-shakespeare", rates=[1e6, 1e6], max_tokens=500_000, max_time="10m")
+    _, both = _choose("gpt-shakespeare", rates=[1e6] * 3, max_tokens=500_000, max_time="10m")
     assert both["tokens"] == 500_000
 
 
 def test_explicit_flags_win_over_the_choice():
-    huge = [1e7, 1e7]  # tokens enough for the large model with dropout
+    huge = [1e7] * 3  # tokens enough for the largest model with dropout
     model, choice = _choose("gpt-shakespeare", {"embed_dim"}, huge, max_time="10m")
     assert model["embed_dim"] == 128 and len(choice["candidates"]) == 1  # the user's size alone
     assert model["dropout"] == budget.DROPOUT
     model, _ = _choose("gpt-shakespeare", {"dropout"}, huge, max_time="10m")
-    assert model["embed_dim"] == 192 and model["dropout"] == 0.0
+    assert model["embed_dim"] == 256 and model["dropout"] == 0.0
 
 
 def test_a_long_time_budget_on_a_cpu_compiles_the_model():
-    rates = [1e4, 1e4]
+    rates = [1e4] * 3
     for name in ("gpt-shakespeare", "llama-shakespeare"):
         _, choice = _choose(name, rates=rates, max_time="10m")
         assert choice["compile"] is True and ", torch.compile (" in choice["reason"]
@@ -185,18 +192,19 @@ def test_a_candidate_with_a_context_of_its_own_is_timed_and_trained_at_it(monkey
         return [1e4] * len(tasks)
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
-    for name in ("gpt-shakespeare", "llama-shakespeare"):
+    for name, long in (("gpt-shakespeare", [256, 256]), ("llama-shakespeare", [256])):
         calls.clear()
-        model, choice = _choose(name, max_time="10m")  # 6M tokens: 6 x 192 is fed
-        assert calls == [(12, 128, [128]), (6, 256, [256])]  # each at its own batch and block
+        model, choice = _choose(name, max_time="10m")  # 6M tokens: 6 x 192 is fed, 8 x 256 not
+        assert calls == [(12, 128, [128]), (6, 256, long)]  # each at its own batch and block
         assert model["embed_dim"] == 192 and model["max_seq_len"] == 256
         assert (choice["batch_size"], choice["block_size"]) == (6, 256)
-        assert "6 x 192 (of 4 x 128, 6 x 192), context 256 at batch 6," in choice["reason"]
-        model, choice = _choose(name, rates=[1e3, 1e3], max_time="10m")  # 4 x 128: the run's
+        assert "6 x 192 (of 4 x 128, 6 x 192" in choice["reason"]
+        assert "), context 256 at batch 6," in choice["reason"]
+        model, choice = _choose(name, rates=[1e3] * 3, max_time="10m")  # 4 x 128: the run's
         assert model["embed_dim"] == 128 and model["max_seq_len"] == 128
         assert "block_size" not in choice and "context" not in choice["reason"]
     for given in ("block_size", "max_seq_len", "batch_size", "global_batch_size"):
-        model, choice = _choose("gpt-shakespeare", {given}, [1e4, 1e4], max_time="10m")
+        model, choice = _choose("gpt-shakespeare", {given}, [1e4] * 3, max_time="10m")
         assert model["embed_dim"] == 192 and model["max_seq_len"] == 128  # the user's context
         assert "block_size" not in choice
 
@@ -300,8 +308,9 @@ def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
     model, choice = _choose("gpt-shakespeare", max_time="10m")
-    assert calls == [[0.0], [0.0], [budget.DROPOUT]]  # a probe per context, then with dropout
-    assert model["embed_dim"] == 192 and model["dropout"] == budget.DROPOUT
+    # a probe per context (6 x 192 and 8 x 256 share one), then the choice with dropout
+    assert calls == [[0.0], [0.0, 0.0], [budget.DROPOUT]]
+    assert model["embed_dim"] == 256 and model["dropout"] == budget.DROPOUT
     assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
 
 
