@@ -41,7 +41,7 @@ from lmforge.presets import build_task, get_preset
 # --tiny: the gpt2 preset's switches at a size that runs in seconds (a smoke run, not a number)
 TINY = dict(vocab_size=1000, max_seq_len=256, embed_dim=64, num_heads=2, num_layers=2, ffn_dim=256)
 NAME = "gpt2-shaped"
-# Poisson arrivals per single stream's time: 7.6-7.7 streams in flight on average of the 8 (the
+# Poisson arrivals per single stream's time: 7.5-7.7 streams in flight on average of the 8 (the
 # closed-loop clients before them kept 6.8-6.9 with the same mean rate: now the gaps do not wait
 # for streams to end)
 ARRIVALS_PER_STREAM = 4.6

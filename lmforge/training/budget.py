@@ -191,17 +191,16 @@ def choose_recipe(
     pick = fed[-1] if fed else order[0]
     per_param = tokens[pick] / params[pick]
     epochs = tokens[pick] / train_tokens if train_tokens else None
-    dropout, dropped = model_cfg.get("dropout", 0.0), {}
+    dropout, attention = model_cfg.get("dropout", 0.0), None  # None: the model's own
     repeats = rule.dropout_epochs is not None and epochs is not None
     if "dropout" not in explicit and (
         per_param >= rule.dropout_tokens_per_param or (repeats and epochs >= rule.dropout_epochs)
     ):
         dropout = max(dropout, rule.dropout)
-        dropped = {"dropout": dropout}
-        if rule.attention_dropout is not None and "attention_dropout" not in explicit:
-            dropped["attention_dropout"] = rule.attention_dropout
+        if "attention_dropout" not in explicit:
+            attention = rule.attention_dropout
         if probing:  # dropout slows a CPU step (by 15% for 6 x 192): time it again
-            with_dropout = build({**candidate_model(model_cfg, shapes[pick]), **dropped})
+            with_dropout = build(_with_dropout(model_cfg, shapes[pick], dropout, attention))
             (rates[pick],) = probe([with_dropout], contexts[pick])
             tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
             per_param = tokens[pick] / params[pick]
@@ -226,11 +225,7 @@ def choose_recipe(
     choice = {
         **shapes[pick],
         "dropout": dropout,
-        **(
-            {"attention_dropout": dropped["attention_dropout"]}
-            if "attention_dropout" in dropped
-            else {}
-        ),
+        **({} if attention is None else {"attention_dropout": attention}),
         "weight_decay": weight_decay,
         "compile": compiled,
         "params": params[pick],
@@ -246,16 +241,22 @@ def choose_recipe(
     if any(k in shapes[pick] for k in CONTEXT_FIELDS):  # the setup applies these two
         choice["batch_size"], choice["block_size"] = contexts[pick]
     choice["reason"] = describe(choice, seconds)
-    new_model = candidate_model(model_cfg, shapes[pick])
-    if "dropout" in model_cfg or dropout:
-        new_model["dropout"] = dropout
-    new_model.update(dropped)
-    return new_model, choice
+    return _with_dropout(model_cfg, shapes[pick], dropout, attention), choice
 
 
 def candidate_model(model_cfg: dict, shape: dict) -> dict:
     """The model config of a candidate: its size and context (max_seq_len), not its batch."""
     return {**model_cfg, **{k: v for k, v in shape.items() if k != "batch_size"}}
+
+
+def _with_dropout(model_cfg: dict, shape: dict, dropout: float, attention: float | None) -> dict:
+    """candidate_model with the recipe's dropout (and attention_dropout unless None)."""
+    model = candidate_model(model_cfg, shape)
+    if "dropout" in model_cfg or dropout:
+        model["dropout"] = dropout
+    if attention is not None:
+        model["attention_dropout"] = attention
+    return model
 
 
 def _budget_tokens(max_tokens: int | None, seconds: float | None, rate: float | None) -> float:
@@ -311,7 +312,7 @@ def describe(choice: dict, seconds: float | None) -> str:
     passes = f", {choice['epochs']:g} passes" if choice.get("epochs") is not None else ""
     compiled = ", torch.compile" if choice.get("compile") else ""
     dropout = f"dropout {choice['dropout']:g}"
-    if choice["dropout"] and choice.get("attention_dropout") is not None:
+    if choice.get("attention_dropout") is not None:
         dropout += f" (attention {choice['attention_dropout']:g})"
     return (
         f"budget: {head}: {size}{among}, {dropout}, weight decay "
