@@ -11,7 +11,6 @@ import torch.nn as nn
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.layers.dropout import Dropout
 
 POSITIONS = ("learned", "sinusoidal", "none")
 
@@ -57,7 +56,7 @@ class TokenPositionEmbedding(nn.Module):
             )
         else:
             self.sinusoid = None
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self, token_ids: Tensor, start: int = 0, position_ids: Tensor | None = None
