@@ -83,6 +83,26 @@ def cpu_features() -> list[str]:
     return [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
 
 
+def separate_compile_cache() -> str:
+    """Points torch.compile's on-disk cache at a folder of its own for the kernels torch runs
+    here (CPU capability, oneDNN cap, CPU features) unless TORCHINDUCTOR_CACHE_DIR is set, and
+    returns it. Call before the first compile.
+
+    torch 2.13's compiled-graph cache does not key on `ATEN_CPU_CAPABILITY`: a graph compiled
+    with `ATEN_CPU_CAPABILITY=avx2` was loaded by a later default process on an AMX Xeon and
+    corrupted its heap ("malloc(): unaligned tcache chunk detected"; a bf16 rotary attention at
+    context 40), and a cache left by another CPU in a shared /tmp could hold instructions this
+    one lacks.
+    """
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        parts = [torch.backends.cpu.get_cpu_capability(), onednn_isa_cap(), *cpu_features()]
+        tag = "-".join(p.lower() for p in parts if p)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{tag}"
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux, else what `platform` knows)."""
     try:

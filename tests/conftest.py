@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.device import separate_compile_cache
+
 SHARED_DATA = Path(
     os.environ.get(
         "LMFORGE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -26,6 +28,9 @@ def shared_data(name: str) -> Path:
         )
     return path
 
+
+# Compiled graphs made under ATEN_CPU_CAPABILITY=avx2 must not be loaded by a default run.
+separate_compile_cache()
 
 # Tiny models gain nothing from a second thread, and thread hand-offs dominate their ops.
 torch.set_num_threads(1)

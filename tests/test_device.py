@@ -1,7 +1,12 @@
 """Precision `auto` against what the CPU offers, and the machine line `make test` opens with."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir as _default_cache_dir
 
 from lmforge import device
 from lmforge.errors import ConfigError
@@ -68,3 +73,29 @@ def test_auto_keeps_narrow_models_in_fp32(monkeypatch, model, wide):
     assert device.resolve_precision("auto", torch.device("cpu"), model) == want
     monkeypatch.setattr(device, "cpu_has_bf16_matmul", lambda: False)
     assert device.resolve_precision("auto", torch.device("cpu"), model) == "fp32"
+
+
+def _compile_cache(env: dict) -> str:
+    """separate_compile_cache() as a fresh process with `env` sees it (ATen reads its
+    capability once, at start)."""
+    code = "from lmforge.device import separate_compile_cache; print(separate_compile_cache())"
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("ATEN_", "ONEDNN_"))}
+    keep.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**keep, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_compiled_graphs_are_cached_apart_per_cpu_kernels(tmp_path):
+    default = _compile_cache({})
+    avx2 = _compile_cache({"ATEN_CPU_CAPABILITY": "avx2"})
+    plain = _compile_cache({"ATEN_CPU_CAPABILITY": "default"})
+    held = _compile_cache({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert avx2 != plain and held != default
+    runs_avx2_anyway = default.startswith(_default_cache_dir() + "-avx2-")  # no AVX-512 here
+    assert (default == avx2) == runs_avx2_anyway
+    assert "torchinductor" in default
+    mine = str(tmp_path / "inductor")
+    assert _compile_cache({"TORCHINDUCTOR_CACHE_DIR": mine}) == mine  # the user's choice wins

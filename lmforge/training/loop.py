@@ -653,6 +653,7 @@ def _steps_per_epoch(batcher, grad_accum: int) -> int:
 
 
 def _compiled(loss_fn):
+    devices.separate_compile_cache()
     try:
         return torch.compile(loss_fn)
     except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
