@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
+from lmforge.layers import cpu_attention
 from lmforge.layers.embeddings import RotaryEmbedding
 
 
@@ -186,6 +187,8 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
     """F.scaled_dot_product_attention of (B, H, T, D) queries over (B, KV, S, D) keys and
     values, KV dividing H: the groups are shared inside SDPA where torch has enable_gqa, else
     the key/value heads are repeated first (torch 2.4)."""
+    if cpu_attention.wanted(q, k, options):  # compiled bf16 training on a CPU
+        return cpu_attention.CausalAttention.apply(q, k, v)
     groups = q.shape[1] // k.shape[1]
     if groups > 1 and GQA_IN_SDPA:
         options["enable_gqa"] = True

@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from lmforge.errors import ConfigError
+from lmforge.layers.dropout import Dropout
 
 POSITIONS = ("learned", "sinusoidal", "none")
 
@@ -56,7 +57,7 @@ class TokenPositionEmbedding(nn.Module):
             )
         else:
             self.sinusoid = None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, token_ids: Tensor, start: int = 0, position_ids: Tensor | None = None

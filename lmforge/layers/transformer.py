@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.layers.attention import KVCache, MultiHeadAttention
+from lmforge.layers.dropout import Dropout
 
 # "gelu" is the exact (erf) GELU of BERT and nanoGPT; "gelu_tanh" is the tanh approximation that
 # GPT-2 calls "gelu_new". They differ by up to ~1e-3, enough to break parity with a checkpoint.
@@ -42,7 +43,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(embed_dim, ffn_dim, bias=use_bias)
         self.act = ACTIVATIONS[activation]()
         self.down = nn.Linear(ffn_dim, embed_dim, bias=use_bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.down(self.act(self.up(x))))  # (B, T, C)
@@ -83,7 +84,7 @@ class TransformerBlock(nn.Module):
             embed_dim, num_heads, head_dim, p, use_bias, is_causal, rotary, max_seq_len
         )
         self.attn_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=use_bias)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
         self.ffn = FeedForward(embed_dim, ffn_dim, activation, dropout, use_bias)
         self.ffn_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=use_bias)
 

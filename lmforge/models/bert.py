@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.layers.attention import attention_mask
+from lmforge.layers.dropout import Dropout
 from lmforge.layers.embeddings import TokenPositionEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.transformer import ACTIVATIONS, TransformerBlock
@@ -131,7 +132,7 @@ class BertBackbone(Backbone):
         self.embed = TokenPositionEmbedding(c.vocab_size, c.embed_dim, c.max_seq_len, "learned")
         self.segment = nn.Embedding(c.num_segments, c.embed_dim)
         self.embed_norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = Dropout(c.dropout)
         self.blocks = nn.ModuleList(_encoder_block(c) for _ in range(c.num_layers))
         self.pooler = nn.Linear(c.embed_dim, c.embed_dim)
         self.apply(init_normal)
@@ -309,7 +310,7 @@ class BertTextClassifier(Task):
         self.num_classes, self.extra_layers = num_classes, extra_layers
         self.labels = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
         self.extra = nn.ModuleList(_encoder_block(c) for _ in range(extra_layers))
-        self.head_dropout = nn.Dropout(c.dropout)
+        self.head_dropout = Dropout(c.dropout)
         self.head = nn.Linear(c.embed_dim, num_classes)
         self.extra.apply(init_normal)
         init_normal(self.head)

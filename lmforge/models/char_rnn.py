@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
+from lmforge.layers.dropout import Dropout
 from lmforge.models.base import Backbone, CausalLM, check_config
 
 # ---------------------------------------------------------------- config
@@ -72,7 +73,7 @@ class CharRNNBackbone(Backbone):
             batch_first=True,
             dropout=c.dropout if c.num_layers > 1 else 0.0,
         )
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, token_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.run(token_ids)[0]

@@ -19,6 +19,7 @@ from lmforge.layers.attention import (
     MultiHeadAttention,
     SlotBatch,
 )
+from lmforge.layers.dropout import Dropout
 from lmforge.layers.embeddings import ROPE_SCALINGS, RotaryEmbedding
 from lmforge.layers.heads import LMHead
 from lmforge.layers.layout import MAX_ROWS, hooked, int8_path, linear_params, stack_step
@@ -169,7 +170,7 @@ class LlamaBlock(nn.Module):
         )
         self.ffn_norm = nn.RMSNorm(c.embed_dim, eps=c.norm_eps)
         self.ffn = LlamaFeedForward(c.embed_dim, c.ffn_dim)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(
         self,
