@@ -179,15 +179,15 @@ def test_the_chosen_compile_reaches_the_loop_and_config(
     result, said = _train([*argv, "--out", str(tmp_path / "a")], capsys, caplog)
     assert result["auto_choice"]["compile"] is True and "torch.compile" in said[0]
     assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["compile"] is True
-    assert len(compiled) == 1
+    assert len(compiled) == 2  # the probe times the pick compiled, then the run compiles
     result, said = _train([*argv, "--no-compile", "--out", str(tmp_path / "b")], capsys, caplog)
-    assert result["auto_choice"]["compile"] is False and len(compiled) == 1
+    assert result["auto_choice"]["compile"] is False and len(compiled) == 2
 
 
 def test_a_candidate_with_a_context_of_its_own_is_timed_and_trained_at_it(monkeypatch):
     calls = []
 
-    def probe(tasks, cfg, device, block_size, vocab, seconds):
+    def probe(tasks, cfg, device, block_size, vocab, seconds, compiled=False):
         calls.append((cfg.batch_size, block_size, [t.config.max_seq_len for t in tasks]))
         return [1e4] * len(tasks)
 
@@ -195,7 +195,8 @@ def test_a_candidate_with_a_context_of_its_own_is_timed_and_trained_at_it(monkey
     for name, long in (("gpt-shakespeare", [256, 256]), ("llama-shakespeare", [256])):
         calls.clear()
         model, choice = _choose(name, max_time="10m")  # 6M tokens: 6 x 192 is fed, 8 x 256 not
-        assert calls == [(12, 128, [128]), (6, 256, long)]  # each at its own batch and block
+        # each at its own batch and block, then the pick again compiled, as it will train
+        assert calls == [(12, 128, [128]), (6, 256, long), (6, 256, [256])]
         assert model["embed_dim"] == 192 and model["max_seq_len"] == 256
         assert (choice["batch_size"], choice["block_size"]) == (6, 256)
         assert "6 x 192 (of 4 x 128, 6 x 192" in choice["reason"]
@@ -302,16 +303,39 @@ def test_no_auto_keeps_the_presets_recipe(tiny_text, tmp_path, capsys, caplog, t
 def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
     calls = []
 
-    def probe(tasks, cfg, device, block_size, vocab, seconds):
-        calls.append([t.config.dropout for t in tasks])
+    def probe(tasks, cfg, device, block_size, vocab, seconds, compiled=False):
+        calls.append(([t.config.dropout for t in tasks], compiled))
         return [1e6 if t.config.dropout == 0 else 2e4 for t in tasks]  # dropout: a slower step
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
-    model, choice = _choose("gpt-shakespeare", max_time="10m")
+    model, choice = _choose("gpt-shakespeare", max_time="4m")
     # a probe per context (6 x 192 and 8 x 256 share one), then the choice with dropout
-    assert calls == [[0.0], [0.0, 0.0], [budget.DROPOUT]]
+    assert calls == [([0.0], False), ([0.0, 0.0], False), ([budget.DROPOUT], False)]
     assert model["embed_dim"] == 256 and model["dropout"] == budget.DROPOUT
-    assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 12_000_000
+    assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 4_800_000
+
+
+def test_a_compiled_run_is_timed_compiled_and_its_tokens_decide_the_dropout(monkeypatch):
+    """The candidates are timed eagerly; the pick again compiled when the run will compile: its
+    faster steps read more passes, which may cross the dropout line the eager rate fell short of."""
+    calls = []
+    eager, speedup = 4_500, 1.6  # 8 x 256 in bf16 on the AMX Xeon: ~4.5k tok/s eager, 1.5-1.7x
+
+    def probe(tasks, cfg, device, block_size, vocab, seconds, compiled=False):
+        calls.append(([t.config.dropout for t in tasks], compiled))
+        return [eager * (speedup if compiled else 1.0)] * len(tasks)
+
+    monkeypatch.setattr(budget, "probe_throughput", probe)
+    data = 1_200_000  # 30 min eagerly: 8.1M tokens, 6.75 passes; compiled: 13M, 10.8 passes
+    model, choice = _choose("gpt-shakespeare", max_time="30m", train_tokens=data)
+    assert calls == [([0.0], False), ([0.0, 0.0], False), ([0.0], True)]
+    assert model["embed_dim"] == 256 and choice["compile"] is True
+    assert choice["tokens_per_s"] == eager * speedup and choice["epochs"] == 10.8
+    assert model["dropout"] == choice["dropout"] == budget.DROPOUT
+    assert "10.8 passes" in choice["reason"] and "~7.2k tok/s" in choice["reason"]
+    calls.clear()  # --no-compile: no compiled probe, and the eager passes stay under the line
+    model, choice = _choose("gpt-shakespeare", {"compile"}, max_time="30m", train_tokens=data)
+    assert calls == [([0.0], False), ([0.0, 0.0], False)] and model["dropout"] == 0.0
 
 
 # ---------------------------------------------------------------- char RNN
@@ -400,3 +424,37 @@ def test_explicit_units_or_no_auto_keep_a_char_rnn_as_asked(
     config = json.loads((off / "config.json").read_text())
     assert result["auto_choice"] is None and "auto_choice" not in config and not said
     assert config["model"]["hidden_dim"] == 12 and config["train"]["auto"] is False
+
+
+def test_the_compiled_probe_times_compiled_steps_and_survives_a_failed_compile(
+    monkeypatch, caplog
+):
+    from lmforge.training import loop
+
+    model_cfg = {**gpt.PRESETS["gpt-baby"]["config"], "vocab_size": 40, "max_seq_len": 16}
+    cfg = TrainConfig(preset="gpt-baby", batch_size=2, precision="fp32")
+
+    def rate(compiled: bool) -> float:
+        task = build_task("gpt", {**model_cfg, **SMALL})
+        (tok_s,) = budget.probe_throughput([task], cfg, torch.device("cpu"), 16, 40, 1, compiled)
+        return tok_s
+
+    compiled_with = []
+
+    def record(loss_fn):
+        compiled_with.append(loss_fn)
+        return torch.compile(loss_fn)
+
+    monkeypatch.setattr(loop, "_compiled", record)
+    assert rate(True) > 0 and len(compiled_with) == 1  # a real torch.compile, timed after it
+
+    def broken(loss_fn):
+        def fails(batch):
+            raise RuntimeError("inductor: no C++ compiler\nmore")
+
+        return fails
+
+    monkeypatch.setattr(loop, "_compiled", broken)
+    with caplog.at_level("WARNING", logger="lmforge"):
+        assert rate(True) > 0  # timed eagerly instead, as the run then trains
+    assert "torch.compile failed in the probe (inductor: no C++ compiler)" in caplog.text
