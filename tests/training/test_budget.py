@@ -426,9 +426,7 @@ def test_explicit_units_or_no_auto_keep_a_char_rnn_as_asked(
     assert config["model"]["hidden_dim"] == 12 and config["train"]["auto"] is False
 
 
-def test_the_compiled_probe_times_compiled_steps_and_survives_a_failed_compile(
-    monkeypatch, caplog
-):
+def test_the_compiled_probe_times_compiled_steps_and_survives_a_failed_compile(monkeypatch, caplog):
     from lmforge.training import loop
 
     model_cfg = {**gpt.PRESETS["gpt-baby"]["config"], "vocab_size": 40, "max_seq_len": 16}
