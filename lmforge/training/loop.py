@@ -221,8 +221,11 @@ def fit(
     char_level: bool = False,
     tokenizer=None,
     label_names: list[str] | None = None,
+    spent_s: float = 0.0,
 ) -> dict:
     """Train `task` on `batcher` until a budget runs out; evaluate, checkpoint, log metrics.
+    `spent_s`: seconds of a time budget already used before the first step (a budgeted run's
+    compiled probe, whose compile this run's then reuses); a resumed run has its own count.
 
     Example:
         batcher = WindowBatcher(tokens, block_size=64, batch_size=12)
@@ -245,7 +248,7 @@ def fit(
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * _block_tokens(batcher)
 
-    loop = LoopState()
+    loop = LoopState(elapsed=spent_s)
     if saved is not None:
         loop = LoopState.load_state_dict(saved, batcher)
         distributed.load_optimizer_state(task, optimizer, saved["optimizer"])

@@ -411,6 +411,7 @@ def _train(options: dict, held: ExitStack) -> dict:
             char_level=tok.kind == "char",
             tokenizer=tok,
             label_names=(spec or {}).get("labels"),
+            spent_s=(choice or {}).get("compile_s", 0.0) if resumed is None else 0.0,
         )
         if lora is not None and rank == 0:  # fit leaves the run's kept model in task
             save_run_adapter(task, run_dir, cfg.init_from or "", lora["trained"])

@@ -180,6 +180,11 @@ def test_the_chosen_compile_reaches_the_loop_and_config(
     assert result["auto_choice"]["compile"] is True and "torch.compile" in said[0]
     assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["compile"] is True
     assert len(compiled) == 2  # the probe times the pick compiled, then the run compiles
+    # the budget pays for the probe's compile (the run's own then comes from its cache): the
+    # run's clock starts at it
+    spent = result["auto_choice"]["compile_s"]
+    first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < spent <= 1.0 and first["elapsed_s"] >= spent and result["elapsed_s"] >= spent
     result, said = _train([*argv, "--no-compile", "--out", str(tmp_path / "b")], capsys, caplog)
     assert result["auto_choice"]["compile"] is False and len(compiled) == 2
 
@@ -333,9 +338,11 @@ def test_a_compiled_run_is_timed_compiled_and_its_tokens_decide_the_dropout(monk
     assert choice["tokens_per_s"] == eager * speedup and choice["epochs"] == 10.8
     assert model["dropout"] == choice["dropout"] == budget.DROPOUT
     assert "10.8 passes" in choice["reason"] and "~7.2k tok/s" in choice["reason"]
+    assert 0 <= choice["compile_s"] < 1  # the fake probe's time, charged to the budget
     calls.clear()  # --no-compile: no compiled probe, and the eager passes stay under the line
     model, choice = _choose("gpt-shakespeare", {"compile"}, max_time="30m", train_tokens=data)
     assert calls == [([0.0], False), ([0.0, 0.0], False)] and model["dropout"] == 0.0
+    assert "compile_s" not in choice
 
 
 # ---------------------------------------------------------------- char RNN
