@@ -288,9 +288,9 @@ def probe_throughput(
     tasks, cfg: TrainConfig, device, block_size: int, vocab: int, seconds, compiled: bool = False
 ):
     """Training tokens/s of each task: a few timed optimizer steps on random batches of the run's
-    shape, after two untimed ones (not counted in the run's budget; with `compiled`, the first
-    compiles the loss with torch.compile, as the run will: its graph cache then serves the
-    run's own compile)."""
+    shape, after two untimed ones. With `compiled` the first compiles the loss as the run will
+    (its graph cache then serves the run's own compile, so choose_recipe charges this probe to
+    the budget); eager probes are not counted in it."""
     rates = []
     limit = min(max(PROBE_SHARE * seconds, 0.3), 3.0)
     for task in tasks:
