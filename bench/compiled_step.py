@@ -50,6 +50,7 @@ def run_one(kind: str, steps: int, warmup: int) -> dict:
     task = build_task("gpt", {**config, "dropout": 0.1, "attention_dropout": 0.0}).train()
     precision = devices.resolve_precision("auto", torch.device("cpu"), task)
     opt = make_optimizer(task, 5e-3, 0.5, (0.9, 0.99), kind="muon")
+    devices.separate_compile_cache()  # as lmforge's runs compile: a cache per CPU kernels
     loss_fn = torch.compile(task.loss)
     x = torch.randint(0, VOCAB, (BATCH, BLOCK))
     batch = {"token_ids": x, "labels": torch.roll(x, -1, 1)}

@@ -199,14 +199,13 @@ def choose_recipe(
         and torch.device(device).type == "cpu"
     ):
         compiled = True
-    repeats = rule.dropout_epochs is not None
 
     def regularised(per_param: float, epochs: float | None) -> tuple[float, float | None]:
         """The dropout and attention dropout (None: the model's own) for this many tokens."""
         dropout = model_cfg.get("dropout", 0.0)
         if "dropout" in explicit or not (
             per_param >= rule.dropout_tokens_per_param
-            or (repeats and epochs is not None and epochs >= rule.dropout_epochs)
+            or (None not in (rule.dropout_epochs, epochs) and epochs >= rule.dropout_epochs)
         ):
             return dropout, None
         return max(dropout, rule.dropout), (
