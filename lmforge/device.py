@@ -85,18 +85,22 @@ def cpu_features() -> list[str]:
 
 def separate_compile_cache() -> str:
     """Points torch.compile's on-disk cache at a folder of its own for the kernels torch runs
-    here (CPU capability, oneDNN cap, CPU features) unless TORCHINDUCTOR_CACHE_DIR is set, and
-    returns it. Call before the first compile.
+    here (CPU capability, oneDNN cap, CPU features) unless TORCHINDUCTOR_CACHE_DIR names another
+    folder than torch's default, and returns it. Call before the first compile.
 
     torch 2.13's compiled-graph cache does not key on `ATEN_CPU_CAPABILITY`: a graph compiled
     with `ATEN_CPU_CAPABILITY=avx2` was loaded by a later default process on an AMX Xeon and
     corrupted its heap ("malloc(): unaligned tcache chunk detected"; a bf16 rotary attention at
     context 40), and a cache left by another CPU in a shared /tmp could hold instructions this
     one lacks.
-    """
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+    torch's default counts as unset: importing torch._dynamo (which creating an optimizer does)
+    writes it into the environment, so a training run found it there before its first compile
+    and, until this was seen, compiled into the shared folder after all.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
         parts = [torch.backends.cpu.get_cpu_capability(), onednn_isa_cap(), *cpu_features()]
         tag = "-".join(p.lower() for p in parts if p)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{tag}"

@@ -99,3 +99,31 @@ def test_compiled_graphs_are_cached_apart_per_cpu_kernels(tmp_path):
     assert "torchinductor" in default
     mine = str(tmp_path / "inductor")
     assert _compile_cache({"TORCHINDUCTOR_CACHE_DIR": mine}) == mine  # the user's choice wins
+
+
+def test_a_training_run_compiles_into_its_own_cache(tmp_path):
+    """As `lmforge train --compile` does: the optimizer is made first (importing torch._dynamo,
+    which writes torch's default folder into TORCHINDUCTOR_CACHE_DIR), then the loss compiled.
+    The compiled graph must land in the per-CPU-kernels folder, none in the shared default."""
+    code = (
+        "import torch\n"
+        "from torch._inductor.runtime.cache_dir_utils import default_cache_dir\n"
+        "from lmforge.training import loop\n"
+        "torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])\n"
+        "import os; assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == default_cache_dir()\n"
+        "loss = loop._compiled(lambda x: (x * 2.0).sin().sum())\n"
+        "loss(torch.randn(8, requires_grad=True)).backward()\n"
+        "print(default_cache_dir()); print(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n"
+    )
+    keep = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**keep, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    shared, own = done.stdout.split()
+    assert shared.startswith(str(tmp_path)) and own.startswith(shared + "-")
+    assert os.path.isdir(os.path.join(own, "fxgraph"))  # the graph was cached, here
+    assert not os.path.exists(os.path.join(shared, "fxgraph"))
