@@ -241,8 +241,8 @@ _SHAPE_6X192_LONG = {**_SHAPE_6X192, **_LONG}
 # residual branches, decay 0.5) reached 1.416 with 8.7M tokens, best at the end, where 6 x 192
 # made 1.429 with dropout (12.4M tokens) and 1.453 without (15.6M, memorising: last 1.490).
 # With lmforge's compiled CPU dropout and attention backward (session 15) it reads ~12M tokens
-# in those 30 minutes: 1.395, 1.406, 1.410, 1.416 (sessions 15-16; 1.397 and 1.409 with dropout
-# 0.15 and 0.2, 1.422 at lr 3e-3): at the 1.40 line, not reliably under it.
+# in those 30 minutes: 1.395, 1.406, 1.410, 1.416, 1.407 (sessions 15-17; 1.397 and 1.409 with
+# dropout 0.15 and 0.2, 1.422 at lr 3e-3, 1.401 untied): at the 1.40 line, not reliably under it.
 _SHAPE_8X256_LONG = dict(num_layers=8, embed_dim=256, num_heads=8, ffn_dim=1024, **_LONG)
 
 PRESETS = {
