@@ -100,10 +100,11 @@ def separate_compile_cache() -> str:
     """
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
+    shared = default_cache_dir()
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", shared) == shared:
         parts = [torch.backends.cpu.get_cpu_capability(), onednn_isa_cap(), *cpu_features()]
         tag = "-".join(p.lower() for p in parts if p)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{tag}"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{shared}-{tag}"
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
