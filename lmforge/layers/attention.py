@@ -24,7 +24,8 @@ class KVCache:
     keys written, so a cache made before `model.to(...)` or under autocast still fits. P starts
     at 256 positions (or what the first write needs) and doubles when full, up to max_len: a
     model with a 32k context does not hold 32k positions for a short reply. `length` counts
-    the positions already written; attention reads `[0:length]`.
+    the positions already written; attention reads `[0:length]`. `canon` holds the block's
+    Canon layers' last inputs by name (layers/canon.py).
     """
 
     def __init__(self, max_len: int):
@@ -32,6 +33,7 @@ class KVCache:
         self.length = 0
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.canon: dict[str, Tensor] = {}
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write (B, H, T, D) keys and values after the cached ones; return all of them."""
@@ -85,11 +87,13 @@ class KVState:
 class SlotKVCache:
     """Keys and values of one attention layer for an engine: (slots, H, max_len, D), allocated
     once and written in place. Zeros, not empty: keys past a row's length are masked out, but a
-    NaN there would still leak into real rows through 0 * NaN."""
+    NaN there would still leak into real rows through 0 * NaN. `canon`: the block's Canon
+    layers' inputs by name, (slots, max_len, C) each (TransformerLM.init_slots adds them)."""
 
     def __init__(self, slots: int, heads: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(slots, heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
+        self.canon: dict[str, Tensor] = {}
 
 
 def slot_caches(attns: list, slots: int, max_len: int, dtype, device) -> list[SlotKVCache]:

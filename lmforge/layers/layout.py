@@ -169,7 +169,8 @@ def _block_params(block: nn.Module, n: int) -> tuple | None:
     parts = block._modules
     attn, ffn, norm1, norm2 = parts["attn"], parts["ffn"], parts["attn_norm"], parts["ffn_norm"]
     if (
-        not attn.is_causal
+        parts.get("attn_canon") is not None  # Canon layers: the Python path
+        or not attn.is_causal
         or attn.capture_probs
         or attn.sliding_window is not None
         or attn.num_kv_heads != attn.num_heads
@@ -260,9 +261,9 @@ def block_step(block: nn.Module, x: Tensor, cache: SlotKVCache, rows: SlotRows) 
     """`block`'s output for x (n, C), row i the one new token of slot rows.rows[i] at position
     rows.positions[i] (writing its key and value into `cache`), in one call of the fused decode
     kernel; None where that block cannot run so (then the caller runs it as usual): anything but
-    a pre-norm causal TransformerBlock in eval mode with LayerNorms, one key/value head per query
-    head, its linear layers in the small-rows kernel (decode_layout_, or int8), a float32
-    cache, no hooks and no captured attention."""
+    a pre-norm causal TransformerBlock in eval mode with LayerNorms and no Canon layers, one
+    key/value head per query head, its linear layers in the small-rows kernel (decode_layout_,
+    or int8), a float32 cache, no hooks and no captured attention."""
     return _run(stack_op(), [block], _block_params, x, [cache], rows, None)
 
 

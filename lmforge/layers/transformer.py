@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.layers.attention import KVCache, MultiHeadAttention
+from lmforge.layers.canon import Canon
 from lmforge.layers.dropout import Dropout
 
 # "gelu" is the exact (erf) GELU of BERT and nanoGPT; "gelu_tanh" is the tanh approximation that
@@ -59,6 +60,8 @@ class TransformerBlock(nn.Module):
         dropout: used on the attention probabilities, after attention and after the FFN.
         attention_dropout: replaces dropout on the attention probabilities when not None.
         rotary: rotary positions inside attention (then the embedding adds none).
+        canon: pre-norm only: a Canon layer of this width (layers/canon.py) on the normalised
+            input of the attention and of the feed-forward (the paper's Canon-A and -C); 0: none.
     """
 
     def __init__(
@@ -76,8 +79,11 @@ class TransformerBlock(nn.Module):
         rotary: bool = False,
         max_seq_len: int = 2048,
         attention_dropout: float | None = None,
+        canon: int = 0,
     ):
         super().__init__()
+        if canon and not norm_first:
+            raise ConfigError("canon layers need a pre-norm block (norm_first=True)")
         self.norm_first = norm_first
         p = dropout if attention_dropout is None else attention_dropout
         self.attn = MultiHeadAttention(
@@ -87,6 +93,11 @@ class TransformerBlock(nn.Module):
         self.attn_dropout = Dropout(dropout)
         self.ffn = FeedForward(embed_dim, ffn_dim, activation, dropout, use_bias)
         self.ffn_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=use_bias)
+        if canon:
+            self.attn_canon = Canon(embed_dim, canon, "attn")
+            self.ffn_canon = Canon(embed_dim, canon, "ffn")
+        else:
+            self.attn_canon = self.ffn_canon = None
 
     def forward(
         self,
@@ -97,6 +108,11 @@ class TransformerBlock(nn.Module):
     ) -> Tensor:
         """(B, T, C) -> (B, T, C); `padding_mask`, `cache` and `document_ids` go to the
         attention."""
+        if self.attn_canon is not None:
+            h = self.attn_canon(self.attn_norm(x), padding_mask, cache, document_ids)
+            x = x + self.attn_dropout(self.attn(h, padding_mask, cache, document_ids))
+            h = self.ffn_canon(self.ffn_norm(x), padding_mask, cache, document_ids)
+            return x + self.ffn(h)
         if self.norm_first:
             attn = self.attn(self.attn_norm(x), padding_mask, cache, document_ids)
             x = x + self.attn_dropout(attn)

@@ -21,6 +21,7 @@ from lmforge.layers.attention import (
     slot_cache_bytes,
     slot_caches,
 )
+from lmforge.layers.canon import Canon
 
 
 def check_config(config, positive: Sequence[str], choices: dict[str, Sequence[str]]) -> None:
@@ -181,14 +182,26 @@ class TransformerLM(CausalLM):
     def slot_bytes(self, slots: int, max_len: int) -> int:
         """Bytes of the KV cache that init_slots(slots, max_len) allocates."""
         itemsize = self.token_embedding.weight.element_size()
-        return slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
+        kv = slot_cache_bytes([b.attn for b in self.backbone.blocks], slots, max_len, itemsize)
+        canon = sum(c.weight.shape[1] for c in self._canons())
+        return kv + canon * slots * max_len * itemsize
 
     def init_slots(self, slots: int, max_len: int, device=None) -> list[SlotKVCache]:
         """One SlotKVCache of (slots, KV heads, max_len, D) per block, in the embedding's dtype
         (not the head's: int8 once quantized)."""
         weight = self.token_embedding.weight
         attns = [b.attn for b in self.backbone.blocks]
-        return slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
+        caches = slot_caches(attns, slots, max_len, weight.dtype, device or weight.device)
+        for block, cache in zip(self.backbone.blocks, caches):
+            for canon in self._canons(block):  # its inputs at every position of every slot
+                dim = canon.weight.shape[1]
+                cache.canon[canon.name] = cache.k.new_zeros(slots, max_len, dim)
+        return caches
+
+    def _canons(self, block=None) -> list:
+        """The Canon layers (layers/canon.py) of `block`, or of every block when None."""
+        blocks = self.backbone.blocks if block is None else [block]
+        return [m for b in blocks for m in b.modules() if isinstance(m, Canon)]
 
     def step_slots(self, token_ids: Tensor, caches: list, rows: list[int], starts: list[int]):
         """Feed (n, T) tokens, row i into slot rows[i] from position starts[i] on (what came
@@ -207,6 +220,8 @@ class TransformerLM(CausalLM):
         for cache in caches:
             for t in (cache.k, cache.v):  # (slots, KV, max_len, D)
                 t[dst_rows, :, :length] = t[src_rows, :, :length]
+            for t in cache.canon.values():  # (slots, max_len, C)
+                t[dst_rows, :length] = t[src_rows, :length]
 
     def step_slot_groups(self, groups: list[tuple[Tensor, list[int], list[int]]], caches: list):
         """One forward of several step_slots calls' rows, given as (token_ids (n, T), rows,

@@ -36,6 +36,8 @@ class GPTConfig:
     "gelu_new"). position: "learned" table, fixed "sinusoidal" table, or "rotary" (RoPE inside
     attention, nothing added to the embedding). head_dim None means embed_dim // num_heads.
     use_bias covers every Linear and LayerNorm; the LM head has a bias only when it is not tied.
+    canon: pre-norm only: the width of a Canon layer (a causal depthwise convolution with a
+    residual, layers/canon.py) before each block's attention and feed-forward; 0: none.
     dropout is used on the embeddings, the residual branches and the attention probabilities;
     attention_dropout, when set, replaces it on the probabilities alone (0 keeps SDPA's fused
     kernel while training: on a CPU, dropout inside attention costs a third of a 6 x 192 step).
@@ -56,6 +58,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     use_bias: bool = True
     layer_norm_eps: float = 1e-5
+    canon: int = 0
 
     def __post_init__(self):
         check_config(
@@ -75,6 +78,12 @@ class GPTConfig:
             raise ConfigError(
                 "rotary positions need an even head_dim; change embed_dim, num_heads or head_dim"
             )
+        if not isinstance(self.canon, int) or self.canon < 0 or self.canon == 1:
+            raise ConfigError(
+                f"canon={self.canon!r} must be 0 (none) or a width of 2 or more (e.g. 4)"
+            )
+        if self.canon and not self.norm_first:
+            raise ConfigError("canon layers need pre-norm blocks: set norm_first or canon=0")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps} must be > 0 (GPT-2: 1e-5)")
 
@@ -112,6 +121,7 @@ class GPTBackbone(Backbone):
                 layer_norm_eps=c.layer_norm_eps,
                 rotary=rotary,
                 max_seq_len=c.max_seq_len,
+                canon=c.canon,
             )
             for _ in range(c.num_layers)
         )
@@ -244,6 +254,12 @@ _SHAPE_6X192_LONG = {**_SHAPE_6X192, **_LONG}
 # in those 30 minutes: 1.395, 1.406, 1.410, 1.416, 1.407 (sessions 15-17; 1.397 and 1.409 with
 # dropout 0.15 and 0.2, 1.422 at lr 3e-3, 1.401 untied): at the 1.40 line, not reliably under it.
 _SHAPE_8X256_LONG = dict(num_layers=8, embed_dim=256, num_heads=8, ffn_dim=1024, **_LONG)
+# gpt-shakespeare's Canon layers (its canon=4) stay on 4 x 128, where steps-matched they gain
+# (1.462 -> 1.454 at 5.9M tokens) and a compiled step costs the same. The larger candidates
+# leave them out: with them, 10 minutes of 6 x 192 reached 1.441 (without: 1.422-1.439) and 30
+# minutes of 8 x 256 1.411 (13.4M tokens; without: 1.395-1.416), ahead early (1.646 against
+# 1.707 at step 1,500) but level from step 4,500 on, with a lower training loss (session 18).
+_NO_CANON = dict(canon=0)
 
 PRESETS = {
     "gpt-tiny-wine": dict(
@@ -318,7 +334,11 @@ PRESETS = {
         # (batch 12, lr 2.5e-3) -> 1.543. Muon for the block matrices then gave 1.491 at lr
         # 2.5e-3 and 1.480 at 5e-3 (this); dropout 0.1 cost a third of the steps (1.579).
         # torch.compile bought nothing at this size there. The 6 x 192 and 8 x 256 candidates
-        # read context 256 (_SHAPE_6X192_LONG, _SHAPE_8X256_LONG).
+        # read context 256 (_SHAPE_6X192_LONG, _SHAPE_8X256_LONG). Canon layers of width 4
+        # (session 18, steps-matched on 4 x 128 with decay 0.5): 1.522 -> 1.499 at 3M tokens,
+        # 1.462 -> 1.454 at 5.9M; embedding smearing (1.515), x0 skips (1.516), value residuals
+        # (1.523), a 3x embedding LR (1.526) and logit soft-capping (1.520) did less, and
+        # smearing on top of Canon nothing (1.498).
         config=dict(
             vocab_size=65,
             max_seq_len=128,
@@ -331,10 +351,16 @@ PRESETS = {
             position="rotary",
             tie_embeddings=True,
             use_bias=False,
+            canon=4,
         ),
         tokenizer="char",
-        about="4 x 128 pre-norm GPT, rotary positions, context 128: Shakespeare in 10 CPU minutes",
-        candidates=[_SHAPE_4X128, _SHAPE_6X192_LONG, _SHAPE_8X256_LONG],
+        about="4 x 128 pre-norm GPT, rotary positions, Canon layers, context 128: Shakespeare in "
+        "10 CPU minutes",
+        candidates=[
+            _SHAPE_4X128,
+            {**_SHAPE_6X192_LONG, **_NO_CANON},
+            {**_SHAPE_8X256_LONG, **_NO_CANON},
+        ],
         train=dict(
             optimizer="muon",
             batch_size=12,
@@ -436,7 +462,9 @@ HF_NAMES = {
             "gelu": "gelu",
             "relu": "relu",
         },
-        fixed=dict(norm_first=True, position="learned", tie_embeddings=True, use_bias=True),
+        fixed=dict(
+            norm_first=True, position="learned", tie_embeddings=True, use_bias=True, canon=0
+        ),
         # Other values of those switches that still export exactly: no biases are zero biases,
         # and a fixed sinusoidal table is a learned table that holds the sinusoids.
         exports_too=dict(use_bias=False, position="sinusoidal"),
@@ -446,6 +474,7 @@ HF_NAMES = {
             position="GPT-2 adds a learned position table (rotary models export as gpt_neox)",
             tie_embeddings="GPT-2's LM head is the token embedding, with no bias",
             head_dim="GPT-2's heads split embed_dim (head_dim=None)",
+            canon="GPT-2 has no Canon layers (train with --canon 0)",
         ),
         # GPT2Config's defaults, for a config.json that leaves a field out
         defaults=dict(
@@ -522,13 +551,14 @@ HF_NAMES = {
             "relu": "relu",
         },
         rope=True,
-        fixed=dict(norm_first=True, position="rotary", use_bias=True),
+        fixed=dict(norm_first=True, position="rotary", use_bias=True, canon=0),
         exports_too=dict(use_bias=False),
         why=dict(
             norm_first="GPT-NeoX's blocks are pre-norm",
             position="GPT-NeoX rotates q and k (learned positions export as gpt2)",
             use_bias="GPT-NeoX has biases",
             head_dim="GPT-NeoX's heads split hidden_size (head_dim=None)",
+            canon="GPT-NeoX has no Canon layers (train with --canon 0)",
         ),
         # GPTNeoXConfig's defaults, for a config.json that leaves a field out
         defaults=dict(

@@ -86,6 +86,9 @@ RNN_DROPOUT = 0.1
 # the run's block size) and the batch that keeps its tokens per step. A user's --block-size,
 # --max-seq-len, --batch-size, --global-batch-size or --grad-accum sets them for every candidate.
 CONTEXT_FIELDS = ("max_seq_len", "batch_size")
+# Model switches a candidate may set (gpt-shakespeare: Canon layers on 4 x 128 only, where they
+# were measured to pay); a user's flag sets one for every candidate without fixing the size.
+SWITCH_FIELDS = ("canon",)
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ def choose_recipe(
     if explicit & {*CONTEXT_FIELDS, "block_size", "global_batch_size", "grad_accum"}:
         # the user's context and batch hold for every candidate
         shapes = [{k: v for k, v in s.items() if k not in CONTEXT_FIELDS} for s in shapes]
-    fields = {k for shape in shapes for k in shape} - set(CONTEXT_FIELDS)  # the size
+    given = explicit & set(SWITCH_FIELDS)
+    shapes = [{k: v for k, v in s.items() if k not in given} for s in shapes]
+    fields = {k for shape in shapes for k in shape} - {*CONTEXT_FIELDS, *SWITCH_FIELDS}  # size
     if explicit & fields:  # the user sized the model: time that shape alone
         shapes = [{k: model_cfg[k] for k in sorted(fields)}]
     # (batch, block) of each candidate: its own context where it names one, else the run's

@@ -100,14 +100,15 @@ def test_convert_refuses_a_non_empty_out_and_unexportable_runs(folders, tmp_path
 
 
 def test_a_rotary_run_converts_to_gpt_neox(tmp_path):
-    """gpt-shakespeare's switches (pre-norm, rotary, tied, no biases) at a tiny size: the
-    exported folder loads in transformers with the same logits."""
+    """gpt-shakespeare's switches (pre-norm, rotary, tied, no biases; without its Canon layers,
+    which GPT-NeoX has no place for) at a tiny size: the exported folder loads in transformers
+    with the same logits."""
     transformers = pytest.importorskip("transformers")
     from lmforge.models.gpt import PRESETS
 
     tok = train_tokenizer("char", [TEXT])
     switches = {**PRESETS["gpt-shakespeare"]["config"], "vocab_size": tok.vocab_size}
-    switches.update(embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64)
+    switches.update(embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64, canon=0)
     model = GPTCausalLM(GPTConfig(**switches)).eval()
     write_lmforge_folder(model, tok, tmp_path / "run")
     assert main(["convert", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")]) == 0

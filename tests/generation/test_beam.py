@@ -309,19 +309,34 @@ def test_char_rnn_beams_of_a_batch_equal_each_prompt_alone(cell):
         assert [h.token_ids for h in beams] == [h.token_ids for h in alone[0]]
 
 
-def test_char_rnn_beams_wide_enough_find_the_best_sequence():
-    """With num_beams = V ** 2 no 3-token sequence is ever dropped: the best beam is the best of
-    all V ** 3, scored by full forwards (the reorders copied every slot right)."""
+def canon_gpt(vocab_size: int) -> GPTCausalLM:
+    """A GPT with Canon layers, whose slots hold each position's inputs beside keys and values."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab_size, max_seq_len=16, embed_dim=32, num_heads=4)
+    model = GPTCausalLM(GPTConfig(**{**config.__dict__, "canon": 3, "position": "rotary"}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(std=0.5 if "canon" in name or "embed" in name else 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["lstm", "canon-gpt"])
+def test_beams_wide_enough_find_the_best_sequence(family):
+    """With num_beams = V ** 2 no 3-token sequence is ever dropped: the best beams are the best
+    of all V ** 3, each scored as full forwards score it (the reorders copied every slot
+    right, not only the best beam's)."""
     v = 8
-    model, prompt = tiny_rnn(vocab_size=v), [3, 1, 4]
-    (best,) = beam_search(model, prompt, 3, num_beams=v * v, length_penalty=0.0)[0]
+    model = tiny_rnn(vocab_size=v) if family == "lstm" else canon_gpt(v)
+    prompt = [3, 1, 4]
+    beams = beam_search(model, prompt, 3, num_beams=v * v, num_return=8, length_penalty=0.0)[0]
     seqs = torch.cartesian_prod(*[torch.arange(v)] * 3)  # (v ** 3, 3)
     ids = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs], 1)
     with torch.no_grad():
         log_probs = model(ids[:, :-1]).float().log_softmax(-1)[:, len(prompt) - 1 :]
     totals = log_probs.gather(-1, seqs[:, :, None])[..., 0].sum(-1)
-    assert best.token_ids == seqs[totals.argmax()].tolist()
-    assert best.score == pytest.approx(float(totals.max()), abs=1e-4)
+    best = totals.topk(8)
+    assert [h.token_ids for h in beams] == seqs[best.indices].tolist()
+    assert [h.score for h in beams] == pytest.approx(best.values.tolist(), abs=1e-4)
 
 
 def test_beams_that_do_not_fit_in_memory_are_one_line_naming_the_fix(pair, monkeypatch):

@@ -17,7 +17,7 @@ from lmforge.models.gpt import GPTCausalLM, GPTConfig
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13], [3, 3, 3, 3, 3, 7]]
 
 
-def tiny_gpt(position="learned", seed=0):
+def tiny_gpt(position="learned", seed=0, canon=0):
     torch.manual_seed(seed)
     config = GPTConfig(
         vocab_size=40,
@@ -27,8 +27,14 @@ def tiny_gpt(position="learned", seed=0):
         num_layers=2,
         ffn_dim=64,
         position=position,
+        canon=canon,
     )
-    return GPTCausalLM(config).eval()
+    model = GPTCausalLM(config).eval()
+    with torch.no_grad():  # Canon layers start as the identity: give them weights to use
+        for name, p in model.named_parameters():
+            if "canon" in name:
+                p.normal_(std=0.3)
+    return model
 
 
 def tiny_rnn(cell="lstm"):
@@ -44,6 +50,7 @@ MODELS = {
     "gpt-learned": lambda: tiny_gpt("learned"),
     "gpt-rotary": lambda: tiny_gpt("rotary"),
     "gpt-sinusoidal": lambda: tiny_gpt("sinusoidal"),
+    "gpt-canon": lambda: tiny_gpt("rotary", canon=4),  # each slot keeps its inputs
     "lstm": lambda: tiny_rnn("lstm"),
     "gru": lambda: tiny_rnn("gru"),
 }
@@ -137,7 +144,7 @@ def test_cancel_while_waiting_never_takes_a_slot():
     assert a.finish_reason == "length" and len(a.tokens) == 3
 
 
-@pytest.mark.parametrize("name", ["gpt-rotary", "lstm"])
+@pytest.mark.parametrize("name", ["gpt-rotary", "gpt-canon", "lstm"])
 def test_a_slot_freed_between_others_is_refilled_while_they_decode(name):
     # slots 0..2 decode side by side; the middle one is cancelled, then taken by a long prompt
     # that prefills 2 tokens a step while its neighbours go on around it
@@ -258,14 +265,14 @@ def test_logprobs_are_the_models_own_with_the_top_alternatives():
         assert [lp for _, lp in entry.top] == pytest.approx(row.topk(3).values.tolist(), abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["gpt-learned", "lstm"])
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-canon", "lstm"])
 def test_no_tensor_of_the_state_is_reallocated_while_decoding(name):
     engine = Engine(MODELS[name](), slots=3, prefill_chunk=3)
 
     def pointers():
         state = engine.state
         if isinstance(state, list):  # GPT: one SlotKVCache per layer
-            return [t.data_ptr() for c in state for t in (c.k, c.v)]
+            return [t.data_ptr() for c in state for t in (c.k, c.v, *c.canon.values())]
         return [t.data_ptr() for t in (state if isinstance(state, tuple) else (state,))]
 
     before = pointers()
@@ -433,7 +440,7 @@ class CountForwards:
         monkeypatch.setattr(model, "step_slot_groups", counted)
 
 
-@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary"])
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary", "gpt-canon"])
 def test_several_joiners_are_prefilled_in_one_forward_beside_the_decoding_rows(name, monkeypatch):
     model = MODELS[name]()
     engine = Engine(model, slots=4, prefill_chunk=64, prefill_first=False)  # as on a GPU
@@ -481,7 +488,7 @@ def test_on_the_cpu_prompts_are_read_alone_and_decoding_waits_one_step_at_most(n
         assert_as_alone(model, prompt, handle, 2)
 
 
-@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary", "lstm"])
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-rotary", "gpt-canon", "lstm"])
 def test_a_prompt_longer_than_the_step_budget_reads_on_beside_short_ones(name):
     """prefill_chunk bounds a step's prompt tokens, all joiners together, first come first
     read: a 14-token prompt takes 3 steps of 5 while a stream decodes, the short ones after it

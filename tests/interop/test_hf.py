@@ -429,8 +429,12 @@ def test_every_reason_a_model_cannot_export_is_in_one_message(tmp_path):
             ["norm_first=False", "tie_embeddings=False", "head_dim=16"],
         ),
         (  # a rotary GPT exports as gpt_neox, but not a post-norm one
-            GPTCausalLM(GPTConfig(**{**shakespeare, "norm_first": False})),
+            GPTCausalLM(GPTConfig(**{**shakespeare, "norm_first": False, "canon": 0})),
             ["norm_first=False", "position='rotary'", "gpt_neox"],
+        ),
+        (  # nor one with Canon layers (gpt-shakespeare's own)
+            GPTCausalLM(GPTConfig(**shakespeare)),
+            ["canon=4", "has no Canon layers (train with --canon 0)"],
         ),
         (CharRNNCausalLM(CharRNNConfig(vocab_size=char.vocab_size)), ["char_rnn", "architecture"]),
         (classifier, ["extra_layers=1"]),

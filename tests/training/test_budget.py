@@ -146,6 +146,32 @@ def test_explicit_flags_win_over_the_choice():
     assert model["embed_dim"] == 256 and model["dropout"] == 0.0
 
 
+def test_canon_layers_come_with_the_candidate_and_a_users_canon_holds_for_every_one():
+    """gpt-shakespeare's Canon layers stay on 4 x 128; --canon sets them for any size the budget
+    still picks."""
+    slow, fast = [1e3] * 3, [1e7] * 3  # 4 x 128, or 8 x 256
+    model, choice = _choose("gpt-shakespeare", rates=slow, max_time="10m")
+    assert (model["embed_dim"], model["canon"]) == (128, 4)
+    model, choice = _choose("gpt-shakespeare", rates=fast, max_time="10m")
+    assert (model["embed_dim"], model["canon"]) == (256, 0)
+    assert [c.get("canon") for c in choice["candidates"]] == [None, 0, 0]
+    for rates, width in ((slow, 128), (fast, 256)):
+        model_cfg = {**get_preset("gpt-shakespeare")["config"], "dropout": 0.0, "canon": 3}
+        preset = get_preset("gpt-shakespeare")
+        model, choice = budget.choose_recipe(
+            TrainConfig(preset="gpt-shakespeare", max_time="10m"),
+            preset,
+            model_cfg,
+            {"canon"},
+            lambda c: build_task("gpt", c),
+            torch.device("cpu"),
+            128,
+            rates=rates,
+        )
+        assert (model["embed_dim"], model["canon"]) == (width, 3)  # the size is still chosen
+        assert len(choice["candidates"]) == 3
+
+
 def test_a_long_time_budget_on_a_cpu_compiles_the_model():
     rates = [1e4] * 3
     for name in ("gpt-shakespeare", "llama-shakespeare"):
