@@ -6,7 +6,7 @@ one and update HF_NAMES in the same change.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 from torch import Tensor
@@ -58,7 +58,13 @@ class GPTConfig:
     tie_embeddings: bool = True
     use_bias: bool = True
     layer_norm_eps: float = 1e-5
-    canon: int = 0
+    canon: int = field(
+        default=0,
+        metadata={
+            "help": "width of the Canon layers before each block's attention and feed-forward "
+            "(a causal depthwise convolution over the last N positions; GPT only); 0: none"
+        },
+    )
 
     def __post_init__(self):
         check_config(
@@ -336,7 +342,7 @@ PRESETS = {
         # torch.compile bought nothing at this size there. The 6 x 192 and 8 x 256 candidates
         # read context 256 (_SHAPE_6X192_LONG, _SHAPE_8X256_LONG). Canon layers of width 4
         # (session 18, steps-matched on 4 x 128 with decay 0.5): 1.522 -> 1.499 at 3M tokens,
-        # 1.462 -> 1.454 at 5.9M; embedding smearing (1.515), x0 skips (1.516), value residuals
+        # 1.462 -> 1.454 at 5.9M (seed 7: 1.485 -> 1.463); embedding smearing (1.515), x0 skips (1.516), value residuals
         # (1.523), a 3x embedding LR (1.526) and logit soft-capping (1.520) did less, and
         # smearing on top of Canon nothing (1.498).
         config=dict(
