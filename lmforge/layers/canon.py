@@ -70,18 +70,29 @@ class Canon(nn.Module):
 
     def _slots(self, h: Tensor, view: SlotView) -> Tensor:
         """Packed tokens (1, N, C) of an engine's step: each group's rows write their inputs at
-        their positions of the slot cache's (slots, max_len, C) for this layer, then read the
-        width - 1 positions before each token (none before position 0)."""
+        their positions of this layer's (slots, max_len, C) store, then read the width - 1
+        positions before each token (none before position 0)."""
         store = view.cache.canon[self.name]
-        out = []
+        flat = store.view(-1, store.shape[-1])  # (slots * max_len, C)
+        keep, out = self.width - 1, []
         for group, part in zip(view.batch.groups, h[0].split(view.batch.sizes)):
-            n, T = group.shape
-            x = part.view(n, T, -1)
-            store[group.rows[:, None], group.positions] = x.to(store.dtype)
-            y = x * (1 + self.weight[-1])
-            for j in range(self.width - 1):
-                back = group.positions - (self.width - 1 - j)  # (n, T)
-                seen = store[group.rows[:, None], back.clamp(min=0)].to(x.dtype)
-                y = y + self.weight[j] * seen * (back >= 0)[..., None].to(x.dtype)
-            out.append(y.reshape(n * T, -1))
-        return torch.cat(out)[None]
+            where, back, seen = _window(group, store.shape[1], keep)
+            flat.index_copy_(0, where, part.to(flat.dtype))
+            past = flat.index_select(0, back).view(-1, keep, flat.shape[-1]).to(part.dtype)
+            mix = (past * seen.to(part.dtype) * self.weight[:-1]).sum(1)  # (n * T, C)
+            out.append(part * (1 + self.weight[-1]) + mix)
+        return (out[0] if len(out) == 1 else torch.cat(out))[None]
+
+
+def _window(group, max_len: int, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where a group's tokens sit in a store seen as (slots * max_len, C) (n * T), the places of
+    the `keep` positions before each (n * T * keep, oldest first) and which of those exist
+    (n * T, keep, 1); made once per forward and shared by every layer."""
+    cached = group.__dict__.setdefault("canon_window", {})
+    if keep not in cached:
+        base = group.rows[:, None, None] * max_len  # (n, 1, 1)
+        before = group.positions[..., None] - torch.arange(keep, 0, -1, device=base.device)
+        where = (base[..., 0] + group.positions).flatten()
+        back = (base + before.clamp(min=0)).flatten()
+        cached[keep] = (where, back, (before >= 0).flatten(0, 1)[..., None])
+    return cached[keep]
