@@ -342,9 +342,9 @@ PRESETS = {
         # torch.compile bought nothing at this size there. The 6 x 192 and 8 x 256 candidates
         # read context 256 (_SHAPE_6X192_LONG, _SHAPE_8X256_LONG). Canon layers of width 4
         # (session 18, steps-matched on 4 x 128 with decay 0.5): 1.522 -> 1.499 at 3M tokens,
-        # 1.462 -> 1.454 at 5.9M (seed 7: 1.485 -> 1.463); embedding smearing (1.515), x0 skips (1.516), value residuals
-        # (1.523), a 3x embedding LR (1.526) and logit soft-capping (1.520) did less, and
-        # smearing on top of Canon nothing (1.498).
+        # 1.462 -> 1.454 at 5.9M (seed 7: 1.485 -> 1.463); embedding smearing (1.515), x0
+        # skips (1.516), value residuals (1.523), a 3x embedding LR (1.526) and logit
+        # soft-capping (1.520) did less, and smearing on top of Canon nothing (1.498).
         config=dict(
             vocab_size=65,
             max_seq_len=128,

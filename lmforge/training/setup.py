@@ -104,11 +104,23 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+def _config_defaults(family: str) -> dict:
+    """The default of every field of `family`'s model config that has one."""
+    from lmforge.presets import family_classes
+
+    cfg_cls, _ = family_classes(family)
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(cfg_cls)
+        if f.default is not dataclasses.MISSING
+    }
+
+
 def resume_options(options: dict) -> tuple[dict, dict]:
     """--resume: the run's saved options with the given ones on top, and the run's config.json
     with what the given ones change added to its "resumes" list. A change of recipe (model, data,
     optimizer, schedule, batch) is a CheckpointError; a budget given replaces the saved ones."""
-    from lmforge.presets import family_classes
+    from lmforge.presets import family_classes, get_preset
 
     out = Path(options.get("out") or TrainConfig.out)
     last = ckpt.latest_checkpoint(out)
@@ -142,6 +154,10 @@ def resume_options(options: dict) -> tuple[dict, dict]:
         base["dropout"] = saved["model"].get("dropout")
     else:
         base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
+        # a field the run was saved before, which its preset sets now (gpt-shakespeare's Canon
+        # layers): the run resumes with the field's default, as it was made
+        preset = get_preset(saved["preset"])["config"] if saved.get("preset") else {}
+        base.update({k: model[k] for k in preset if k in model and k not in saved["model"]})
     step = int(last.name.split("-")[-1])
     history = list(saved.get("resumes", []))
     if changed:
@@ -312,12 +328,10 @@ def _train(options: dict, held: ExitStack) -> dict:
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
         saved = resumed
-        if saved["model"] != model_cfg:  # e.g. the data now makes another vocabulary
-            diff = sorted(
-                k
-                for k in set(saved["model"]) | set(model_cfg)
-                if saved["model"].get(k) != model_cfg.get(k)
-            )
+        defaults = _config_defaults(preset["family"])  # a field the saved config predates
+        was, now = {**defaults, **saved["model"]}, {**defaults, **model_cfg}
+        if was != now:  # e.g. the data now makes another vocabulary
+            diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
             raise CheckpointError(
                 f"--resume with a different model config ({', '.join(diff)} "
                 f"changed): use the run's settings or a new --out"

@@ -101,6 +101,23 @@ def test_resume_with_out_alone_keeps_the_runs_data_and_refuses_a_new_lr(run, cap
     assert after["resumes"] == [{"step": 20, "changed": {"max_steps": [20, 25]}}]
 
 
+def test_a_run_saved_before_a_config_field_existed_resumes_as_it_was_made(tiny_text, tmp_path):
+    """A gpt-shakespeare run from before its Canon layers (no "canon" in config.json) resumes
+    without them, though the preset has them now."""
+    out = tmp_path / "old"
+    shape = ["--num-layers", "1", "--embed-dim", "32", "--num-heads", "2", "--ffn-dim", "64"]
+    argv = ["train", "--data", str(tiny_text), "--tokenizer", "char", "--preset", "gpt-shakespeare"]
+    argv += [*shape, "--max-seq-len", "16", "--batch-size", "4", "--threads", "1", "--no-auto"]
+    argv += ["--eval-every", "1000", "--eval-tokens", "256", "--out", str(out)]
+    assert main([*argv, "--canon", "0", "--max-steps", "4"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["model"]["canon"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "6"]) == 0
+    after = json.loads((out / "config.json").read_text())
+    assert after["model"].get("canon", 0) == 0 and after["resumes"][-1]["step"] == 4
+
+
 def test_sample_and_eval(run, capsys):
     assert (
         main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1"])
