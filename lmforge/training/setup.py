@@ -120,7 +120,7 @@ def resume_options(options: dict) -> tuple[dict, dict]:
     """--resume: the run's saved options with the given ones on top, and the run's config.json
     with what the given ones change added to its "resumes" list. A change of recipe (model, data,
     optimizer, schedule, batch) is a CheckpointError; a budget given replaces the saved ones."""
-    from lmforge.presets import family_classes, get_preset
+    from lmforge.presets import all_presets, family_classes
 
     out = Path(options.get("out") or TrainConfig.out)
     last = ckpt.latest_checkpoint(out)
@@ -156,7 +156,7 @@ def resume_options(options: dict) -> tuple[dict, dict]:
         base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
         # a field the run was saved before, which its preset sets now (gpt-shakespeare's Canon
         # layers): the run resumes with the field's default, as it was made
-        preset = get_preset(saved["preset"])["config"] if saved.get("preset") else {}
+        preset = all_presets().get(saved.get("preset"), {}).get("config", {})
         base.update({k: model[k] for k in preset if k in model and k not in saved["model"]})
     step = int(last.name.split("-")[-1])
     history = list(saved.get("resumes", []))
