@@ -5,18 +5,19 @@ Xeon: 8 x 256 at context 256, batch 6, dropout 0.1 on the embeddings and residua
 (attention 0), Muon with weight decay 0.5, grad clip 1, `--precision auto`, torch.compile, timed
 through lmforge.training.loop.train_step. Contenders, alternated in fresh processes:
 
-- `lmforge`: as it trains, with the hashed dropout mask (lmforge/layers/dropout.py) and the
-  causal-attention backward for compiled bf16 CPU training (lmforge/layers/cpu_attention.py),
-  without Canon layers;
+- `lmforge`: with the hashed dropout mask (lmforge/layers/dropout.py) and the causal-attention
+  backward for compiled bf16 CPU training (lmforge/layers/cpu_attention.py), without Canon
+  layers: as 8 x 256 trains;
 - `torch_paths`: the same model and compile with both switched off (torch's dropout and SDPA);
-- `canon`: lmforge's paths on the same model with Canon layers of width 4 (`--canon 4`, which
-  gpt-shakespeare keeps for its 4 x 128 candidate).
+- `canon`: lmforge's paths on the same model with Canon layers of width 4 (`--canon 4`): as
+  gpt-shakespeare's 4 x 128 trains (with `--shape 4x128` its step is `canon_ms_per_step`; there
+  torch's paths change nothing, no dropout and fp32).
 
 `speedup_vs_torch_paths` is the ratio of the medians; `canon_step_ratio` what Canon layers would
 cost this step (canon's median over lmforge's); `fraction_of_matmul_peak` puts the model's
 FLOPs per second against a 1024^3 matmul's in the step's precision, measured in the same run.
 `--shape 4x128` times gpt-shakespeare's own 4 x 128 instead (context 128, batch 12, no dropout:
-what a slow CPU's 10-minute budget trains, with Canon layers). Run by hand:
+what a slow CPU's 10-minute budget trains). Run by hand:
 
     .venv/bin/python bench/compiled_step.py --json
     .venv/bin/python bench/compiled_step.py --shape 4x128 --json

@@ -54,9 +54,8 @@ class Canon(nn.Module):
         T, keep = h.shape[1], self.width - 1
         x = h if padding_mask is None else h * padding_mask[:, -T:, None].to(h.dtype)
         past = None if cache is None else cache.canon.get(self.name)
-        if past is None:
-            past = x.new_zeros(x.shape[0], keep, x.shape[2])
-        padded = torch.cat([past.to(x.dtype), x], dim=1)  # (B, keep + T, C)
+        # (B, keep + T, C): zeros before the first position, else the inputs kept from before
+        padded = F.pad(x, (0, 0, keep, 0)) if past is None else torch.cat([past.to(x.dtype), x], 1)
         if cache is not None:
             cache.canon[self.name] = padded[:, -keep:].detach()
         ids = None if document_ids is None else F.pad(document_ids, (keep, 0), value=-1)

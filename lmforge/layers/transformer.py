@@ -108,14 +108,14 @@ class TransformerBlock(nn.Module):
     ) -> Tensor:
         """(B, T, C) -> (B, T, C); `padding_mask`, `cache` and `document_ids` go to the
         attention."""
-        if self.attn_canon is not None:
-            h = self.attn_canon(self.attn_norm(x), padding_mask, cache, document_ids)
-            x = x + self.attn_dropout(self.attn(h, padding_mask, cache, document_ids))
-            h = self.ffn_canon(self.ffn_norm(x), padding_mask, cache, document_ids)
-            return x + self.ffn(h)
         if self.norm_first:
-            attn = self.attn(self.attn_norm(x), padding_mask, cache, document_ids)
-            x = x + self.attn_dropout(attn)
-            return x + self.ffn(self.ffn_norm(x))
+            h = self.attn_norm(x)
+            if self.attn_canon is not None:
+                h = self.attn_canon(h, padding_mask, cache, document_ids)
+            x = x + self.attn_dropout(self.attn(h, padding_mask, cache, document_ids))
+            h = self.ffn_norm(x)
+            if self.ffn_canon is not None:
+                h = self.ffn_canon(h, padding_mask, cache, document_ids)
+            return x + self.ffn(h)
         x = self.attn_norm(x + self.attn_dropout(self.attn(x, padding_mask, cache, document_ids)))
         return self.ffn_norm(x + self.ffn(x))

@@ -104,18 +104,6 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def _config_defaults(family: str) -> dict:
-    """The default of every field of `family`'s model config that has one."""
-    from lmforge.presets import family_classes
-
-    cfg_cls, _ = family_classes(family)
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(cfg_cls)
-        if f.default is not dataclasses.MISSING
-    }
-
-
 def resume_options(options: dict) -> tuple[dict, dict]:
     """--resume: the run's saved options with the given ones on top, and the run's config.json
     with what the given ones change added to its "resumes" list. A change of recipe (model, data,
@@ -153,11 +141,12 @@ def resume_options(options: dict) -> tuple[dict, dict]:
         base.pop("tokenizer", None)
         base["dropout"] = saved["model"].get("dropout")
     else:
-        base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
         # a field the run was saved before, which its preset sets now (gpt-shakespeare's Canon
-        # layers): the run resumes with the field's default, as it was made
+        # layers): the run resumes with the field's default, as it was made, and says so
         preset = all_presets().get(saved.get("preset"), {}).get("config", {})
-        base.update({k: model[k] for k in preset if k in model and k not in saved["model"]})
+        predated = {k: model[k] for k in preset if k in model and k not in saved["model"]}
+        saved = {**saved, "model": {**saved["model"], **predated}}
+        base.update({k: v for k, v in saved["model"].items() if k != "vocab_size"})
     step = int(last.name.split("-")[-1])
     history = list(saved.get("resumes", []))
     if changed:
@@ -328,10 +317,12 @@ def _train(options: dict, held: ExitStack) -> dict:
     if resumed is not None:
         ckpt_path = ckpt.latest_checkpoint(run_dir)  # resume_options made sure there is one
         saved = resumed
-        defaults = _config_defaults(preset["family"])  # a field the saved config predates
-        was, now = {**defaults, **saved["model"]}, {**defaults, **model_cfg}
-        if was != now:  # e.g. the data now makes another vocabulary
-            diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        if saved["model"] != model_cfg:  # e.g. the data now makes another vocabulary
+            diff = sorted(
+                k
+                for k in set(saved["model"]) | set(model_cfg)
+                if saved["model"].get(k) != model_cfg.get(k)
+            )
             raise CheckpointError(
                 f"--resume with a different model config ({', '.join(diff)} "
                 f"changed): use the run's settings or a new --out"
