@@ -1,7 +1,7 @@
 """A budgeted run's compiled CPU training step, with lmforge's two CPU paths and with torch's own.
 
 The step is the one `lmforge train --preset gpt-shakespeare --max-time 30m` trains on an AMX
-Xeon: 8 x 256 at context 256, batch 6, dropout 0.1 on the embeddings and residual branches
+Xeon: 8 x 256 at context 512, batch 3, dropout 0.1 on the embeddings and residual branches
 (attention 0), Muon with weight decay 0.5, grad clip 1, `--precision auto`, torch.compile, timed
 through lmforge.training.loop.train_step. Contenders, alternated in fresh processes:
 
@@ -33,9 +33,9 @@ from _timing import machine_fields, median_step_s, print_row, use_all_cpus
 from train_throughput import _matmul_peak
 
 # --shape: (model shape, batch, dropout); 4x128 is gpt-shakespeare's own model at context 128
-_8X256 = dict(num_layers=8, embed_dim=256, num_heads=8, ffn_dim=1024, max_seq_len=256)
+_8X256 = dict(num_layers=8, embed_dim=256, num_heads=8, ffn_dim=1024, max_seq_len=512)
 _4X128 = dict(num_layers=4, embed_dim=128, num_heads=4, ffn_dim=512, max_seq_len=128)
-SHAPES = {"8x256": (_8X256, 6, 0.1), "4x128": (_4X128, 12, 0.0)}
+SHAPES = {"8x256": (_8X256, 3, 0.1), "4x128": (_4X128, 12, 0.0)}
 VOCAB = 65
 
 

@@ -1,23 +1,28 @@
 """Causal self-attention for compiled bf16 training on a CPU: torch's flash kernel forward, and a
-backward written as five batched matmuls that torch.compile fuses around.
+backward written as batched matmuls that torch.compile fuses around.
 
 torch 2.13's CPU flash-attention backward in bfloat16 is slow for short contexts: at head size 32
 it took 11.5 ms against its forward's 1.5 (batch 6, 8 heads, context 256, AMX Xeon), 19 ms
 at context 128, and was a third of an 8 x 256 GPT's training step. The backward here recomputes
 the probabilities from the forward's log-sum-exp (as flash attention does), in float32, and
-takes 7 ms; 4.8 against 19 at context 128. At context 512 the two tie, in float32 torch's wins,
-and eagerly the unfused elementwise steps lose: `wanted` keeps it to where it was measured faster.
+takes 7 ms; 4.8 against 19 at context 128. Past 256 positions it works in blocks of 256 queries,
+each against the keys up to its last row only, so the quarter of the scores above the diagonal
+at context 512 is never computed: forward and backward 15 ms there (batch 3, compiled) against
+torch's 24 and one block's 19-21. At 1024 (batch 1) it is 16 against torch's 17.5, so `wanted`
+keeps it to 512; and to compiled code, as eagerly the unfused elementwise steps lose.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-MAX_CONTEXT = 256  # measured faster up to here; at 512 it ties with torch's kernel
+BLOCK = 256  # query rows per block of the backward (more, smaller blocks measured slower)
+MAX_CONTEXT = 512  # measured faster up to here
 
 
 def wanted(q: Tensor, k: Tensor, options: dict) -> bool:
     """True for plain causal self-attention of (B, H, T, D) bf16 CPU tensors that will be
-    differentiated, inside torch.compile: no mask, no dropout, no key/value groups, T <= 256."""
+    differentiated, inside torch.compile: no mask, no dropout, no key/value groups, T <= 512."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.bfloat16
@@ -48,13 +53,31 @@ class CausalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v, out, lse = ctx.saved_tensors
-        T, scale = q.shape[-2], q.shape[-1] ** -0.5
-        scores = q.float() @ k.float().transpose(-1, -2)  # (B, H, T, T), float32 like the kernel
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        probs = torch.exp(scores * scale - lse.unsqueeze(-1)).masked_fill(future, 0.0)
-        grad_v = probs.to(q.dtype).transpose(-1, -2) @ grad_out
-        grad_probs = (grad_out @ v.transpose(-1, -2)).float()
-        # softmax's backward: d scores = P * (dP - rowsum(dO * O))
-        rowsum = (grad_out.float() * out.float()).sum(-1, keepdim=True)
-        grad_scores = (probs * (grad_probs - rowsum) * scale).to(q.dtype)
-        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v
+        T = q.shape[-2]
+        grad_q, grad_k, grad_v = [], 0.0, 0.0
+        for start in range(0, T, BLOCK):
+            end = min(start + BLOCK, T)
+            rows = slice(start, end)
+            dq, dk, dv = _block_backward(
+                q[..., rows, :], k[..., :end, :], v[..., :end, :], out[..., rows, :],
+                lse[..., rows], grad_out[..., rows, :], start,
+            )  # fmt: skip
+            grad_q.append(dq)
+            # keys past `end` get nothing from these rows: pad, and add up in float32
+            grad_k = grad_k + F.pad(dk.float(), (0, 0, 0, T - end))
+            grad_v = grad_v + F.pad(dv.float(), (0, 0, 0, T - end))
+        return torch.cat(grad_q, -2), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+def _block_backward(q, k, v, out, lse, grad_out, start: int):
+    """Gradients from the query rows start.. (q, out, lse, grad_out) against the keys 0..end-1."""
+    rows, keys, scale = q.shape[-2], k.shape[-2], q.shape[-1] ** -0.5
+    scores = q.float() @ k.float().transpose(-1, -2)  # (B, H, rows, keys), float32 like the kernel
+    future = torch.ones(rows, keys, dtype=torch.bool, device=q.device).triu(start + 1)
+    probs = torch.exp(scores * scale - lse.unsqueeze(-1)).masked_fill(future, 0.0)
+    grad_v = probs.to(q.dtype).transpose(-1, -2) @ grad_out
+    grad_probs = (grad_out @ v.transpose(-1, -2)).float()
+    # softmax's backward: d scores = P * (dP - rowsum(dO * O))
+    rowsum = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+    grad_scores = (probs * (grad_probs - rowsum) * scale).to(q.dtype)
+    return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v

@@ -65,6 +65,13 @@ WEIGHT_DECAY = 0.5
 # 5.64M tokens (9.4k tok/s) against 4.9-5.3M eager. It pays for its 20 s from ~2.5 minutes on;
 # gpt-baby's 90 s would lose a fifth of its steps to it.
 COMPILE_MIN_SECONDS = 300.0
+# A compiled run's candidates are timed eagerly first, and compiling speeds them up unevenly:
+# 1.16x for 6 x 192 in fp32, 1.5-1.7x for 8 x 256 in bf16 at context 256, and more at context
+# 512, where only compiled code has lmforge's attention backward (eagerly 3.4k tok/s on the Xeon,
+# so 30 minutes "bought" 6.0M tokens for 6.3M parameters and the run fell back to 6 x 192). So a
+# larger candidate the eager rate leaves unfed is timed compiled too, largest first, when this
+# gain could feed it; a probe's compile is charged to the budget, so not on a hopeless one.
+COMPILE_GAIN = 2.0
 
 # The char RNNs (char-rnn-lstm-shakespeare, char-rnn-gru-shakespeare: one layer of 256 or 512
 # units, the TensorFlow tutorial's constant-rate Adam recipe), measured steps-matched for the
@@ -217,8 +224,29 @@ def choose_recipe(
             None if "attention_dropout" in explicit else rule.attention_dropout
         )
 
+    def passes(i: int) -> float | None:
+        return tokens[i] / train_tokens if train_tokens else None
+
     dropout, attention = regularised(per_param, epochs)
-    if probing and (dropout > model_cfg.get("dropout", 0.0) or compiled):
+    timed = None  # the candidate timed as it will train
+    if probing and compiled:  # larger candidates compiling could feed: timed compiled, as trained
+        spent = 0.0
+        for i in reversed(order[order.index(pick) + 1 :]):
+            hoped = tokens[i] * COMPILE_GAIN
+            if hoped < rule.min_tokens_per_param * params[i]:
+                continue
+            regime = regularised(hoped / params[i], hoped / train_tokens if train_tokens else None)
+            start = time.perf_counter()
+            as_trained = build(_with_dropout(model_cfg, shapes[i], *regime))
+            (rates[i],) = probe([as_trained], contexts[i], True)
+            spent += time.perf_counter() - start
+            tokens[i] = _budget_tokens(cfg.max_tokens, seconds, rates[i])
+            if tokens[i] >= rule.min_tokens_per_param * params[i]:
+                pick = timed = i
+                dropout, attention = regularised(tokens[i] / params[i], passes(i))
+                break
+        compile_s = spent
+    if probing and timed is None and (dropout > model_cfg.get("dropout", 0.0) or compiled):
         # time the pick again as it will train: dropout slows an eager CPU step (by 15% for
         # 6 x 192), torch.compile speeds it up (1.5-1.7x for 8 x 256 in bf16), and the tokens
         # it buys decide the dropout and the decay below
@@ -226,14 +254,18 @@ def choose_recipe(
         start = time.perf_counter()
         (rates[pick],) = probe([as_trained], contexts[pick], compiled)
         if compiled:  # the run's compile then comes from this one's cache: the budget pays
-            # for it here (at most half of it, so a run on a slow machine still trains)
-            compile_s = min(time.perf_counter() - start, 0.5 * seconds)
+            compile_s += time.perf_counter() - start
         tokens[pick] = _budget_tokens(cfg.max_tokens, seconds, rates[pick])
+        timed = pick
+    if timed is not None:
         per_param = tokens[pick] / params[pick]
-        epochs = tokens[pick] / train_tokens if train_tokens else None
+        epochs = passes(pick)
         more = regularised(per_param, epochs)  # more only: dropout's own slower step would
         if more[0] > dropout:  # otherwise take it back, and its faster one ask for it again
             dropout, attention = more
+    if compile_s is not None:  # the budget pays for the probes' compiles (the run's own then
+        # comes from the pick's cache), at most half of it, so a run on a slow machine still trains
+        compile_s = min(compile_s, 0.5 * seconds)
     weight_decay = cfg.weight_decay
     if (
         "weight_decay" not in explicit

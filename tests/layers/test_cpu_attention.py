@@ -27,8 +27,10 @@ def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+@pytest.mark.parametrize("block", [cpu_attention.BLOCK, 16])  # 16: three blocks of queries
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_outputs_and_gradients_match_sdpa(dtype):
+def test_outputs_and_gradients_match_sdpa(dtype, block, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "BLOCK", block)
     q, k, v, grad_out = (torch.randn(2, 4, 48, 16, dtype=dtype) for _ in range(4))
     exact_out, exact = _grads(_sdpa, *(t.double() for t in (q, k, v, grad_out)))
     out, grads = _grads(CausalAttention.apply, q, k, v, grad_out)
@@ -56,7 +58,9 @@ def test_it_is_wanted_only_for_compiled_bf16_causal_training():
     compiled(q.float().detach().requires_grad_(), q.float(), **causal)  # float32: torch's
     compiled(q, q, is_causal=True, dropout_p=0.1)  # dropout on the probabilities
     compiled(q, q, attn_mask=torch.ones(8, 8, dtype=torch.bool))
-    long = torch.randn(1, 2, 257, 4, dtype=torch.bfloat16, requires_grad=True)
+    long = torch.randn(
+        1, 2, cpu_attention.MAX_CONTEXT + 1, 4, dtype=torch.bfloat16, requires_grad=True
+    )
     compiled(long, long, **causal)
     compiled(q, q[:, :1], **causal)  # grouped keys
     with torch.no_grad():
@@ -66,7 +70,9 @@ def test_it_is_wanted_only_for_compiled_bf16_causal_training():
 
 
 @needs_compiler
-def test_compiled_bf16_training_takes_it_and_matches_eager(monkeypatch):
+@pytest.mark.parametrize("block", [cpu_attention.BLOCK, 16])  # 16: three blocks of queries
+def test_compiled_bf16_training_takes_it_and_matches_eager(block, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "BLOCK", block)
     taken = []
     real = cpu_attention.wanted
     monkeypatch.setattr(cpu_attention, "wanted", lambda *a: taken.append(real(*a)) or taken[-1])

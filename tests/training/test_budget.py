@@ -201,10 +201,11 @@ def test_the_chosen_compile_reaches_the_loop_and_config(
     monkeypatch.setattr(loop, "_compiled", record)
     rule = dataclasses.replace(budget.TRANSFORMER_RULE, compile_min_seconds=1.0)
     monkeypatch.setattr(budget, "TRANSFORMER_RULE", rule)
-    argv = ["--data", str(tiny_text), *TINY, "--max-time", "2s"]
+    argv = ["--data", str(tiny_text), *TINY, "--max-time", "4s"]  # LARGE fed eagerly
     result, said = _train([*argv, "--out", str(tmp_path / "a")], capsys, caplog)
     assert result["auto_choice"]["compile"] is True and "torch.compile" in said[0]
     assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["compile"] is True
+    assert result["auto_choice"]["embed_dim"] == LARGE["embed_dim"]
     assert len(compiled) == 2  # the probe times the pick compiled, then the run compiles
     # the budget pays for the probe's compile (the run's own then comes from its cache): the
     # run's clock starts at it
@@ -223,11 +224,14 @@ def test_a_candidate_with_a_context_of_its_own_is_timed_and_trained_at_it(monkey
         return [1e4] * len(tasks)
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
-    for name, long in (("gpt-shakespeare", [256, 256]), ("llama-shakespeare", [256])):
+    # gpt-shakespeare's 8 x 256 reads context 512 at batch 3: at 6M tokens it is not fed, but
+    # could be if compiling doubled its rate, so it is timed compiled too before 6 x 192 is
+    larger = [(3, 512, [512]), (3, 512, [512])]
+    for name, more in (("gpt-shakespeare", larger), ("llama-shakespeare", [])):
         calls.clear()
         model, choice = _choose(name, max_time="10m")  # 6M tokens: 6 x 192 is fed, 8 x 256 not
         # each at its own batch and block, then the pick again compiled, as it will train
-        assert calls == [(12, 128, [128]), (6, 256, long), (6, 256, [256])]
+        assert calls == [(12, 128, [128]), (6, 256, [256]), *more, (6, 256, [256])]
         assert model["embed_dim"] == 192 and model["max_seq_len"] == 256
         assert (choice["batch_size"], choice["block_size"]) == (6, 256)
         assert "6 x 192 (of 4 x 128, 6 x 192" in choice["reason"]
@@ -340,8 +344,8 @@ def test_a_choice_with_dropout_is_timed_again_with_dropout(monkeypatch):
 
     monkeypatch.setattr(budget, "probe_throughput", probe)
     model, choice = _choose("gpt-shakespeare", max_time="4m")
-    # a probe per context (6 x 192 and 8 x 256 share one), then the choice with dropout
-    assert calls == [([0.0], False), ([0.0, 0.0], False), ([budget.DROPOUT], False)]
+    # a probe per context (128, 256, 512), then the choice with dropout
+    assert calls == [([0.0], False)] * 3 + [([budget.DROPOUT], False)]
     assert model["embed_dim"] == 256 and model["dropout"] == budget.DROPOUT
     assert choice["tokens_per_s"] == 20_000 and choice["tokens"] == 4_800_000
 
@@ -359,7 +363,7 @@ def test_a_compiled_run_is_timed_compiled_and_its_tokens_decide_the_dropout(monk
     monkeypatch.setattr(budget, "probe_throughput", probe)
     data = 1_200_000  # 30 min eagerly: 8.1M tokens, 6.75 passes; compiled: 13M, 10.8 passes
     model, choice = _choose("gpt-shakespeare", max_time="30m", train_tokens=data)
-    assert calls == [([0.0], False), ([0.0, 0.0], False), ([0.0], True)]
+    assert calls == [([0.0], False)] * 3 + [([0.0], True)]
     assert model["embed_dim"] == 256 and choice["compile"] is True
     assert choice["tokens_per_s"] == eager * speedup and choice["epochs"] == 10.8
     assert model["dropout"] == choice["dropout"] == budget.DROPOUT
@@ -367,8 +371,45 @@ def test_a_compiled_run_is_timed_compiled_and_its_tokens_decide_the_dropout(monk
     assert 0 <= choice["compile_s"] < 1  # the fake probe's time, charged to the budget
     calls.clear()  # --no-compile: no compiled probe, and the eager passes stay under the line
     model, choice = _choose("gpt-shakespeare", {"compile"}, max_time="30m", train_tokens=data)
-    assert calls == [([0.0], False), ([0.0, 0.0], False)] and model["dropout"] == 0.0
+    assert calls == [([0.0], False)] * 3 and model["dropout"] == 0.0
     assert "compile_s" not in choice
+
+
+def test_a_larger_candidate_compiling_could_feed_is_timed_compiled(monkeypatch):
+    """Compiling speeds candidates up unevenly (8 x 256 at context 512 most: only compiled code
+    has lmforge's attention backward), so the eager rates alone would pass over a size the run
+    can feed; one that even twice its eager rate would leave unfed costs no compile."""
+    calls = []
+    eager = {128: 14_000, 192: 6_000, 256: 3_400}  # tok/s on the Xeon, as measured
+    gain = {128: 1.2, 192: 1.16, 256: 1.5}
+
+    def probe(tasks, cfg, device, block_size, vocab, seconds, compiled=False):
+        calls.append([(t.config.embed_dim, t.config.dropout, compiled) for t in tasks])
+        return [
+            eager[t.config.embed_dim] * (gain[t.config.embed_dim] if compiled else 1) for t in tasks
+        ]
+
+    monkeypatch.setattr(budget, "probe_throughput", probe)
+    data = 1_000_000
+    # 30 min: eagerly 6.1M tokens for 6.3M parameters; compiled 9.2M, 9.2 passes: dropout
+    model, choice = _choose("gpt-shakespeare", max_time="30m", train_tokens=data)
+    assert calls[3:] == [[(256, budget.DROPOUT, True)]]  # as it will train, and no other
+    assert (model["embed_dim"], model["max_seq_len"], model["dropout"]) == (256, 512, 0.1)
+    assert choice["tokens_per_s"] == 5_100 and choice["tokens"] == 9_180_000
+    assert (choice["batch_size"], choice["block_size"]) == (3, 512)
+    assert [c["tokens_per_s"] for c in choice["candidates"]] == [14_000, 6_000, 5_100]
+    assert 0 <= choice["compile_s"] < 1
+    # 10 min: 2.0M tokens eagerly, 4.1M if compiling doubled them: 8 x 256 is not compiled
+    calls.clear()
+    model, choice = _choose("gpt-shakespeare", max_time="10m", train_tokens=data)
+    assert calls[3:] == [[(192, 0.0, True)]] and model["embed_dim"] == 192
+    # compiled, 8 x 256 still falls short: timed, charged, and 6 x 192 timed compiled after it
+    gain[256] = 1.02
+    calls.clear()
+    model, choice = _choose("gpt-shakespeare", max_time="30m", train_tokens=data)
+    # (timed with the dropout twice its eager tokens would bring: 12.2 passes)
+    assert calls[3:] == [[(256, budget.DROPOUT, True)], [(192, budget.DROPOUT, True)]]
+    assert model["embed_dim"] == 192 and choice["candidates"][2]["tokens_per_s"] == 3_468
 
 
 # ---------------------------------------------------------------- char RNN
