@@ -262,7 +262,8 @@ _SHAPE_6X192_LONG = {**_SHAPE_6X192, **_LONG}
 # At context 512 and batch 3 (the same tokens per step) it made 1.398 with only 7.5M tokens (4.2k
 # tok/s with torch's attention backward past 256; train 1.15, less memorised), where context 256
 # took 12-14M for 1.395-1.416: the longer context is worth more than the tokens it costs
-# (session 19; lmforge/layers/cpu_attention.py's backward now covers 512).
+# (session 19; lmforge/layers/cpu_attention.py's backward now covers 512). The plain 30-minute
+# command then made 1.3999 (7.9M tokens) and 1.391 (9.45M).
 _LONGER = dict(max_seq_len=512, batch_size=3)
 _SHAPE_8X256_LONGER = dict(num_layers=8, embed_dim=256, num_heads=8, ffn_dim=1024, **_LONGER)
 # gpt-shakespeare's Canon layers (its canon=4) stay on 4 x 128, where steps-matched they gain

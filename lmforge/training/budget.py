@@ -66,12 +66,14 @@ WEIGHT_DECAY = 0.5
 # gpt-baby's 90 s would lose a fifth of its steps to it.
 COMPILE_MIN_SECONDS = 300.0
 # A compiled run's candidates are timed eagerly first, and compiling speeds them up unevenly:
-# 1.16x for 6 x 192 in fp32, 1.5-1.7x for 8 x 256 in bf16 at context 256, and more at context
-# 512, where only compiled code has lmforge's attention backward (eagerly 3.4k tok/s on the Xeon,
-# so 30 minutes "bought" 6.0M tokens for 6.3M parameters and the run fell back to 6 x 192). So a
-# larger candidate the eager rate leaves unfed is timed compiled too, largest first, when this
-# gain could feed it; a probe's compile is charged to the budget, so not on a hopeless one.
-COMPILE_GAIN = 2.0
+# in fp32 1.16x for 6 x 192 (and 1.15x for 4 x 128 with AVX2 kernels), in bf16 1.5-1.7x for
+# 8 x 256 at context 256 and 1.4-1.5x at 512, where only compiled code has lmforge's attention
+# backward (eagerly 3.4k tok/s on the Xeon, so 30 minutes "bought" 6.0M tokens for 6.3M
+# parameters and the run fell back to 6 x 192). So a larger candidate the eager rate leaves
+# unfed is timed compiled too, largest first, when this gain in its precision could feed it. A
+# probe's compile is charged to the budget, so not on a hopeless one: a slow AVX2 CPU's 10
+# minutes must not pay ~20 s for a 6 x 192 that fp32's small gain will not feed.
+COMPILE_GAIN = {"bf16": 2.0, "fp32": 1.3}
 
 # The char RNNs (char-rnn-lstm-shakespeare, char-rnn-gru-shakespeare: one layer of 256 or 512
 # units, the TensorFlow tutorial's constant-rate Adam recipe), measured steps-matched for the
@@ -232,7 +234,8 @@ def choose_recipe(
     if probing and compiled:  # larger candidates compiling could feed: timed compiled, as trained
         spent = 0.0
         for i in reversed(order[order.index(pick) + 1 :]):
-            hoped = tokens[i] * COMPILE_GAIN
+            precision = devices.resolve_precision(cfg.precision, device, tasks[i])
+            hoped = tokens[i] * COMPILE_GAIN.get(precision, COMPILE_GAIN["fp32"])
             if hoped < rule.min_tokens_per_param * params[i]:
                 continue
             regime = regularised(hoped / params[i], hoped / train_tokens if train_tokens else None)

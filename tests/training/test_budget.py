@@ -378,7 +378,9 @@ def test_a_compiled_run_is_timed_compiled_and_its_tokens_decide_the_dropout(monk
 def test_a_larger_candidate_compiling_could_feed_is_timed_compiled(monkeypatch):
     """Compiling speeds candidates up unevenly (8 x 256 at context 512 most: only compiled code
     has lmforge's attention backward), so the eager rates alone would pass over a size the run
-    can feed; one that even twice its eager rate would leave unfed costs no compile."""
+    can feed; one that even twice its eager rate (1.3x in fp32) would leave unfed costs no
+    compile."""
+    monkeypatch.setattr(budget.devices, "resolve_precision", lambda p, d, task: "bf16")
     calls = []
     eager = {128: 14_000, 192: 6_000, 256: 3_400}  # tok/s on the Xeon, as measured
     gain = {128: 1.2, 192: 1.16, 256: 1.5}
@@ -410,6 +412,14 @@ def test_a_larger_candidate_compiling_could_feed_is_timed_compiled(monkeypatch):
     # (timed with the dropout twice its eager tokens would bring: 12.2 passes)
     assert calls[3:] == [[(256, budget.DROPOUT, True)], [(192, budget.DROPOUT, True)]]
     assert model["embed_dim"] == 192 and choice["candidates"][2]["tokens_per_s"] == 3_468
+    # 4.5M tokens eagerly: bf16's 2x could feed 8 x 256, fp32's 1.3x (5.9M) could not
+    eager[256], gain[256] = 2_500, 1.5
+    for precision, width in (("bf16", 256), ("fp32", 192)):
+        monkeypatch.setattr(budget.devices, "resolve_precision", lambda p, d, t, x=precision: x)
+        calls.clear()
+        model, choice = _choose("gpt-shakespeare", max_time="30m", train_tokens=data)
+        # bf16: 8 x 256 timed compiled and fed (6.75M tokens); fp32: only the pick, 6 x 192
+        assert calls[3:] == [[(width, budget.DROPOUT, True)]] and model["embed_dim"] == width
 
 
 # ---------------------------------------------------------------- char RNN
