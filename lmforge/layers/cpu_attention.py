@@ -54,19 +54,25 @@ class CausalAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         q, k, v, out, lse = ctx.saved_tensors
         T = q.shape[-2]
-        grad_q, grad_k, grad_v = [], 0.0, 0.0
+        if T <= BLOCK:
+            return _block_backward(q, k, v, out, lse, grad_out, 0)
+        blocks = []
         for start in range(0, T, BLOCK):
             end = min(start + BLOCK, T)
             rows = slice(start, end)
-            dq, dk, dv = _block_backward(
+            blocks.append(_block_backward(
                 q[..., rows, :], k[..., :end, :], v[..., :end, :], out[..., rows, :],
                 lse[..., rows], grad_out[..., rows, :], start,
-            )  # fmt: skip
-            grad_q.append(dq)
-            # keys past `end` get nothing from these rows: pad, and add up in float32
-            grad_k = grad_k + F.pad(dk.float(), (0, 0, 0, T - end))
-            grad_v = grad_v + F.pad(dv.float(), (0, 0, 0, T - end))
-        return torch.cat(grad_q, -2), grad_k.to(k.dtype), grad_v.to(v.dtype)
+            ))  # fmt: skip
+        grad_q, grad_k, grad_v = zip(*blocks)
+        return torch.cat(grad_q, -2), _sum_padded(grad_k, T), _sum_padded(grad_v, T)
+
+
+def _sum_padded(parts, T: int) -> Tensor:
+    """Per-block gradients (B, H, end, D) of the keys 0..end-1, added up in float32 as (B, H, T,
+    D): keys past a block's `end` get nothing from its rows."""
+    total = sum(F.pad(p.float(), (0, 0, 0, T - p.shape[-2])) for p in parts)
+    return total.to(parts[0].dtype)
 
 
 def _block_backward(q, k, v, out, lse, grad_out, start: int):

@@ -226,8 +226,8 @@ def choose_recipe(
             None if "attention_dropout" in explicit else rule.attention_dropout
         )
 
-    def passes(i: int) -> float | None:
-        return tokens[i] / train_tokens if train_tokens else None
+    def passes(n: float) -> float | None:  # over the training split, for n tokens
+        return n / train_tokens if train_tokens else None
 
     dropout, attention = regularised(per_param, epochs)
     timed = None  # the candidate timed as it will train
@@ -238,7 +238,7 @@ def choose_recipe(
             hoped = tokens[i] * COMPILE_GAIN.get(precision, COMPILE_GAIN["fp32"])
             if hoped < rule.min_tokens_per_param * params[i]:
                 continue
-            regime = regularised(hoped / params[i], hoped / train_tokens if train_tokens else None)
+            regime = regularised(hoped / params[i], passes(hoped))
             start = time.perf_counter()
             as_trained = build(_with_dropout(model_cfg, shapes[i], *regime))
             (rates[i],) = probe([as_trained], contexts[i], True)
@@ -246,7 +246,7 @@ def choose_recipe(
             tokens[i] = _budget_tokens(cfg.max_tokens, seconds, rates[i])
             if tokens[i] >= rule.min_tokens_per_param * params[i]:
                 pick = timed = i
-                dropout, attention = regularised(tokens[i] / params[i], passes(i))
+                dropout, attention = regularised(tokens[i] / params[i], passes(tokens[i]))
                 break
         compile_s = spent
     if probing and timed is None and (dropout > model_cfg.get("dropout", 0.0) or compiled):
@@ -262,7 +262,7 @@ def choose_recipe(
         timed = pick
     if timed is not None:
         per_param = tokens[pick] / params[pick]
-        epochs = passes(pick)
+        epochs = passes(tokens[pick])
         more = regularised(per_param, epochs)  # more only: dropout's own slower step would
         if more[0] > dropout:  # otherwise take it back, and its faster one ask for it again
             dropout, attention = more

@@ -142,7 +142,8 @@ def resume_options(options: dict) -> tuple[dict, dict]:
         base["dropout"] = saved["model"].get("dropout")
     else:
         # a field the run was saved before, which its preset sets now (gpt-shakespeare's Canon
-        # layers): the run resumes with the field's default, as it was made, and says so
+        # layers): the run resumes with the field's default, as it was made (config.json then
+        # records it)
         preset = all_presets().get(saved.get("preset"), {}).get("config", {})
         predated = {k: model[k] for k in preset if k in model and k not in saved["model"]}
         saved = {**saved, "model": {**saved["model"], **predated}}
